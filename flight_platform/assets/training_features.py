@@ -1,0 +1,93 @@
+"""Stage 2b: the training table, with the same feature code the serving side uses."""
+
+import datetime as dt
+
+from dagster import AssetCheckResult, MaterializeResult, asset, asset_check
+from dagster_pyspark import LazyPySparkResource
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from flight_platform.assets.ingest import on_time_performance
+from flight_platform.assets.tables import not_null_check, table_metadata
+from flight_platform.features import date_features, route
+from flight_platform.resources import WarehouseResource
+
+# The book's feature table: model inputs, the label (ArrDelay) and what identifies a flight.
+FEATURE_TABLE_COLUMNS = [
+    "FlightNum", "FlightDate", "DayOfWeek", "DayOfMonth", "DayOfYear", "Carrier", "Origin", "Dest",
+    "Route", "Distance", "DepDelay", "ArrDelay", "CRSDepTime", "CRSArrTime",
+]
+
+
+def calendar(spark: SparkSession, dates: list[dt.date]) -> DataFrame:
+    """`date_features` of each date, as a small table to join on FlightDate. Applying the pure
+    function to the distinct dates keeps one copy of the rule for training and serving."""
+    return spark.createDataFrame(
+        [{"FlightDate": day, **date_features(day)} for day in dates],
+        schema="FlightDate date, DayOfMonth int, DayOfWeek int, DayOfYear int",
+    )
+
+
+def routes(spark: SparkSession, pairs: list[tuple[str, str]]) -> DataFrame:
+    return spark.createDataFrame([(o, d, route(o, d)) for o, d in pairs],
+                                 schema="Origin string, Dest string, Route string")
+
+
+@asset(
+    deps=[on_time_performance],
+    group_name="batch",
+    kinds={"spark", "parquet"},
+    description="Training features (the book's columns) for every flight that arrived: cancelled "
+    "and diverted flights have no arrival delay to learn from and are left out. Date features and "
+    "Route come from flight_platform.features, the code the web app uses.",
+)
+def flight_delay_features(spark: LazyPySparkResource,
+                          warehouse: WarehouseResource) -> MaterializeResult:
+    session = spark.spark_session
+    flights = session.read.parquet(warehouse.table_path("on_time_performance"))
+    arrived = flights.where(~F.col("Cancelled") & ~F.col("Diverted")
+                            & F.col("ArrDelay").isNotNull() & F.col("DepDelay").isNotNull())
+    dates = [r["FlightDate"] for r in arrived.select("FlightDate").distinct().collect()]
+    pairs = [(r["Origin"], r["Dest"]) for r in arrived.select("Origin", "Dest").distinct().collect()]
+    features = (
+        arrived.drop("DayOfWeek", "DayOfMonth")
+        .join(F.broadcast(calendar(session, dates)), "FlightDate")
+        .join(F.broadcast(routes(session, pairs)), ["Origin", "Dest"])
+        .select(FEATURE_TABLE_COLUMNS)
+    )
+    path = warehouse.table_path("flight_delay_features")
+    features.write.mode("overwrite").parquet(path)
+    written = session.read.parquet(path)
+    dropped = flights.agg(
+        F.sum(F.col("Cancelled").cast("int")).alias("cancelled"),
+        F.sum((~F.col("Cancelled") & F.col("Diverted")).cast("int")).alias("diverted"),
+        F.count(F.lit(1)).alias("all"),
+    ).first()
+    return MaterializeResult(metadata={
+        **table_metadata(written, path),
+        "source_rows": dropped["all"],
+        "dropped_cancelled": int(dropped["cancelled"] or 0),
+        "dropped_diverted": int(dropped["diverted"] or 0),
+        "dropped_missing_delay": dropped["all"] - int(dropped["cancelled"] or 0)
+        - int(dropped["diverted"] or 0) - written.count(),
+        "distinct_routes": len(pairs),
+    })
+
+
+flight_delay_features_not_null = not_null_check("flight_delay_features", FEATURE_TABLE_COLUMNS)
+
+
+@asset_check(asset=on_time_performance, blocking=True,
+             description="BTS's DayOfWeek agrees with date_features() on every date, so training "
+             "and serving (which derive it from the date) use the source's weekday convention.")
+def day_of_week_matches_feature_code(spark: LazyPySparkResource,
+                                     warehouse: WarehouseResource) -> AssetCheckResult:
+    pairs = (spark.spark_session.read.parquet(warehouse.table_path("on_time_performance"))
+             .select("FlightDate", "DayOfWeek").distinct().collect())
+    mismatched = sorted(str(r["FlightDate"]) for r in pairs
+                        if date_features(r["FlightDate"])["DayOfWeek"] != r["DayOfWeek"])
+    return AssetCheckResult(
+        passed=not mismatched,
+        metadata={"dates_checked": len({r["FlightDate"] for r in pairs}),
+                  "mismatched_dates": mismatched[:10] or "none"},
+    )

@@ -1,0 +1,56 @@
+"""Kafka clients tuned for the prediction path, shared by the streaming job and the web app.
+
+Settings that matter on a small box and with the local Tansu broker (see shared platform notes):
+a short session timeout (group join takes about half of it), a short fetch wait (the broker does
+not answer a waiting fetch early), and committed group offsets instead of "latest" (which Tansu
+under-reports after batched sends).
+"""
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.admin import NewTopic
+from kafka.errors import TopicAlreadyExistsError
+
+CLIENT_TIMEOUT_MS = 5000
+
+
+def create_producer(bootstrap_servers: str) -> KafkaProducer:
+    return KafkaProducer(
+        bootstrap_servers=bootstrap_servers,
+        acks="all",
+        linger_ms=0,
+        retries=3,
+        max_block_ms=CLIENT_TIMEOUT_MS,  # fail fast when the broker is down instead of blocking 60 s
+        request_timeout_ms=CLIENT_TIMEOUT_MS,
+        bootstrap_timeout_ms=CLIENT_TIMEOUT_MS,
+    )
+
+
+def create_consumer(bootstrap_servers: str, group_id: str, topic: str) -> KafkaConsumer:
+    return KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap_servers,
+        group_id=group_id,
+        enable_auto_commit=False,  # offsets are committed only after the batch's answers are stored
+        auto_offset_reset="earliest",  # a new group answers requests sent before it first started
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=1000,
+        fetch_max_wait_ms=10,
+        max_poll_records=500,
+        bootstrap_timeout_ms=CLIENT_TIMEOUT_MS,
+    )
+
+
+def ensure_topic(bootstrap_servers: str, topic: str, partitions: int) -> bool:
+    """Create `topic` unless it exists. Returns True if it was created."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers,
+                             request_timeout_ms=CLIENT_TIMEOUT_MS,
+                             bootstrap_timeout_ms=CLIENT_TIMEOUT_MS)
+    try:
+        if topic in admin.list_topics():
+            return False
+        admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
+        return True
+    except TopicAlreadyExistsError:  # created concurrently by the web app or another worker
+        return False
+    finally:
+        admin.close()

@@ -1,0 +1,26 @@
+"""MongoDB collections of the platform and the indexes each one relies on."""
+
+from pymongo import ASCENDING, MongoClient
+from pymongo.database import Database
+
+DISTANCES = "origin_dest_distances"
+RESPONSES = "flight_delay_classification_response"
+DEAD_LETTERS = "flight_delay_classification_dead_letter"
+
+# Unique indexes make every writer idempotent: re-running an upsert or re-delivering a request
+# can never create a second document for the same route or request.
+INDEXES = {
+    DISTANCES: [("Origin", ASCENDING), ("Dest", ASCENDING)],
+    RESPONSES: [("UUID", ASCENDING)],
+}
+
+DUPLICATE_KEY = 11000
+
+
+def create_client(uri: str, timeout_ms: int = 5000) -> MongoClient:
+    return MongoClient(uri, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms,
+                       tz_aware=True)
+
+
+def ensure_index(database: Database, collection: str) -> None:
+    database[collection].create_index(INDEXES[collection], unique=True)

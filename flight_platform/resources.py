@@ -1,0 +1,115 @@
+"""Dagster resources: Spark, Kafka, MongoDB, the Parquet warehouse and the model store.
+
+Each is a ConfigurableResource whose defaults come from `flight_platform.settings`, so the same
+definitions run against the local stack or a cluster by environment alone.
+"""
+
+import os
+from pathlib import Path
+
+from dagster import ConfigurableResource
+from dagster_pyspark import LazyPySparkResource
+from kafka import KafkaConsumer, KafkaProducer
+from pydantic import PrivateAttr
+from pymongo import MongoClient
+from pymongo.database import Database
+
+from flight_platform import messaging, mongo
+from flight_platform.model_store import ModelStore
+from flight_platform.settings import Settings
+
+
+def spark_config(settings: Settings) -> dict[str, str]:
+    """Spark for a small box: driver on loopback, no UI, few shuffle partitions, Arrow transfers."""
+    return {
+        "spark.master": settings.spark_master,
+        "spark.app.name": "flight_platform",
+        "spark.driver.memory": settings.spark_driver_memory,
+        "spark.driver.host": settings.spark_driver_host,
+        "spark.driver.bindAddress": settings.spark_driver_host,
+        "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.log.level": "WARN",
+        "spark.sql.shuffle.partitions": "4",
+        "spark.default.parallelism": "2",
+        "spark.sql.session.timeZone": "UTC",
+        # Also avoids Spark 4's ANSI cast overflow on NaN when converting pandas frames.
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+    }
+
+
+def spark_resource(settings: Settings) -> LazyPySparkResource:
+    """One SparkSession per process, created on first use (assets that never touch Spark start no
+    JVM), and shared by every asset and check of a run (the in-process executor keeps them in one
+    process)."""
+    # Spark picks its local address from the environment before reading any config.
+    os.environ.setdefault("SPARK_LOCAL_IP", settings.spark_driver_host)
+    return LazyPySparkResource(spark_config=spark_config(settings))
+
+
+class KafkaResource(ConfigurableResource):
+    bootstrap_servers: str
+    request_topic: str
+    request_topic_partitions: int
+    consumer_group: str
+
+    def ensure_request_topic(self) -> bool:
+        return messaging.ensure_topic(self.bootstrap_servers, self.request_topic,
+                                      self.request_topic_partitions)
+
+    def request_consumer(self) -> KafkaConsumer:
+        return messaging.create_consumer(self.bootstrap_servers, self.consumer_group,
+                                         self.request_topic)
+
+    def producer(self) -> KafkaProducer:
+        return messaging.create_producer(self.bootstrap_servers)
+
+
+class MongoResource(ConfigurableResource):
+    uri: str
+    database: str
+
+    _client: MongoClient | None = PrivateAttr(default=None)
+
+    def get_database(self) -> Database:
+        if self._client is None:
+            self._client = mongo.create_client(self.uri)
+        return self._client[self.database]
+
+    def teardown_after_execution(self, context) -> None:
+        if self._client is not None:
+            self._client.close()
+
+
+class WarehouseResource(ConfigurableResource):
+    """Where the Parquet tables live (a local path here; an s3a:// or hdfs:// URI on a cluster)
+    and the inbox for BTS downloads."""
+
+    root: str
+    bts_dir: str
+
+    def table_path(self, table: str) -> str:
+        return f"{self.root.rstrip('/')}/{table}.parquet"
+
+
+class ModelStoreResource(ConfigurableResource):
+    root: str
+
+    def store(self) -> ModelStore:
+        return ModelStore(Path(self.root))
+
+
+def build_resources(settings: Settings) -> dict[str, ConfigurableResource]:
+    return {
+        "spark": spark_resource(settings),
+        "kafka": KafkaResource(
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            request_topic=settings.request_topic,
+            request_topic_partitions=settings.request_topic_partitions,
+            consumer_group=settings.consumer_group,
+        ),
+        "mongo": MongoResource(uri=settings.mongo_uri, database=settings.mongo_database),
+        "warehouse": WarehouseResource(root=str(settings.warehouse_dir),
+                                       bts_dir=str(settings.bts_dir)),
+        "model_store": ModelStoreResource(root=str(settings.model_dir / "flight_delay_model")),
+    }

