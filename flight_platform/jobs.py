@@ -1,0 +1,90 @@
+"""The streaming job: one long-lived run that answers prediction requests with one model version.
+
+Each run is pinned to a model version (run config, mirrored in a run tag). A newer promoted model
+is rolled out by `flight_platform.sensors`, which stops this run and starts a new one, so every
+answer names the version that really produced it.
+"""
+
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from dagster import (
+    Config,
+    DagsterExecutionInterruptedError,
+    Failure,
+    OpExecutionContext,
+    in_process_executor,
+    job,
+    op,
+)
+from pydantic import Field
+
+from flight_platform.mongo import RESPONSES, ensure_index
+from flight_platform.resources import KafkaResource, ModelStoreResource, MongoResource
+from flight_platform.scoring import PipelineScorer
+from flight_platform.stream_worker import PredictionStreamWorker
+
+MODEL_VERSION_TAG = "flight_platform/model_version"
+
+
+class PredictionStreamConfig(Config):
+    model_version: str = Field(
+        default="", description="Model version to serve; empty means the store's `current`.")
+    progress_interval_seconds: float = Field(
+        default=15.0, description="How often throughput, latency and lag are logged.")
+
+
+@contextmanager
+def stop_on_interrupt() -> Iterator[Callable[[], bool]]:
+    """Turn SIGINT/SIGTERM into a flag the worker checks between batches.
+
+    Terminating a run from the Dagster UI interrupts the run process with SIGINT, which Dagster
+    would raise inside whatever the op is doing; the batch in hand could then be scored but not
+    committed. With the flag, the worker finishes and commits it, then closes its consumer.
+    """
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():  # signals go to the main thread
+        yield lambda: False
+        return
+    previous = {sig: signal.signal(sig, lambda signum, _frame: received.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield lambda: bool(received)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@op(description="Consume prediction requests from Kafka, score them, store answers in MongoDB; "
+    "runs until the run is terminated.")
+def serve_prediction_requests(context: OpExecutionContext, config: PredictionStreamConfig,
+                              kafka: KafkaResource, mongo: MongoResource,
+                              model_store: ModelStoreResource) -> None:
+    store = model_store.store()
+    version = config.model_version or store.current_version()
+    if version is None:
+        raise Failure("No model has been promoted yet: materialize flight_delay_model first.")
+    scorer = PipelineScorer.load(store.pipeline_dir(version))
+    # The tag tells the supervising sensor which version this run serves, however it was launched.
+    context.instance.add_run_tags(context.run_id, {MODEL_VERSION_TAG: version})
+    if kafka.ensure_request_topic():
+        context.log.info(f"Created topic {kafka.request_topic}")
+    database = mongo.get_database()
+    ensure_index(database, RESPONSES)
+    worker = PredictionStreamWorker(kafka.request_consumer(), scorer, version, database,
+                                    context.log, config.progress_interval_seconds)
+    context.log.info(f"Serving model {version} from {kafka.request_topic} "
+                     f"(group {kafka.consumer_group}) into {database.name}.{RESPONSES}")
+    with stop_on_interrupt() as interrupted:
+        totals = worker.run(stop_requested=interrupted)
+    context.log.info(f"Stopped cleanly after the last batch was stored and committed: {totals}")
+    # Let Dagster record the run as canceled (terminated from the UI) rather than succeeded.
+    raise DagsterExecutionInterruptedError()
+
+
+@job(executor_def=in_process_executor, tags={"flight_platform/role": "prediction-stream"},
+     description="The long-lived streaming run, supervised by prediction_stream_supervisor.")
+def flight_delay_prediction_stream():
+    serve_prediction_requests()

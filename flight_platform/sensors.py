@@ -1,0 +1,91 @@
+"""The supervisor of the streaming job: exactly one run alive, serving the current model.
+
+It reads only the Dagster instance and the model store's `current` pointer (a small file): it never
+talks to Kafka or Spark, so a tick is cheap and cannot hang on a broker.
+
+Model roll-out is stop-then-start: a run serving an older version is terminated (it finishes and
+commits its batch in hand), and the next tick after it has stopped launches the new version.
+Requests sent in between wait in Kafka, so none is lost, and every answer is stamped with the
+version that really produced it. The cost is a gap of roughly one tick plus a run start.
+"""
+
+import time
+
+from dagster import (
+    DagsterInstance,
+    DagsterRunStatus,
+    DefaultSensorStatus,
+    RunConfig,
+    RunRequest,
+    RunsFilter,
+    SensorEvaluationContext,
+    SkipReason,
+    sensor,
+)
+
+from flight_platform.jobs import (
+    MODEL_VERSION_TAG,
+    PredictionStreamConfig,
+    flight_delay_prediction_stream,
+)
+from flight_platform.resources import ModelStoreResource
+
+ALIVE = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING,
+         DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
+FINISHED = [DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED]
+BACKOFF_BASE_S = 15.0
+BACKOFF_MAX_S = 600.0
+
+
+def restart_delay(instance: DagsterInstance, now: float) -> float:
+    """Seconds still to wait before relaunching: doubling per consecutive failed run, from
+    BACKOFF_BASE_S up to BACKOFF_MAX_S; zero when the last run did not fail."""
+    finished = instance.get_run_records(
+        RunsFilter(job_name=flight_delay_prediction_stream.name, statuses=FINISHED), limit=10)
+    failures = 0
+    for record in finished:
+        if record.dagster_run.status != DagsterRunStatus.FAILURE:
+            break
+        failures += 1
+    if not failures:
+        return 0.0
+    wait = min(BACKOFF_BASE_S * 2 ** (failures - 1), BACKOFF_MAX_S)
+    last_failed_at = finished[0].end_time or finished[0].update_timestamp.timestamp()
+    return max(0.0, last_failed_at + wait - now)
+
+
+@sensor(
+    job=flight_delay_prediction_stream,
+    default_status=DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=10,
+    description="Keeps one flight_delay_prediction_stream run alive on the current model version: "
+    "launches one when none is alive, redeploys when a new version is promoted, and backs off "
+    "after consecutive failures.",
+)
+def prediction_stream_supervisor(context: SensorEvaluationContext,
+                                 model_store: ModelStoreResource):
+    current = model_store.store().current_version()
+    if current is None:
+        return SkipReason("No model promoted yet: materialize flight_delay_model.")
+
+    instance = context.instance
+    alive = instance.get_runs(
+        RunsFilter(job_name=flight_delay_prediction_stream.name, statuses=ALIVE), limit=1)
+    if alive:
+        run = alive[0]
+        serving = run.tags.get(MODEL_VERSION_TAG)
+        if run.status == DagsterRunStatus.STARTED and serving not in (None, current):
+            instance.run_coordinator.cancel_run(run.run_id)
+            return SkipReason(f"Model {current} was promoted: stopping run {run.run_id} (serving "
+                              f"{serving}); its replacement starts once it has stopped.")
+        return SkipReason(f"Run {run.run_id} is {run.status.value}, serving model "
+                          f"{serving or '(loading)'}.")
+
+    delay = restart_delay(instance, time.time())
+    if delay:
+        return SkipReason(f"The last runs failed; backing off {delay:.0f}s before relaunching.")
+    return RunRequest(
+        run_config=RunConfig(ops={
+            "serve_prediction_requests": PredictionStreamConfig(model_version=current)}),
+        tags={MODEL_VERSION_TAG: current},
+    )

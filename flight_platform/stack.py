@@ -1,0 +1,127 @@
+"""Run the whole local platform: services, a full materialization, the Dagster UI and the web app.
+
+    python -m flight_platform.stack        (what `make run` does)
+
+1. starts the Kafka-protocol broker and the MongoDB-protocol server (`flight_platform.services`);
+2. materializes every asset with the `dagster` CLI, so the UI shows the runs;
+3. serves the Dagster UI (`dagster dev`, whose daemon runs the sensor that starts the streaming
+   job) and the web app under gunicorn, a production WSGI server;
+4. on Ctrl-C or SIGTERM, stops all of it, services included.
+"""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from flight_platform import services
+from flight_platform.settings import REPO_ROOT, Settings, load_settings
+
+READY_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 30.0
+
+
+class _Stop(Exception):
+    pass
+
+
+def _raise_stop(signum, _frame):
+    raise _Stop(signal.Signals(signum).name)
+
+
+def _wait_until_answering(url: str, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args[0]} exited with code {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError(f"{url} did not answer within {READY_TIMEOUT_S:.0f}s")
+
+
+def _start(command: list, env: dict) -> subprocess.Popen:
+    # Its own process group, so stopping it also reaches what it spawned (dagster dev's code
+    # server and the streaming run worker would otherwise outlive it).
+    return subprocess.Popen(command, env=env, cwd=REPO_ROOT, start_new_session=True)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """SIGTERM the whole group (the streaming run finishes and commits its batch), then SIGKILL
+    whatever is left after STOP_TIMEOUT_S."""
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        while time.monotonic() < deadline:
+            process.poll()
+            os.killpg(process.pid, 0)  # raises once every process of the group has exited
+            time.sleep(0.2)
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
+
+
+def run(settings: Settings) -> None:
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "DAGSTER_HOME": str(settings.dagster_home)}
+    settings.dagster_home.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO_ROOT / "dagster.yaml", settings.dagster_home / "dagster.yaml")
+    dagster_url = f"http://127.0.0.1:{settings.dagster_port}"
+    web_url = f"http://{settings.web_host}:{settings.web_port}"
+    processes: list[subprocess.Popen] = []
+    try:
+        services.up(settings)
+        print("Materializing every asset (about a minute)...", flush=True)
+        subprocess.run([bin_dir / "dagster", "asset", "materialize", "--select", "*",
+                        "-m", "flight_platform.definitions"], env=env, cwd=REPO_ROOT, check=True)
+        web = _start([bin_dir / "gunicorn", "--bind", f"{settings.web_host}:{settings.web_port}",
+                      "--workers", "2", "--threads", "4", "--access-logfile", "-",
+                      "web.app:create_app()"], env)
+        processes.append(web)
+        dagster = _start([bin_dir / "dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1",
+                          "-p", str(settings.dagster_port)], env)
+        processes.append(dagster)
+        _wait_until_answering(f"{web_url}/health", web)
+        _wait_until_answering(f"{dagster_url}/server_info", dagster)
+        print(f"\nflight_platform is up:\n"
+              f"  Dagster UI  {dagster_url}\n"
+              f"  Web app     {web_url}/flights/delays/predict_kafka\n"
+              f"  Kafka {settings.kafka_bootstrap_servers}, MongoDB {settings.mongo_uri}\n"
+              f"The sensor prediction_stream_supervisor starts the streaming job within a minute.\n"
+              f"Press Ctrl-C to stop everything.\n", flush=True)
+        while all(p.poll() is None for p in processes):
+            time.sleep(0.5)
+        print("A server exited; stopping the rest.", file=sys.stderr)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # let the clean-up below finish
+            signal.signal(sig, signal.SIG_IGN)
+        for process in reversed(processes):
+            _stop(process)
+        services.down(settings)
+
+
+def main() -> int:
+    # Handlers (not "ignore") so that the servers started below get default signal dispositions
+    # even when this runs in the background of a non-interactive shell. The servers run in their
+    # own process groups: a Ctrl-C reaches only this process, which stops them in order.
+    signal.signal(signal.SIGINT, _raise_stop)
+    signal.signal(signal.SIGTERM, _raise_stop)
+    try:
+        run(load_settings())
+    except _Stop as stop:
+        print(f"Stopped ({stop}).")
+    except (RuntimeError, subprocess.CalledProcessError, services.ServiceError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""The web app's Kafka producer and MongoDB database, with failures turned into one error type."""
+
+import threading
+
+from kafka import KafkaProducer
+from kafka.errors import KafkaError
+from pymongo.database import Database
+
+from flight_platform import messaging, mongo
+from flight_platform.contract import PredictionRequest
+from flight_platform.settings import Settings
+
+# A person is waiting on the page: fail within seconds rather than Kafka's default minute.
+TIMEOUT_S = 3
+
+
+class ServiceUnavailable(Exception):
+    pass
+
+
+class ServiceClients:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._mongo = mongo.create_client(settings.mongo_uri, timeout_ms=TIMEOUT_S * 1000)
+        self._producer: KafkaProducer | None = None
+        self._producer_lock = threading.Lock()
+
+    @property
+    def database(self) -> Database:
+        return self._mongo[self.settings.mongo_database]
+
+    def _get_producer(self) -> KafkaProducer:
+        """Created on first use, and again after a failed attempt, so the app recovers by itself
+        once the broker is back."""
+        with self._producer_lock:
+            if self._producer is None:
+                servers = self.settings.kafka_bootstrap_servers
+                try:
+                    messaging.ensure_topic(servers, self.settings.request_topic,
+                                           self.settings.request_topic_partitions)
+                    self._producer = messaging.create_producer(servers, timeout_ms=TIMEOUT_S * 1000)
+                except KafkaError as error:
+                    raise ServiceUnavailable(f"Kafka at {servers} is unreachable: {error}") from error
+            return self._producer
+
+    def publish(self, request: PredictionRequest) -> None:
+        """Return only once the broker has acknowledged the request (acks=all): a request the
+        user is told is accepted is on the topic."""
+        producer = self._get_producer()
+        try:
+            producer.send(self.settings.request_topic, request.to_message(),
+                          key=request.UUID.encode()).get(timeout=TIMEOUT_S)
+        except KafkaError as error:
+            raise ServiceUnavailable(
+                f"Kafka did not acknowledge the request: {type(error).__name__}: {error}") from error
+
+    def health(self) -> dict[str, dict]:
+        return {
+            "kafka": {"reachable": messaging.broker_reachable(self.settings.kafka_bootstrap_servers),
+                      "bootstrap_servers": self.settings.kafka_bootstrap_servers},
+            "mongo": {"reachable": mongo.server_reachable(self.settings.mongo_uri),
+                      "database": self.settings.mongo_database},
+        }
