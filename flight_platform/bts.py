@@ -68,12 +68,12 @@ def bts_header_mapping(header: list[str], source: str) -> dict[str, str]:
     for column, candidates in BTS_COLUMN_NAMES.items():
         found = next((name for name in candidates if name in present), None)
         if found is None:
-            missing.append(f"{column} (one of {', '.join(candidates)})")
+            missing.append(column if candidates == [column] else f"{column} ({' or '.join(candidates)})")
         else:
             mapping[column] = found
     if missing:
-        raise UnknownBtsLayout(f"{source} is not a BTS on-time performance file: no column "
-                               + "; no column ".join(missing))
+        raise UnknownBtsLayout(f"{source} is not a BTS on-time performance file; it lacks the "
+                               f"columns {', '.join(missing)}")
     return mapping
 
 

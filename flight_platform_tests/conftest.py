@@ -1,0 +1,139 @@
+"""A private platform for the test session: its own ports, data dir and Dagster home.
+
+The environment is set before collection (definitions read settings at import), so a running
+default stack (ports 9092/27017/3000/5000, data/) and a test run never collide.
+"""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from flight_platform import services
+from flight_platform.settings import REPO_ROOT, Settings, load_settings
+
+BIN = Path(sys.executable).parent
+ARTIFACTS = REPO_ROOT / "test-artifacts"
+_session_dir: Path | None = None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def pytest_configure(config):
+    global _session_dir
+    _session_dir = Path(tempfile.mkdtemp(prefix="flight_platform_tests_"))
+    os.environ.update({
+        "FLIGHT_PLATFORM_DATA_DIR": str(_session_dir / "data"),
+        "FLIGHT_PLATFORM_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
+        "FLIGHT_PLATFORM_MONGO_URI": f"mongodb://127.0.0.1:{free_port()}/?directConnection=true",
+        "FLIGHT_PLATFORM_SPARK_DRIVER_MEMORY": "2g",
+        "DAGSTER_HOME": str(_session_dir / "dagster_home"),
+    })
+    Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True)
+    shutil.copy(REPO_ROOT / "dagster.yaml", os.environ["DAGSTER_HOME"])
+
+
+def pytest_unconfigure(config):
+    if _session_dir is not None:
+        shutil.rmtree(_session_dir, ignore_errors=True)
+
+
+def wait_for(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := condition():
+            return result
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return load_settings()
+
+
+@pytest.fixture(scope="session")
+def running_services(settings) -> Iterator[Settings]:
+    """The real Kafka-protocol broker and MongoDB-protocol server, stopped even on failure."""
+    try:
+        services.up(settings)
+        yield settings
+    finally:
+        services.down(settings)
+
+
+def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / args[0]), *args[1:]], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def materialized(running_services) -> dict[str, subprocess.CompletedProcess]:
+    """The whole asset graph, materialized with the `dagster` CLI as CI and `make run` do."""
+    results = {
+        "validate": run_cli("dagster", "definitions", "validate", "-m", "flight_platform.definitions"),
+        "materialize": run_cli("dagster", "asset", "materialize", "--select", "*",
+                               "-m", "flight_platform.definitions"),
+    }
+    for name, result in results.items():
+        if result.returncode != 0:
+            pytest.fail(f"dagster {name} failed ({result.returncode}):\n{result.stderr[-5000:]}")
+    return results
+
+
+class StreamProcess:
+    """The streaming job run for real with `dagster job execute`, in its own process."""
+
+    def __init__(self, log_path: Path, **env: str):
+        self.log_path = log_path
+        env = {**os.environ, **{f"FLIGHT_PLATFORM_{k.upper()}": v for k, v in env.items()}}
+        with open(log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [str(BIN / "dagster"), "job", "execute", "-m", "flight_platform.definitions",
+                 "-j", "flight_delay_prediction_stream"],
+                cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_until_serving(self, timeout: float = 120) -> None:
+        wait_for(lambda: "Serving model" in self.log() or self.process.poll() is not None,
+                 timeout, "the stream to start")
+        assert self.process.poll() is None, self.log()[-5000:]
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+
+@pytest.fixture
+def start_stream(materialized, tmp_path) -> Iterator[Callable[..., StreamProcess]]:
+    """Start stream processes (settings overridable, e.g. request_topic=...); all are stopped
+    at the end of the test."""
+    started: list[StreamProcess] = []
+
+    def start(**env: str) -> StreamProcess:
+        stream = StreamProcess(tmp_path / f"stream-{len(started)}.log", **env)
+        started.append(stream)
+        return stream
+
+    yield start
+    for stream in started:
+        stream.stop(signal.SIGKILL)

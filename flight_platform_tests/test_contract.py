@@ -1,0 +1,93 @@
+import datetime as dt
+import json
+
+import pytest
+
+from flight_platform.contract import InvalidRequest, PredictionRequest, parse_fields
+
+
+def valid_message(**overrides) -> dict:
+    message = {
+        "UUID": "0b4f6a0c-7a47-4d0e-9f0a-6a8e4a0c1f00", "Carrier": "DL", "FlightDate": "2013-01-01",
+        "FlightNum": "1519", "Origin": "JFK", "Dest": "ATL", "DepDelay": 5.0, "Distance": 760.0,
+        "DayOfMonth": 1, "DayOfWeek": 2, "DayOfYear": 1, "Timestamp": "2026-11-25T10:00:00+00:00",
+    }
+    message.update(overrides)
+    return message
+
+
+def parse(message) -> PredictionRequest:
+    return PredictionRequest.from_message(json.dumps(message).encode())
+
+
+def test_create_derives_date_features_with_the_training_convention():
+    request = PredictionRequest.create(Carrier="DL", FlightDate="2016-12-25", FlightNum="1519",
+                                       Origin="JFK", Dest="ATL", DepDelay=5.0, Distance=760.0)
+    assert (request.DayOfMonth, request.DayOfWeek, request.DayOfYear) == (25, 7, 360)
+    assert dt.datetime.fromisoformat(request.Timestamp).tzinfo is not None
+    assert PredictionRequest.from_message(request.to_message()) == request
+
+
+def test_valid_message():
+    request = parse(valid_message())
+    assert request.Carrier == "DL" and request.DepDelay == 5.0
+    assert request.model_input()["Route"] == "JFK-ATL"
+
+
+def test_integer_delay_is_a_number():
+    assert parse(valid_message(DepDelay=5)).DepDelay == 5.0
+
+
+@pytest.mark.parametrize("payload, reason", [
+    (b"not json", "not valid JSON"),
+    (b"\xff\xfe", "not valid JSON"),
+    (b"[1, 2]", "expected a JSON object, got list"),
+])
+def test_unparseable_messages(payload, reason):
+    with pytest.raises(InvalidRequest, match=reason):
+        PredictionRequest.from_message(payload)
+
+
+@pytest.mark.parametrize("overrides, reason", [
+    ({"Origin": None}, "Origin is required"),
+    ({"DepDelay": "5"}, "DepDelay must be a number, got '5'"),
+    ({"DepDelay": True}, "DepDelay must be a number"),
+    ({"DepDelay": 99999}, "DepDelay must be between"),
+    ({"Carrier": 7}, "Carrier must be a 2-3 character carrier code"),
+    ({"Origin": "jfk"}, "Origin must be a 3-letter airport code"),
+    ({"FlightDate": "2013-02-30"}, "FlightDate is not a calendar date"),
+    ({"FlightDate": "01/01/2013"}, "FlightDate must be a date as YYYY-MM-DD"),
+    ({"UUID": "42"}, "UUID must be a UUID"),
+    ({"DayOfWeek": 1.0}, "DayOfWeek must be a whole number from 1 to 7"),
+    # Monday=0 (Python's weekday()) is the classic train/serve mismatch.
+    ({"DayOfWeek": 1}, "DayOfWeek is 1 but FlightDate 2013-01-01 gives 2"),
+    ({"Timestamp": "yesterday"}, "Timestamp must be an ISO 8601 timestamp"),
+])
+def test_off_contract_fields_are_named(overrides, reason):
+    with pytest.raises(InvalidRequest, match=reason):
+        parse(valid_message(**overrides))
+
+
+def test_every_bad_field_is_reported():
+    with pytest.raises(InvalidRequest) as error:
+        parse(valid_message(Carrier="", Dest="atlanta", DepDelay="late"))
+    assert str(error.value).count(";") == 2
+
+
+def test_parse_fields_returns_values_and_errors():
+    values, errors = parse_fields({"Origin": "JFK", "Dest": "", "DepDelay": 3}, ["Origin", "Dest", "DepDelay"])
+    assert values == {"Origin": "JFK", "DepDelay": 3.0}
+    assert errors == {"Dest": "is required"}
+
+
+def test_response_document():
+    request = parse(valid_message())
+    scored_at = dt.datetime(2026, 11, 25, 10, 0, 1, tzinfo=dt.UTC)
+    document = request.response([0.1, 0.2, 0.6, 0.1], "v1", scored_at)
+    assert document["Prediction"] == 2
+    assert document["PredictionLabel"] == "Slightly late (0–30 min)"
+    assert [p["Probability"] for p in document["Probabilities"]] == [0.1, 0.2, 0.6, 0.1]
+    assert document["ModelVersion"] == "v1"
+    assert document["Route"] == "JFK-ATL" and document["UUID"] == request.UUID
+    assert document["RequestedAt"] == dt.datetime(2026, 11, 25, 10, tzinfo=dt.UTC)
+    assert document["ScoredAt"] == scored_at

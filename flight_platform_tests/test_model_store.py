@@ -1,0 +1,39 @@
+import pytest
+
+from flight_platform.model_store import ModelStore
+
+
+def save(store: ModelStore, version: str) -> None:
+    store.pipeline_dir(version).mkdir(parents=True)
+    store.write_info(version, {"version": version})
+
+
+def test_promote_moves_the_pointer(tmp_path):
+    store = ModelStore(tmp_path)
+    assert store.current_version() is None
+    save(store, "20260101T000000Z-a")
+    save(store, "20260102T000000Z-b")
+    store.promote("20260101T000000Z-a")
+    assert store.current_version() == "20260101T000000Z-a"
+    store.promote("20260102T000000Z-b")
+    assert store.current_version() == "20260102T000000Z-b"
+    assert store.read_info("20260102T000000Z-b") == {"version": "20260102T000000Z-b"}
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".current")] == []
+
+
+def test_an_incomplete_version_cannot_be_promoted(tmp_path):
+    store = ModelStore(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        store.promote("missing")
+    assert store.current_version() is None
+
+
+def test_prune_keeps_the_newest_and_the_current(tmp_path):
+    store = ModelStore(tmp_path)
+    versions = [f"2026010{i}T000000Z-x" for i in range(1, 7)]
+    for version in versions:
+        save(store, version)
+    store.promote(versions[0])  # e.g. a newer model failed its checks and was never promoted
+    deleted = store.prune(keep=3)
+    assert deleted == versions[1:3]
+    assert store.versions() == [versions[0], *versions[3:]]

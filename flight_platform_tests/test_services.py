@@ -1,0 +1,100 @@
+"""The service manager CLI, against its own ports and data dir (not the session's services)."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from flight_platform.settings import REPO_ROOT
+from flight_platform_tests.conftest import free_port
+
+
+def manager(env: dict, command: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flight_platform.services", command], env=env,
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def env(tmp_path):
+    env = {**os.environ,
+           "FLIGHT_PLATFORM_DATA_DIR": str(tmp_path),
+           "FLIGHT_PLATFORM_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
+           "FLIGHT_PLATFORM_MONGO_URI": f"mongodb://127.0.0.1:{free_port()}/?directConnection=true"}
+    yield env
+    manager(env, "down")
+
+
+def pids(tmp_path) -> dict[str, int]:
+    return {name: int((tmp_path / "services" / f"{name}.pid").read_text())
+            for name in ("kafka", "mongo")}
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_up_status_down(env, tmp_path):
+    assert manager(env, "status").returncode == 3
+
+    up = manager(env, "up")
+    assert up.returncode == 0, up.stderr
+    assert "kafka  started" in up.stdout and "mongo  started" in up.stdout
+    started = pids(tmp_path)
+    assert all(alive(pid) for pid in started.values())
+
+    status = manager(env, "status")
+    assert status.returncode == 0
+    assert status.stdout.count(": healthy") == 2
+
+    down = manager(env, "down")
+    assert down.returncode == 0
+    assert not any(alive(pid) for pid in started.values())
+    assert manager(env, "status").returncode == 3
+
+
+def test_refuses_to_start_a_second_copy(env, tmp_path):
+    assert manager(env, "up").returncode == 0
+    first = pids(tmp_path)
+    again = manager(env, "up")
+    assert again.stdout.count("already running") == 2
+    assert pids(tmp_path) == first
+    servers = subprocess.run(["pgrep", "-f", env["FLIGHT_PLATFORM_KAFKA_BOOTSTRAP_SERVERS"]],
+                             capture_output=True, text=True).stdout.split()
+    assert servers == [str(first["kafka"])]
+
+
+def test_mongo_data_survives_a_restart(env):
+    from pymongo import MongoClient
+
+    assert manager(env, "up").returncode == 0
+    with MongoClient(env["FLIGHT_PLATFORM_MONGO_URI"]) as client:
+        client.test.kept.insert_one({"_id": 1})
+    manager(env, "down")
+    assert manager(env, "up").returncode == 0
+    with MongoClient(env["FLIGHT_PLATFORM_MONGO_URI"]) as client:
+        assert client.test.kept.find_one({"_id": 1}) == {"_id": 1}
+
+
+def test_a_port_taken_by_someone_else_is_an_error(env):
+    host, port = env["FLIGHT_PLATFORM_KAFKA_BOOTSTRAP_SERVERS"].split(":")
+    with socket.socket() as squatter:
+        squatter.bind((host, int(port)))
+        squatter.listen()
+        up = manager(env, "up")
+    assert up.returncode == 1
+    assert "already taken by a process this manager did not start" in up.stderr
+
+
+def test_external_services_are_left_alone(env, tmp_path):
+    env["FLIGHT_PLATFORM_KAFKA_BOOTSTRAP_SERVERS"] = "kafka.example.internal:9092"
+    env["FLIGHT_PLATFORM_MONGO_URI"] = "mongodb://mongo-0.example.internal:27017/?replicaSet=rs0"
+    up = manager(env, "up")
+    assert up.returncode == 0
+    assert up.stdout.count("external") == 2
+    assert not (tmp_path / "services").exists()

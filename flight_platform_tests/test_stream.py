@@ -1,0 +1,149 @@
+"""The streaming job for real: `dagster job execute` against the broker, the Mongo-protocol server and
+the model materialized this session. Each test has its own topic and consumer group."""
+
+import json
+import random
+import signal
+import threading
+import time
+import uuid
+
+import pytest
+from kafka import KafkaConsumer, TopicPartition
+from pymongo import MongoClient
+
+from flight_platform.contract import PredictionRequest
+from flight_platform.features import ARRIVAL_DELAY_LABELS
+from flight_platform.messaging import create_producer, ensure_topic
+from flight_platform.model_store import ModelStore
+from flight_platform.mongo import DEAD_LETTERS, RESPONSES
+from flight_platform_tests.conftest import wait_for
+
+ROUTES = [("JFK", "ATL", 760.0, "DL"), ("EWR", "ORD", 719.0, "UA"), ("LGA", "MIA", 1096.0, "AA"),
+          ("JFK", "LAX", 2475.0, "B6")]
+
+
+@pytest.fixture
+def topic(settings) -> str:
+    name = f"requests_{uuid.uuid4().hex[:8]}"
+    ensure_topic(settings.kafka_bootstrap_servers, name, partitions=3)
+    return name
+
+
+@pytest.fixture
+def database(settings):
+    with MongoClient(settings.mongo_uri) as client:
+        yield client[settings.mongo_database]
+
+
+def make_request(rng: random.Random, **overrides) -> PredictionRequest:
+    origin, dest, distance, carrier = rng.choice(ROUTES)
+    fields = dict(Carrier=carrier, FlightDate=f"2013-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}",
+                  FlightNum=str(rng.randint(1, 4000)), Origin=origin, Dest=dest,
+                  DepDelay=float(rng.randint(-10, 120)), Distance=distance)
+    fields.update(overrides)
+    return PredictionRequest.create(**fields)
+
+
+def produce(settings, topic: str, payloads: list[bytes], per_second: float | None = None):
+    producer = create_producer(settings.kafka_bootstrap_servers)
+    for payload in payloads:
+        producer.send(topic, payload)
+        if per_second:
+            time.sleep(1 / per_second)
+    producer.flush()
+    producer.close()
+
+
+def answered(database, ids: list[str]) -> int:
+    return database[RESPONSES].count_documents({"UUID": {"$in": ids}})
+
+
+def current_model(settings) -> str:
+    return ModelStore(settings.model_dir / "flight_delay_model").current_version()
+
+
+def test_every_request_gets_one_valid_answer(settings, start_stream, topic, database):
+    rng = random.Random(1)
+    requests = [make_request(rng) for _ in range(500)]
+    # Unseen carrier and airports: scored through the "keep" bucket, never a crash.
+    requests.append(make_request(rng, Carrier="ZZ", Origin="QQQ", Dest="XYZ", Distance=300.0))
+    ids = [r.UUID for r in requests]
+    stream = start_stream(request_topic=topic, consumer_group=f"group_{topic}")
+    produce(settings, topic, [r.to_message() for r in requests])
+
+    wait_for(lambda: answered(database, ids) == len(ids), 120, "every answer")
+    version = current_model(settings)
+    for answer in database[RESPONSES].find({"UUID": {"$in": ids}}):
+        assert answer["Prediction"] in range(4)
+        assert answer["PredictionLabel"] == ARRIVAL_DELAY_LABELS[answer["Prediction"]]
+        assert sum(p["Probability"] for p in answer["Probabilities"]) == pytest.approx(1, abs=1e-5)
+        assert answer["ModelVersion"] == version
+        assert answer["ScoredAt"] >= answer["RequestedAt"]
+    assert stream.process.poll() is None
+
+
+def test_malformed_messages_are_dead_lettered_and_the_stream_goes_on(settings, start_stream, topic,
+                                                                     database):
+    rng = random.Random(2)
+    good = [make_request(rng) for _ in range(30)]
+    bad = {
+        b"{not json": "not valid JSON",
+        json.dumps({"UUID": str(uuid.uuid4())}).encode(): "Carrier is required",
+        json.dumps({**json.loads(good[0].to_message()), "UUID": str(uuid.uuid4()),
+                    "DepDelay": "late"}).encode(): "DepDelay must be a number, got 'late'",
+        json.dumps({**json.loads(good[0].to_message()), "UUID": str(uuid.uuid4()),
+                    "DayOfWeek": 0}).encode(): "DayOfWeek must be a whole number from 1 to 7",
+    }
+    payloads = [r.to_message() for r in good[:15]] + list(bad) + [r.to_message() for r in good[15:]]
+    start_stream(request_topic=topic, consumer_group=f"group_{topic}")
+    produce(settings, topic, payloads)
+
+    wait_for(lambda: answered(database, [r.UUID for r in good]) == len(good), 120, "good answers")
+    letters = wait_for(lambda: (found := list(database[DEAD_LETTERS].find({"Topic": topic})))
+                       and len(found) == len(bad) and found, 30, "dead letters")
+    by_payload = {letter["Payload"]: letter["Reason"] for letter in letters}
+    for payload, reason in bad.items():
+        assert reason in by_payload[payload]
+
+
+def committed_offsets(settings, topic: str) -> dict[int, int | None]:
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers,
+                             group_id=f"group_{topic}", enable_auto_commit=False)
+    try:
+        return {p: consumer.committed(TopicPartition(topic, p)) for p in range(3)}
+    finally:
+        consumer.close()
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGKILL, signal.SIGTERM])
+def test_a_worker_stopped_mid_stream_loses_nothing_and_answers_nothing_twice(
+        settings, start_stream, topic, database, stop_signal):
+    rng = random.Random(3)
+    requests = [make_request(rng) for _ in range(1500)]
+    ids = [r.UUID for r in requests]
+    first = start_stream(request_topic=topic, consumer_group=f"group_{topic}")
+    first.wait_until_serving()
+    producer = threading.Thread(target=produce, args=(
+        settings, topic, [r.to_message() for r in requests], 300))
+    producer.start()
+    wait_for(lambda: answered(database, ids) > 300, 60, "the stream to be busy")
+    exit_code = first.stop(stop_signal)
+    stored = answered(database, ids)
+    assert stored < len(ids), "the worker was not stopped mid-stream"
+    committed = sum(offset or 0 for offset in committed_offsets(settings, topic).values())
+    # Offsets are committed only after the answers are stored...
+    assert committed <= stored
+    if stop_signal == signal.SIGTERM:
+        # ...and a clean stop stores and commits the batch in hand before the run ends.
+        assert "Stopped cleanly" in first.log()
+        assert committed == stored
+        assert exit_code != 0  # the run ends as interrupted, not as a success
+
+    start_stream(request_topic=topic, consumer_group=f"group_{topic}")
+    producer.join()
+    wait_for(lambda: answered(database, ids) == len(ids), 120, "every answer after the restart")
+    time.sleep(1)  # any late duplicate would have landed by now
+    assert answered(database, ids) == len(ids)
+    assert len(database[RESPONSES].distinct("UUID", {"UUID": {"$in": ids}})) == len(ids)
+    assert database[DEAD_LETTERS].count_documents({"Topic": topic}) == 0
