@@ -68,6 +68,13 @@ def _stop(process: subprocess.Popen) -> None:
     process.wait()
 
 
+def web_server_command(settings: Settings) -> list[str]:
+    """The web app under gunicorn: a worker per core, threads for requests waiting on Kafka acks."""
+    return [str(Path(sys.executable).parent / "gunicorn"),
+            "--bind", f"{settings.web_host}:{settings.web_port}", "--workers", "2", "--threads", "4",
+            "--access-logfile", "-", "web.app:create_app()"]
+
+
 def run(settings: Settings) -> None:
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "DAGSTER_HOME": str(settings.dagster_home)}
@@ -81,9 +88,7 @@ def run(settings: Settings) -> None:
         print("Materializing every asset (about a minute)...", flush=True)
         subprocess.run([bin_dir / "dagster", "asset", "materialize", "--select", "*",
                         "-m", "flight_platform.definitions"], env=env, cwd=REPO_ROOT, check=True)
-        web = _start([bin_dir / "gunicorn", "--bind", f"{settings.web_host}:{settings.web_port}",
-                      "--workers", "2", "--threads", "4", "--access-logfile", "-",
-                      "web.app:create_app()"], env)
+        web = _start(web_server_command(settings), env)
         processes.append(web)
         dagster = _start([bin_dir / "dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1",
                           "-p", str(settings.dagster_port)], env)

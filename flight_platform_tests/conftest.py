@@ -12,13 +12,16 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from flight_platform import services
 from flight_platform.settings import REPO_ROOT, Settings, load_settings
+from flight_platform.stack import web_server_command
 
 BIN = Path(sys.executable).parent
 ARTIFACTS = REPO_ROOT / "test-artifacts"
@@ -137,3 +140,33 @@ def start_stream(materialized, tmp_path) -> Iterator[Callable[..., StreamProcess
     yield start
     for stream in started:
         stream.stop(signal.SIGKILL)
+
+
+@pytest.fixture(scope="session")
+def live_stack(materialized, settings, tmp_path_factory) -> Iterator[str]:
+    """The streaming job on the default request topic and the web app under gunicorn, as `make run`
+    serves them. Yields the web app's base URL."""
+    logs = tmp_path_factory.mktemp("live_stack")
+    stream = StreamProcess(logs / "stream.log")
+    web_settings = replace(settings, web_port=free_port())
+    with open(logs / "web.log", "ab") as log:
+        web = subprocess.Popen(web_server_command(web_settings), cwd=REPO_ROOT, stdout=log,
+                               stderr=subprocess.STDOUT)
+    url = f"http://{web_settings.web_host}:{web_settings.web_port}"
+    try:
+        stream.wait_until_serving()
+        wait_for(lambda: _answers(f"{url}/health") or web.poll() is not None, 60, "the web app")
+        assert web.poll() is None, (logs / "web.log").read_text()
+        yield url
+    finally:
+        web.terminate()
+        web.wait(30)
+        stream.stop(signal.SIGTERM)
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except OSError:
+        return False

