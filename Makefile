@@ -23,6 +23,6 @@ test: install
 	$(BIN)/python -m pytest
 
 bench: install
-	$(BIN)/python benchmarks/materialize.py
-	$(BIN)/python benchmarks/stream.py
-	$(BIN)/python benchmarks/web.py
+	$(BIN)/python -m benchmarks.materialize
+	$(BIN)/python -m benchmarks.stream
+	$(BIN)/python -m benchmarks.web

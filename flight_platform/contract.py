@@ -162,13 +162,14 @@ class PredictionRequest:
         """The response document: the request, the predicted bucket and how sure the model is."""
         prediction = max(range(len(probabilities)), key=probabilities.__getitem__)
         return {
+            "_id": self.UUID,  # one document per request: see flight_platform.mongo
             **{f.name: getattr(self, f.name) for f in fields(self) if f.name != "Timestamp"},
             "Route": route(self.Origin, self.Dest),
             "Prediction": prediction,
             "PredictionLabel": ARRIVAL_DELAY_LABELS[prediction],
             "Probabilities": [
                 {"Bucket": bucket, "Label": label, "Probability": round(float(p), 6)}
-                for bucket, (label, p) in enumerate(zip(ARRIVAL_DELAY_LABELS, probabilities))],
+                for bucket, (label, p) in enumerate(zip(ARRIVAL_DELAY_LABELS, probabilities, strict=True))],
             "ModelVersion": model_version,
             "RequestedAt": dt.datetime.fromisoformat(self.Timestamp),
             "ScoredAt": scored_at,

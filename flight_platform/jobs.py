@@ -21,7 +21,7 @@ from dagster import (
 )
 from pydantic import Field
 
-from flight_platform.mongo import RESPONSES, ensure_index
+from flight_platform.mongo import RESPONSES
 from flight_platform.resources import KafkaResource, ModelStoreResource, MongoResource
 from flight_platform.scoring import PipelineScorer
 from flight_platform.stream_worker import PredictionStreamWorker
@@ -72,7 +72,6 @@ def serve_prediction_requests(context: OpExecutionContext, config: PredictionStr
     if kafka.ensure_request_topic():
         context.log.info(f"Created topic {kafka.request_topic}")
     database = mongo.get_database()
-    ensure_index(database, RESPONSES)
     worker = PredictionStreamWorker(kafka.request_consumer(), scorer, version, database,
                                     context.log, config.progress_interval_seconds)
     context.log.info(f"Serving model {version} from {kafka.request_topic} "

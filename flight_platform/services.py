@@ -13,7 +13,6 @@ stops only processes this manager started.
 """
 
 import argparse
-from abc import ABC, abstractmethod
 import ipaddress
 import os
 import signal
@@ -22,6 +21,7 @@ import subprocess
 import sys
 import sysconfig
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path

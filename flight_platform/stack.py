@@ -68,6 +68,14 @@ def _stop(process: subprocess.Popen) -> None:
     process.wait()
 
 
+def dagster_environment(settings: Settings) -> dict[str, str]:
+    """The environment for `dagster` commands: DAGSTER_HOME under the data dir, with the project's
+    instance settings (dagster.yaml) in it."""
+    settings.dagster_home.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO_ROOT / "dagster.yaml", settings.dagster_home / "dagster.yaml")
+    return {**os.environ, "DAGSTER_HOME": str(settings.dagster_home)}
+
+
 def web_server_command(settings: Settings) -> list[str]:
     """The web app under gunicorn: a worker per core, threads for requests waiting on Kafka acks."""
     return [str(Path(sys.executable).parent / "gunicorn"),
@@ -77,9 +85,7 @@ def web_server_command(settings: Settings) -> list[str]:
 
 def run(settings: Settings) -> None:
     bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "DAGSTER_HOME": str(settings.dagster_home)}
-    settings.dagster_home.mkdir(parents=True, exist_ok=True)
-    shutil.copy(REPO_ROOT / "dagster.yaml", settings.dagster_home / "dagster.yaml")
+    env = dagster_environment(settings)
     dagster_url = f"http://127.0.0.1:{settings.dagster_port}"
     web_url = f"http://{settings.web_host}:{settings.web_port}"
     processes: list[subprocess.Popen] = []

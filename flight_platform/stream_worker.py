@@ -5,8 +5,8 @@ Delivery is at-least-once into idempotent sinks, which answers each request exac
 2. parse it; off-contract messages become dead letters (reason + raw bytes), keyed by their
    topic/partition/offset;
 3. score the valid requests in one vectorized call;
-4. insert answers under the unique UUID index and dead letters under their unique key; a duplicate
-   key means a redelivered message that was already answered, and the first answer stands;
+4. insert answers keyed by request UUID and dead letters by topic:partition:offset (both `_id`);
+   a duplicate key means a redelivered message that was already answered: the first answer stands;
 5. only then commit the batch's offsets.
 A crash anywhere before 5 redelivers the batch; step 4 makes the replay harmless.
 
@@ -16,12 +16,16 @@ No Dagster here: `flight_platform.jobs` runs this inside a long-lived Dagster ru
 import datetime as dt
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from kafka import KafkaConsumer
+from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
+from kafka.errors import CommitFailedError
+from kafka.structs import OffsetAndMetadata
 from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError
@@ -31,6 +35,10 @@ from flight_platform.mongo import DEAD_LETTERS, DUPLICATE_KEY, RESPONSES
 from flight_platform.scoring import PipelineScorer
 
 POLL_TIMEOUT_MS = 100  # also how quickly a stop request is noticed
+MAX_BATCHES_IN_FLIGHT = 2  # scored but not yet stored; beyond this, polling waits for the writer
+# Stored offsets are committed at most this often: a commit is a broker round trip, and a crash
+# only replays what was stored since (found already answered).
+COMMIT_INTERVAL_S = 0.2
 
 
 @dataclass
@@ -40,6 +48,16 @@ class StreamTotals:
     answered: int = 0
     already_answered: int = 0  # redelivered after a crash or rebalance; the first answer stands
     dead_lettered: int = 0
+
+
+@dataclass
+class _Batch:
+    """A polled batch, scored: what to store, and where each partition resumes once it is."""
+
+    records: int
+    answers: list[dict]
+    dead_letters: list[dict]
+    next_offsets: dict[TopicPartition, int]
 
 
 def insert_new(collection: Collection, documents: list[dict]) -> int:
@@ -83,24 +101,37 @@ class PredictionStreamWorker:
         self._window_latencies_ms: list[float] = []
         self._window_started = time.monotonic()
         self._window_records = 0
+        self._stored_offsets: dict[TopicPartition, int] = {}
+        self._last_commit = time.monotonic()
 
     def run(self, stop_requested: Callable[[], bool]) -> StreamTotals:
-        """Process micro-batches until `stop_requested()`; the batch in hand is always finished
-        and committed first."""
-        try:
-            while not stop_requested():
-                polled = self.consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
-                records = [record for batch in polled.values() for record in batch]
-                if records:
-                    self.process(records)
-                if time.monotonic() - self._window_started >= self.progress_interval_s:
-                    self.report_progress()
-            self.report_progress()
-        finally:
-            self.consumer.close(autocommit=False)
+        """Process micro-batches until `stop_requested()`, then store and commit the batches in
+        hand before closing.
+
+        Two stages overlap, one per core: while a writer thread stores a batch in MongoDB, this
+        thread polls and scores the next. Offsets are committed in poll order and only for batches
+        whose documents are stored, so the at-least-once guarantee is the same as storing and
+        committing in one loop."""
+        in_flight: deque[tuple[_Batch, Future]] = deque()
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mongo-writer") as writer:
+            try:
+                while not stop_requested():
+                    polled = self.consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
+                    records = [record for batch in polled.values() for record in batch]
+                    if records:
+                        batch = self.prepare(records)
+                        in_flight.append((batch, writer.submit(self.store, batch)))
+                    self.commit_stored(in_flight, keep_at_most=MAX_BATCHES_IN_FLIGHT)
+                    if time.monotonic() - self._window_started >= self.progress_interval_s:
+                        self.report_progress()
+                self.commit_stored(in_flight, keep_at_most=0)
+                self.report_progress()
+            finally:
+                self.consumer.close(autocommit=False)
         return self.totals
 
-    def process(self, records: list[ConsumerRecord]) -> None:
+    def prepare(self, records: list[ConsumerRecord]) -> _Batch:
+        """Parse and score a polled batch into the documents to store."""
         requests: list[tuple[ConsumerRecord, PredictionRequest]] = []
         dead: list[dict] = []
         for record in records:
@@ -112,19 +143,51 @@ class PredictionStreamWorker:
         scored, unscorable = self._score([request for _, request in requests])
         dead += [dead_letter(requests[i][0], reason) for i, reason in unscorable]
         now = dt.datetime.now(dt.UTC)
-        answers = [requests[i][1].response(p, self.model_version, now) for i, p in scored]
-        duplicates = insert_new(self.responses, answers)
-        insert_new(self.dead_letters, dead)
-        self.consumer.commit()
+        return _Batch(
+            records=len(records),
+            answers=[requests[i][1].response(p, self.model_version, now) for i, p in scored],
+            dead_letters=dead,
+            # Records arrive in offset order per partition, so the last one sets the position.
+            next_offsets={TopicPartition(r.topic, r.partition): r.offset + 1 for r in records},
+        )
 
+    def store(self, batch: _Batch) -> tuple[int, dt.datetime]:
+        """(answers already stored before, when the batch was stored); runs in the writer thread."""
+        already_answered = insert_new(self.responses, batch.answers)
+        insert_new(self.dead_letters, batch.dead_letters)
+        return already_answered, dt.datetime.now(dt.UTC)
+
+    def commit_stored(self, in_flight: deque[tuple[_Batch, Future]], keep_at_most: int) -> None:
+        """Take the oldest batches that are stored, waiting while more than `keep_at_most` are in
+        flight, and commit their offsets (every COMMIT_INTERVAL_S, and always when none may stay
+        in flight). A failed store raises here, and its offsets stay uncommitted."""
+        while in_flight and (len(in_flight) > keep_at_most or in_flight[0][1].done()):
+            batch, stored = in_flight.popleft()
+            self._count(batch, *stored.result())
+            self._stored_offsets.update(batch.next_offsets)
+        if not self._stored_offsets or (
+                keep_at_most and time.monotonic() - self._last_commit < COMMIT_INTERVAL_S):
+            return
+        offsets, self._stored_offsets = self._stored_offsets, {}
+        self._last_commit = time.monotonic()
+        try:
+            self.consumer.commit({partition: OffsetAndMetadata(offset, "", -1)
+                                  for partition, offset in offsets.items()})
+        except CommitFailedError as error:
+            # The group rebalanced: the new owner of those partitions gets these records again
+            # and finds them answered (duplicate _id), so nothing is lost or answered twice.
+            self.log.warning(f"Offsets not committed after a rebalance ({error}); the records "
+                             f"will be redelivered and skipped as already answered.")
+
+    def _count(self, batch: _Batch, already_answered: int, stored_at: dt.datetime) -> None:
         self.totals.batches += 1
-        self.totals.records += len(records)
-        self.totals.answered += len(answers) - duplicates
-        self.totals.already_answered += duplicates
-        self.totals.dead_lettered += len(dead)
-        self._window_records += len(records)
+        self.totals.records += batch.records
+        self.totals.answered += len(batch.answers) - already_answered
+        self.totals.already_answered += already_answered
+        self.totals.dead_lettered += len(batch.dead_letters)
+        self._window_records += batch.records
         self._window_latencies_ms += [
-            (now - answer["RequestedAt"]).total_seconds() * 1000 for answer in answers
+            (stored_at - answer["RequestedAt"]).total_seconds() * 1000 for answer in batch.answers
             if answer["RequestedAt"].tzinfo is not None]
 
     def _score(self, requests: list[PredictionRequest]

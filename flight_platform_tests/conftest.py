@@ -21,7 +21,7 @@ import pytest
 
 from flight_platform import services
 from flight_platform.settings import REPO_ROOT, Settings, load_settings
-from flight_platform.stack import web_server_command
+from flight_platform.stack import dagster_environment, web_server_command
 
 BIN = Path(sys.executable).parent
 ARTIFACTS = REPO_ROOT / "test-artifacts"
@@ -42,10 +42,8 @@ def pytest_configure(config):
         "FLIGHT_PLATFORM_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
         "FLIGHT_PLATFORM_MONGO_URI": f"mongodb://127.0.0.1:{free_port()}/?directConnection=true",
         "FLIGHT_PLATFORM_SPARK_DRIVER_MEMORY": "2g",
-        "DAGSTER_HOME": str(_session_dir / "dagster_home"),
     })
-    Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True)
-    shutil.copy(REPO_ROOT / "dagster.yaml", os.environ["DAGSTER_HOME"])
+    os.environ.update(dagster_environment(load_settings()))
 
 
 def pytest_unconfigure(config):

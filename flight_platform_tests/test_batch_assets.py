@@ -157,8 +157,9 @@ def test_bts_downloads_are_ingested(running_services, tmp_path, nyc_flights):
 
     ingested = pd.read_parquet(tmp_path / "warehouse" / "on_time_performance.parquet")
     expected = pd.concat([january, february]).reset_index(drop=True)
-    ingested = ingested.sort_values(["FlightDate", "CRSDepTime", "Carrier", "FlightNum"]).reset_index(drop=True)
-    expected = expected.sort_values(["FlightDate", "CRSDepTime", "Carrier", "FlightNum"]).reset_index(drop=True)
+    order = ["FlightDate", "CRSDepTime", "Carrier", "FlightNum"]
+    ingested = ingested.sort_values(order).reset_index(drop=True)
+    expected = expected.sort_values(order).reset_index(drop=True)
     for column in ON_TIME_COLUMNS:
         assert ingested[column].astype(str).tolist() == expected[column].astype(str).tolist(), column
     metadata = result.asset_materializations_for_node("on_time_performance")[0].metadata

@@ -75,7 +75,8 @@ def test_every_bad_field_is_reported():
 
 
 def test_parse_fields_returns_values_and_errors():
-    values, errors = parse_fields({"Origin": "JFK", "Dest": "", "DepDelay": 3}, ["Origin", "Dest", "DepDelay"])
+    values, errors = parse_fields({"Origin": "JFK", "Dest": "", "DepDelay": 3},
+                                  ["Origin", "Dest", "DepDelay"])
     assert values == {"Origin": "JFK", "DepDelay": 3.0}
     assert errors == {"Dest": "is required"}
 
@@ -88,6 +89,6 @@ def test_response_document():
     assert document["PredictionLabel"] == "Slightly late (0–30 min)"
     assert [p["Probability"] for p in document["Probabilities"]] == [0.1, 0.2, 0.6, 0.1]
     assert document["ModelVersion"] == "v1"
-    assert document["Route"] == "JFK-ATL" and document["UUID"] == request.UUID
+    assert document["Route"] == "JFK-ATL" and document["UUID"] == document["_id"] == request.UUID
     assert document["RequestedAt"] == dt.datetime(2026, 11, 25, 10, tzinfo=dt.UTC)
     assert document["ScoredAt"] == scored_at

@@ -70,7 +70,7 @@ def test_scorer_matches_pipeline_model_transform(spark, settings, current_pipeli
     predicted = [int(p.argmax()) for p in probabilities]
     assert predicted == [int(r["prediction"]) for r in expected]
     assert len(set(predicted)) > 1, "a constant model would make this comparison meaningless"
-    for ours, spark_row in zip(probabilities, expected):
+    for ours, spark_row in zip(probabilities, expected, strict=True):
         assert ours == pytest.approx(spark_row["probability"].toArray(), abs=1e-12)
 
 

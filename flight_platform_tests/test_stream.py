@@ -56,7 +56,7 @@ def produce(settings, topic: str, payloads: list[bytes], per_second: float | Non
 
 
 def answered(database, ids: list[str]) -> int:
-    return database[RESPONSES].count_documents({"UUID": {"$in": ids}})
+    return database[RESPONSES].count_documents({"_id": {"$in": ids}})
 
 
 def current_model(settings) -> str:
@@ -74,7 +74,7 @@ def test_every_request_gets_one_valid_answer(settings, start_stream, topic, data
 
     wait_for(lambda: answered(database, ids) == len(ids), 120, "every answer")
     version = current_model(settings)
-    for answer in database[RESPONSES].find({"UUID": {"$in": ids}}):
+    for answer in database[RESPONSES].find({"_id": {"$in": ids}}):
         assert answer["Prediction"] in range(4)
         assert answer["PredictionLabel"] == ARRIVAL_DELAY_LABELS[answer["Prediction"]]
         assert sum(p["Probability"] for p in answer["Probabilities"]) == pytest.approx(1, abs=1e-5)
@@ -145,5 +145,5 @@ def test_a_worker_stopped_mid_stream_loses_nothing_and_answers_nothing_twice(
     wait_for(lambda: answered(database, ids) == len(ids), 120, "every answer after the restart")
     time.sleep(1)  # any late duplicate would have landed by now
     assert answered(database, ids) == len(ids)
-    assert len(database[RESPONSES].distinct("UUID", {"UUID": {"$in": ids}})) == len(ids)
+    assert len(database[RESPONSES].distinct("UUID", {"_id": {"$in": ids}})) == len(ids)
     assert database[DEAD_LETTERS].count_documents({"Topic": topic}) == 0

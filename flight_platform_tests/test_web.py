@@ -115,6 +115,13 @@ def test_a_json_body_is_accepted(client, settings, request_topic):
     assert (request.DepDelay, request.FlightNum) == (42.0, "1519")
 
 
+def test_the_books_multipart_form_is_accepted(client, settings, request_topic):
+    # `curl -F` sends multipart/form-data, as in the book's example.
+    answer = client.post(PREDICT, data=VALID_FORM, content_type="multipart/form-data")
+    assert answer.status_code == 200
+    assert published(settings, request_topic, answer.get_json()["id"]).FlightNum == "1519"
+
+
 @pytest.mark.parametrize("field, value, problem", [
     ("DepDelay", "late", "must be a number, got 'late'"),
     ("DepDelay", "99999", "must be between -1440 and 2880"),

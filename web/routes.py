@@ -94,7 +94,7 @@ def classify_realtime_response(request_id: str):
         request_id = FIELD_RULES["UUID"](request_id)
     except ValueError as error:
         return _error(400, {"id": str(error)})
-    answer = _clients().database[RESPONSES].find_one({"UUID": request_id}, {"_id": 0})
+    answer = _clients().database[RESPONSES].find_one({"_id": request_id}, {"_id": 0})
     if answer is None:
         return {"status": "WAIT", "id": request_id}
     prediction = {k: v.isoformat() if isinstance(v, dt.datetime) else v for k, v in answer.items()}

@@ -69,9 +69,10 @@ def scorer_parity(model_dir: str, predictions: DataFrame, rows: int) -> dict:
                                 "probability").limit(rows).collect()
     scorer = PipelineScorer.load(model_dir)
     probabilities = scorer.probabilities([r.asDict() for r in sample])
-    mismatches = sum(int(p.argmax()) != int(r["prediction"]) for p, r in zip(probabilities, sample))
+    pairs = list(zip(probabilities, sample, strict=True))
+    mismatches = sum(int(p.argmax()) != int(r["prediction"]) for p, r in pairs)
     max_difference = max(float(abs(p - r["probability"].toArray()).max())
-                         for p, r in zip(probabilities, sample))
+                         for p, r in pairs)
     return {"rows_compared": len(sample), "prediction_mismatches": mismatches,
             "max_probability_difference": max_difference}
 
@@ -147,7 +148,7 @@ def flight_delay_model(context: AssetExecutionContext, config: ModelTrainingConf
         "hyperparameters": config.model_dump(),
         "labels": ARRIVAL_DELAY_LABELS,
         "feature_importances": {column: round(float(value), 4) for column, value in
-                                zip(model.stages[-2].getInputCols(), importances)},
+                                zip(model.stages[-2].getInputCols(), importances, strict=True)},
         "scorer_parity": parity,
     }
     store.write_info(version, info)
