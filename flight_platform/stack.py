@@ -18,7 +18,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+
 from flight_platform import services
+from flight_platform.jobs import flight_delay_prediction_stream
+from flight_platform.sensors import FINISHED
 from flight_platform.settings import REPO_ROOT, Settings, load_settings
 
 READY_TIMEOUT_S = 120.0
@@ -68,6 +72,21 @@ def _stop(process: subprocess.Popen) -> None:
     process.wait()
 
 
+def _cancel_stream_runs(settings: Settings) -> None:
+    """Terminate the streaming run as the UI's Terminate button does, while the code server that
+    launched it is still up: it stores and commits its batch and ends as canceled, not as failed
+    (which would make the sensor back off on the next start)."""
+    with DagsterInstance.from_config(str(settings.dagster_home)) as instance:
+        runs = instance.get_runs(RunsFilter(job_name=flight_delay_prediction_stream.name,
+                                            statuses=[DagsterRunStatus.STARTED]))
+        for run in runs:
+            instance.run_coordinator.cancel_run(run.run_id)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while time.monotonic() < deadline and any(
+                instance.get_run_by_id(run.run_id).status not in FINISHED for run in runs):
+            time.sleep(0.5)
+
+
 def dagster_environment(settings: Settings) -> dict[str, str]:
     """The environment for `dagster` commands: DAGSTER_HOME under the data dir, with the project's
     instance settings (dagster.yaml) in it."""
@@ -89,6 +108,7 @@ def run(settings: Settings) -> None:
     dagster_url = f"http://127.0.0.1:{settings.dagster_port}"
     web_url = f"http://{settings.web_host}:{settings.web_port}"
     processes: list[subprocess.Popen] = []
+    dagster = None
     try:
         services.up(settings)
         print("Materializing every asset (about a minute)...", flush=True)
@@ -113,6 +133,12 @@ def run(settings: Settings) -> None:
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):  # let the clean-up below finish
             signal.signal(sig, signal.SIG_IGN)
+        if dagster is not None:
+            try:
+                _cancel_stream_runs(settings)
+            except Exception as error:  # noqa: BLE001 - the SIGTERM below still stops it cleanly
+                print(f"Could not terminate the streaming run through Dagster ({error}); "
+                      f"stopping it by signal.", file=sys.stderr)
         for process in reversed(processes):
             _stop(process)
         services.down(settings)
