@@ -5,7 +5,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,27 +19,15 @@ from pymongo import MongoClient
 from flight_platform.contract import PredictionRequest
 from flight_platform.messaging import create_producer
 from flight_platform.mongo import DISTANCES, RESPONSES
-from flight_platform.settings import REPO_ROOT, Settings, load_settings
+from flight_platform.settings import REPO_ROOT, Settings, load_settings, private_environment
 
 STACK_START_TIMEOUT_S = 600
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextmanager
 def private_settings() -> Iterator[Settings]:
     scratch = Path(tempfile.mkdtemp(prefix="flight_platform_bench_"))
-    os.environ.update({
-        "FLIGHT_PLATFORM_DATA_DIR": str(scratch),
-        "FLIGHT_PLATFORM_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{_free_port()}",
-        "FLIGHT_PLATFORM_MONGO_URI": f"mongodb://127.0.0.1:{_free_port()}/?directConnection=true",
-        "FLIGHT_PLATFORM_WEB_PORT": str(_free_port()),
-        "FLIGHT_PLATFORM_DAGSTER_PORT": str(_free_port()),
-    })
+    os.environ.update(private_environment(scratch))
     try:
         yield load_settings()
     finally:

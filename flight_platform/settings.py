@@ -6,6 +6,7 @@ This module imports nothing heavy: the web app and the service manager use it to
 """
 
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +51,25 @@ class Settings:
     @property
     def dagster_home(self) -> Path:
         return self.data_dir / "dagster_home"
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def private_environment(data_dir: Path) -> dict[str, str]:
+    """Settings for a second platform beside the default one (the tests, the benchmarks): its own
+    data dir and free loopback ports, so it never touches a running `make run` stack."""
+    return {
+        "FLIGHT_PLATFORM_DATA_DIR": str(data_dir),
+        "FLIGHT_PLATFORM_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
+        "FLIGHT_PLATFORM_MONGO_URI": f"mongodb://127.0.0.1:{free_port()}/?directConnection=true",
+        "FLIGHT_PLATFORM_WEB_PORT": str(free_port()),
+        "FLIGHT_PLATFORM_DAGSTER_PORT": str(free_port()),
+    }
 
 
 def load_settings() -> Settings:

@@ -37,8 +37,10 @@ def _raise_stop(signum, _frame):
     raise _Stop(signal.Signals(signum).name)
 
 
-def _wait_until_answering(url: str, process: subprocess.Popen) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
+def wait_until_answering(url: str, process: subprocess.Popen,
+                         timeout: float = READY_TIMEOUT_S) -> None:
+    """Wait until `url` answers 2xx; RuntimeError if `process` exits or `timeout` passes first."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"{process.args[0]} exited with code {process.returncode}")
@@ -47,7 +49,7 @@ def _wait_until_answering(url: str, process: subprocess.Popen) -> None:
                 return
         except OSError:
             time.sleep(0.5)
-    raise RuntimeError(f"{url} did not answer within {READY_TIMEOUT_S:.0f}s")
+    raise RuntimeError(f"{url} did not answer within {timeout:.0f}s")
 
 
 def _start(command: list, env: dict) -> subprocess.Popen:
@@ -119,8 +121,8 @@ def run(settings: Settings) -> None:
         dagster = _start([bin_dir / "dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1",
                           "-p", str(settings.dagster_port)], env)
         processes.append(dagster)
-        _wait_until_answering(f"{web_url}/health", web)
-        _wait_until_answering(f"{dagster_url}/server_info", dagster)
+        wait_until_answering(f"{web_url}/health", web)
+        wait_until_answering(f"{dagster_url}/server_info", dagster)
         print(f"\nflight_platform is up:\n"
               f"  Dagster UI  {dagster_url}\n"
               f"  Web app     {web_url}/flights/delays/predict_kafka\n"

@@ -7,7 +7,8 @@ Delivery is at-least-once into idempotent sinks, which answers each request exac
 3. score the valid requests in one vectorized call;
 4. insert answers keyed by request UUID and dead letters by topic:partition:offset (both `_id`);
    a duplicate key means a redelivered message that was already answered: the first answer stands;
-5. only then commit the batch's offsets.
+5. only then commit the batch's offsets (those of stored batches go together, every
+   COMMIT_INTERVAL_S, and always before the worker stops).
 A crash anywhere before 5 redelivers the batch; step 4 makes the replay harmless.
 
 No Dagster here: `flight_platform.jobs` runs this inside a long-lived Dagster run.

@@ -7,42 +7,34 @@ default stack (ports 9092/27017/3000/5000, data/) and a test run never collide.
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from flight_platform import services
-from flight_platform.settings import REPO_ROOT, Settings, load_settings
-from flight_platform.stack import dagster_environment, web_server_command
+from flight_platform.settings import (
+    REPO_ROOT,
+    Settings,
+    load_settings,
+    private_environment,
+)
+from flight_platform.stack import dagster_environment, wait_until_answering, web_server_command
 
 BIN = Path(sys.executable).parent
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 _session_dir: Path | None = None
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def pytest_configure(config):
     global _session_dir
     _session_dir = Path(tempfile.mkdtemp(prefix="flight_platform_tests_"))
-    os.environ.update({
-        "FLIGHT_PLATFORM_DATA_DIR": str(_session_dir / "data"),
-        "FLIGHT_PLATFORM_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
-        "FLIGHT_PLATFORM_MONGO_URI": f"mongodb://127.0.0.1:{free_port()}/?directConnection=true",
-        "FLIGHT_PLATFORM_SPARK_DRIVER_MEMORY": "2g",
-    })
+    os.environ.update({**private_environment(_session_dir / "data"),
+                       "FLIGHT_PLATFORM_SPARK_DRIVER_MEMORY": "2g"})
     os.environ.update(dagster_environment(load_settings()))
 
 
@@ -146,25 +138,18 @@ def live_stack(materialized, settings, tmp_path_factory) -> Iterator[str]:
     serves them. Yields the web app's base URL."""
     logs = tmp_path_factory.mktemp("live_stack")
     stream = StreamProcess(logs / "stream.log")
-    web_settings = replace(settings, web_port=free_port())
     with open(logs / "web.log", "ab") as log:
-        web = subprocess.Popen(web_server_command(web_settings), cwd=REPO_ROOT, stdout=log,
+        web = subprocess.Popen(web_server_command(settings), cwd=REPO_ROOT, stdout=log,
                                stderr=subprocess.STDOUT)
-    url = f"http://{web_settings.web_host}:{web_settings.web_port}"
+    url = f"http://{settings.web_host}:{settings.web_port}"
     try:
         stream.wait_until_serving()
-        wait_for(lambda: _answers(f"{url}/health") or web.poll() is not None, 60, "the web app")
-        assert web.poll() is None, (logs / "web.log").read_text()
+        try:
+            wait_until_answering(f"{url}/health", web, timeout=60)
+        except RuntimeError as error:
+            pytest.fail(f"{error}\n{(logs / 'web.log').read_text()}")
         yield url
     finally:
         web.terminate()
         web.wait(30)
         stream.stop(signal.SIGTERM)
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2):
-            return True
-    except OSError:
-        return False

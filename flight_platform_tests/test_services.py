@@ -7,8 +7,7 @@ import sys
 
 import pytest
 
-from flight_platform.settings import REPO_ROOT
-from flight_platform_tests.conftest import free_port
+from flight_platform.settings import REPO_ROOT, private_environment
 
 
 def manager(env: dict, command: str) -> subprocess.CompletedProcess:
@@ -18,10 +17,7 @@ def manager(env: dict, command: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture
 def env(tmp_path):
-    env = {**os.environ,
-           "FLIGHT_PLATFORM_DATA_DIR": str(tmp_path),
-           "FLIGHT_PLATFORM_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
-           "FLIGHT_PLATFORM_MONGO_URI": f"mongodb://127.0.0.1:{free_port()}/?directConnection=true"}
+    env = {**os.environ, **private_environment(tmp_path)}
     yield env
     manager(env, "down")
 

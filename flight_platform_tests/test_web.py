@@ -19,7 +19,8 @@ from flight_platform.features import ARRIVAL_DELAY_LABELS
 from flight_platform.messaging import ensure_topic
 from flight_platform.model_store import ModelStore
 from flight_platform.mongo import DISTANCES, RESPONSES
-from flight_platform_tests.conftest import free_port, wait_for
+from flight_platform.settings import free_port
+from flight_platform_tests.conftest import wait_for
 from web.app import create_app
 
 PREDICT = "/flights/delays/predict/classify_realtime"
