@@ -45,12 +45,10 @@ def make_request(rng: random.Random, **overrides) -> PredictionRequest:
     return PredictionRequest.create(**fields)
 
 
-def produce(settings, topic: str, payloads: list[bytes], per_second: float | None = None):
+def produce(settings, topic: str, payloads: list[bytes]):
     producer = create_producer(settings.kafka_bootstrap_servers)
     for payload in payloads:
         producer.send(topic, payload)
-        if per_second:
-            time.sleep(1 / per_second)
     producer.flush()
     producer.close()
 
@@ -116,21 +114,39 @@ def committed_offsets(settings, topic: str) -> dict[int, int | None]:
         consumer.close()
 
 
+def produce_until(settings, topic: str, rng: random.Random, per_second: float,
+                  stop: threading.Event, sent: list[str], after_stop: int) -> None:
+    """Send requests at a steady rate until `stop` is set, then `after_stop` more, recording each
+    UUID in `sent` once it is handed to the producer."""
+    producer = create_producer(settings.kafka_bootstrap_servers)
+    remaining = after_stop
+    while remaining:
+        request = make_request(rng)
+        producer.send(topic, request.to_message())
+        sent.append(request.UUID)
+        if stop.is_set():
+            remaining -= 1
+        time.sleep(1 / per_second)
+    producer.flush()
+    producer.close()
+
+
 @pytest.mark.parametrize("stop_signal", [signal.SIGKILL, signal.SIGTERM])
 def test_a_worker_stopped_mid_stream_loses_nothing_and_answers_nothing_twice(
         settings, start_stream, topic, database, stop_signal):
-    rng = random.Random(3)
-    requests = [make_request(rng) for _ in range(1500)]
-    ids = [r.UUID for r in requests]
     first = start_stream(request_topic=topic, consumer_group=f"group_{topic}")
     first.wait_until_serving()
-    producer = threading.Thread(target=produce, args=(
-        settings, topic, [r.to_message() for r in requests], 300))
+    # Requests keep arriving until the worker is gone, however fast or slow it is to stop.
+    worker_stopped, sent = threading.Event(), []
+    producer = threading.Thread(target=produce_until, args=(
+        settings, topic, random.Random(3), 300, worker_stopped, sent, 300))
     producer.start()
-    wait_for(lambda: answered(database, ids) > 300, 60, "the stream to be busy")
+    wait_for(lambda: answered(database, list(sent)) > 300, 60, "the stream to be busy")
     exit_code = first.stop(stop_signal)
-    stored = answered(database, ids)
-    assert stored < len(ids), "the worker was not stopped mid-stream"
+    sent_before_stop = list(sent)
+    worker_stopped.set()
+    stored = answered(database, sent_before_stop)
+    assert stored < len(sent_before_stop), "the worker was not stopped mid-stream"
     committed = sum(offset or 0 for offset in committed_offsets(settings, topic).values())
     # Offsets are committed only after the answers are stored...
     assert committed <= stored
@@ -142,6 +158,7 @@ def test_a_worker_stopped_mid_stream_loses_nothing_and_answers_nothing_twice(
 
     start_stream(request_topic=topic, consumer_group=f"group_{topic}")
     producer.join()
+    ids = list(sent)
     wait_for(lambda: answered(database, ids) == len(ids), 120, "every answer after the restart")
     time.sleep(1)  # any late duplicate would have landed by now
     assert answered(database, ids) == len(ids)
