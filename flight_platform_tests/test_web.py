@@ -59,7 +59,7 @@ def offline_client(settings, tmp_path_factory):
     return client_for(dead_endpoints(settings, tmp_path_factory.mktemp("offline")))
 
 
-def published(settings, topic: str, request_id: str, timeout: float = 10) -> PredictionRequest:
+def published(settings, topic: str, request_id: str, timeout: float = 30) -> PredictionRequest:
     """The request with `request_id` as read back from the topic."""
     consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers,
                              auto_offset_reset="earliest", enable_auto_commit=False)
