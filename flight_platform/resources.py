@@ -111,5 +111,5 @@ def build_resources(settings: Settings) -> dict[str, ConfigurableResource]:
         "mongo": MongoResource(uri=settings.mongo_uri, database=settings.mongo_database),
         "warehouse": WarehouseResource(root=str(settings.warehouse_dir),
                                        bts_dir=str(settings.bts_dir)),
-        "model_store": ModelStoreResource(root=str(settings.model_dir / "flight_delay_model")),
+        "model_store": ModelStoreResource(root=str(settings.model_store_dir)),
     }

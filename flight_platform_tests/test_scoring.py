@@ -1,19 +1,17 @@
 """The streaming scorer gives exactly what Spark's `PipelineModel.transform` gives, on real rows
 built the way the web app builds requests, and on carriers/airports/routes the model never saw."""
 
-import os
 import random
 
 import pytest
 from pyspark.ml import Pipeline, PipelineModel
 from pyspark.ml.classification import RandomForestClassifier
 from pyspark.ml.feature import StringIndexer, VectorAssembler
-from pyspark.sql import SparkSession
 
 from flight_platform.contract import PredictionRequest
 from flight_platform.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
 from flight_platform.model_store import ModelStore
-from flight_platform.resources import WarehouseResource, spark_config
+from flight_platform.resources import build_resources, spark_resource
 from flight_platform.scoring import PipelineScorer, UnsupportedModel
 
 SAMPLE_ROWS = 3000
@@ -21,25 +19,21 @@ SAMPLE_ROWS = 3000
 
 @pytest.fixture(scope="module")
 def spark(settings):
-    os.environ.setdefault("SPARK_LOCAL_IP", settings.spark_driver_host)
-    builder = SparkSession.builder
-    for key, value in spark_config(settings).items():
-        builder = builder.config(key, value)
-    return builder.getOrCreate()  # shared with the in-process materializations of the session
+    # The platform's own Spark settings; getOrCreate shares the session's in-process JVM.
+    return spark_resource(settings).spark_session
 
 
 @pytest.fixture(scope="module")
 def current_pipeline_dir(materialized, settings):
-    store = ModelStore(settings.model_dir / "flight_delay_model")
+    store = ModelStore(settings.model_store_dir)
     return store.pipeline_dir(store.current_version())
 
 
 def serving_rows(spark, settings) -> list[dict]:
     """Held-in and unseen rows as the serving side sees them: requests built from the user's six
     fields plus the route distance, with the shared date-feature code."""
-    features = spark.read.parquet(WarehouseResource(root=str(settings.warehouse_dir),
-                                                    bts_dir=str(settings.bts_dir))
-                                  .table_path("flight_delay_features"))
+    features = spark.read.parquet(
+        build_resources(settings)["warehouse"].table_path("flight_delay_features"))
     sample = features.sample(fraction=0.02, seed=11).limit(SAMPLE_ROWS).collect()
     requests = [PredictionRequest.create(
         Carrier=r["Carrier"], FlightDate=r["FlightDate"].isoformat(), FlightNum=str(r["FlightNum"]),

@@ -58,7 +58,7 @@ def answered(database, ids: list[str]) -> int:
 
 
 def current_model(settings) -> str:
-    return ModelStore(settings.model_dir / "flight_delay_model").current_version()
+    return ModelStore(settings.model_store_dir).current_version()
 
 
 def test_every_request_gets_one_valid_answer(settings, start_stream, topic, database):

@@ -256,6 +256,5 @@ def test_a_prediction_end_to_end_through_gunicorn_and_the_stream(live_stack, set
     prediction = answer["prediction"]
     assert prediction["UUID"] == accepted["id"]
     assert prediction["PredictionLabel"] == ARRIVAL_DELAY_LABELS[prediction["Prediction"]]
-    assert prediction["ModelVersion"] == ModelStore(
-        settings.model_dir / "flight_delay_model").current_version()
+    assert prediction["ModelVersion"] == ModelStore(settings.model_store_dir).current_version()
     assert (prediction["Route"], prediction["DayOfWeek"]) == ("JFK-ATL", 1)
