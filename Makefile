@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	@touch $@
 
 run: install
-	$(BIN)/python -m flight_platform.stack
+	$(BIN)/python -m flight_platform.local.stack
 
 test: install
 	@scripts/install_chromium
@@ -26,3 +26,4 @@ bench: install
 	$(BIN)/python -m benchmarks.materialize
 	$(BIN)/python -m benchmarks.stream
 	$(BIN)/python -m benchmarks.web
+	$(BIN)/python -m benchmarks.contract

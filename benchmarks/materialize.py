@@ -17,9 +17,9 @@ from pathlib import Path
 from dagster import DagsterEventType, DagsterInstance
 
 from benchmarks.private_platform import private_settings
-from flight_platform import services
+from flight_platform.local import services
+from flight_platform.local.stack import dagster_environment
 from flight_platform.settings import REPO_ROOT
-from flight_platform.stack import dagster_environment
 
 PAGE_SIZE = 4096
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 from pymongo import MongoClient
 
-from flight_platform.contract import PredictionRequest
-from flight_platform.messaging import create_producer
-from flight_platform.mongo import DISTANCES, RESPONSES
+from flight_platform.clients.kafka import create_producer
+from flight_platform.clients.mongo import DISTANCES, RESPONSES
+from flight_platform.core.contract import PredictionRequest
 from flight_platform.settings import REPO_ROOT, Settings, load_settings, private_environment
 
 STACK_START_TIMEOUT_S = 600
@@ -36,14 +36,14 @@ def private_settings() -> Iterator[Settings]:
 
 @contextmanager
 def running_stack() -> Iterator[Settings]:
-    """`python -m flight_platform.stack` as `make run` starts it (services, materialization, gunicorn,
+    """`python -m flight_platform.local.stack` as `make run` starts it (services, materialization, gunicorn,
     `dagster dev` whose sensor launches the streaming run), until the stream answers a request."""
     with private_settings() as settings:
         log_path = settings.data_dir / "stack.log"
         print(f"Starting a private stack (log: {log_path}); this takes a minute or two...",
               file=sys.stderr, flush=True)
         with open(log_path, "wb") as log:
-            stack = subprocess.Popen([sys.executable, "-m", "flight_platform.stack"], cwd=REPO_ROOT,
+            stack = subprocess.Popen([sys.executable, "-m", "flight_platform.local.stack"], cwd=REPO_ROOT,
                                      stdout=log, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + STACK_START_TIMEOUT_S

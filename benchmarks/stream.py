@@ -20,8 +20,8 @@ import time
 from pymongo import MongoClient
 
 from benchmarks.private_platform import percentiles, request_factory, running_stack
-from flight_platform.messaging import create_producer
-from flight_platform.mongo import RESPONSES
+from flight_platform.clients.kafka import create_producer
+from flight_platform.clients.mongo import RESPONSES
 from flight_platform.settings import Settings
 
 SAMPLE_EVERY = 20

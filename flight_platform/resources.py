@@ -14,8 +14,8 @@ from pydantic import PrivateAttr
 from pymongo import MongoClient
 from pymongo.database import Database
 
-from flight_platform import messaging, mongo
-from flight_platform.model_store import ModelStore
+from flight_platform.clients import kafka, mongo
+from flight_platform.core.model_store import ModelStore
 from flight_platform.settings import Settings
 
 
@@ -54,15 +54,15 @@ class KafkaResource(ConfigurableResource):
     consumer_group: str
 
     def ensure_request_topic(self) -> bool:
-        return messaging.ensure_topic(self.bootstrap_servers, self.request_topic,
+        return kafka.ensure_topic(self.bootstrap_servers, self.request_topic,
                                       self.request_topic_partitions)
 
     def request_consumer(self) -> KafkaConsumer:
-        return messaging.create_consumer(self.bootstrap_servers, self.consumer_group,
+        return kafka.create_consumer(self.bootstrap_servers, self.consumer_group,
                                          self.request_topic)
 
     def producer(self) -> KafkaProducer:
-        return messaging.create_producer(self.bootstrap_servers)
+        return kafka.create_producer(self.bootstrap_servers)
 
 
 class MongoResource(ConfigurableResource):

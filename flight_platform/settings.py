@@ -1,6 +1,6 @@
 """Every endpoint and path the platform uses, read from environment variables.
 
-Defaults are the local stack on loopback (see `flight_platform.services`). Pointing the same code
+Defaults are the local stack on loopback (see `flight_platform.local.services`). Pointing the same code
 at a real Kafka cluster, a MongoDB replica set or a Spark cluster is a matter of setting these.
 This module imports nothing heavy: the web app and the service manager use it too.
 """
@@ -50,7 +50,7 @@ class Settings:
 
     @property
     def model_store_dir(self) -> Path:
-        """The versioned store of the flight_delay_model asset (see flight_platform.model_store)."""
+        """The versioned store of the flight_delay_model asset (see flight_platform.core.model_store)."""
         return self.model_dir / "flight_delay_model"
 
     @property

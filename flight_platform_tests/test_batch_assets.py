@@ -10,20 +10,20 @@ import pyarrow.parquet as pq
 from dagster import AssetKey, DagsterInstance, materialize
 from pymongo import MongoClient
 
-from flight_platform.bts import ON_TIME_COLUMNS
-from flight_platform.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
-from flight_platform.model_store import ModelStore
-from flight_platform.mongo import DISTANCES
+from flight_platform.batch.bts import ON_TIME_COLUMNS
+from flight_platform.clients.mongo import DISTANCES
+from flight_platform.core.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
+from flight_platform.core.model_store import ModelStore
+from flight_platform.definitions import build_definitions
 from flight_platform.resources import WarehouseResource, build_resources
+from flight_platform.settings import load_settings
 
 ASSETS = ["on_time_performance", "origin_dest_distances", "flight_delay_features",
           "flight_delay_model"]
 
 
 def definitions():
-    from flight_platform.definitions import defs  # after conftest has set the environment
-
-    return defs
+    return build_definitions(load_settings())
 
 
 def materialize_in_process(selection: list[str], **resource_overrides):
@@ -37,8 +37,6 @@ def materialize_in_process(selection: list[str], **resource_overrides):
 
 
 def build_resources_from_env():
-    from flight_platform.settings import load_settings
-
     return build_resources(load_settings())
 
 

@@ -6,7 +6,7 @@ import shutil
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
-from flight_platform.features import ARRIVAL_DELAY_LABELS
+from flight_platform.core.features import ARRIVAL_DELAY_LABELS
 from flight_platform_tests.conftest import ARTIFACTS
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

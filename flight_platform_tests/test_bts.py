@@ -2,7 +2,7 @@ import datetime as dt
 
 import pytest
 
-from flight_platform.bts import (
+from flight_platform.batch.bts import (
     ON_TIME_COLUMNS,
     UnknownBtsLayout,
     bts_header_mapping,

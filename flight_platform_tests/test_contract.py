@@ -3,7 +3,14 @@ import json
 
 import pytest
 
-from flight_platform.contract import InvalidRequest, PredictionRequest, parse_fields
+from flight_platform.core.contract import (
+    SCHEMA_DIR,
+    FlightQuery,
+    InvalidRequest,
+    PredictionRequest,
+    PredictionResponse,
+    json_schemas,
+)
 
 
 def valid_message(**overrides) -> dict:
@@ -41,7 +48,7 @@ def test_integer_delay_is_a_number():
 @pytest.mark.parametrize("payload, reason", [
     (b"not json", "not valid JSON"),
     (b"\xff\xfe", "not valid JSON"),
-    (b"[1, 2]", "expected a JSON object, got list"),
+    (b"[1, 2]", "body must be a JSON object, got list"),
 ])
 def test_unparseable_messages(payload, reason):
     with pytest.raises(InvalidRequest, match=reason):
@@ -74,11 +81,18 @@ def test_every_bad_field_is_reported():
     assert str(error.value).count(";") == 2
 
 
-def test_parse_fields_returns_values_and_errors():
-    values, errors = parse_fields({"Origin": "JFK", "Dest": "", "DepDelay": 3},
-                                  ["Origin", "Dest", "DepDelay"])
-    assert values == {"Origin": "JFK", "DepDelay": 3.0}
-    assert errors == {"Dest": "is required"}
+def test_a_query_names_every_missing_or_bad_field():
+    with pytest.raises(InvalidRequest) as error:
+        FlightQuery.from_fields({"Origin": "JFK", "Dest": "", "DepDelay": 3, "Carrier": "DL",
+                                 "FlightNum": 15})
+    assert error.value.errors == {"FlightDate": "is required", "FlightNum": "must be a flight number "
+                                  "of 1-5 digits, got 15", "Dest": "is required"}
+
+
+def test_a_valid_query_reads_an_integer_delay_as_a_number():
+    query = FlightQuery.from_fields({"Origin": "JFK", "Dest": "ATL", "DepDelay": 3, "Carrier": "DL",
+                                     "FlightNum": "15", "FlightDate": "2013-01-01"})
+    assert query.DepDelay == 3.0 and isinstance(query.DepDelay, float)
 
 
 def test_response_document():
@@ -92,3 +106,23 @@ def test_response_document():
     assert document["Route"] == "JFK-ATL" and document["UUID"] == document["_id"] == request.UUID
     assert document["RequestedAt"] == dt.datetime(2026, 11, 25, 10, tzinfo=dt.UTC)
     assert document["ScoredAt"] == scored_at
+
+
+def test_a_stored_answer_is_a_valid_response_document():
+    document = parse(valid_message()).response([0.1, 0.2, 0.6, 0.1], "v1", dt.datetime.now(dt.UTC))
+    assert PredictionResponse.model_validate(document).id == document["UUID"]
+
+
+def test_the_published_json_schemas_are_current():
+    for name, schema in json_schemas().items():
+        published = SCHEMA_DIR / name
+        assert published.exists(), f"run python -m flight_platform.core.contract to publish {name}"
+        assert json.loads(published.read_text()) == schema, (
+            f"{name} is stale: run python -m flight_platform.core.contract")
+
+
+def test_the_request_schema_describes_the_wire_format():
+    schema = json.loads((SCHEMA_DIR / "prediction_request.schema.json").read_text())
+    assert set(schema["required"]) == set(json.loads(parse(valid_message()).to_message()))
+    assert schema["properties"]["DepDelay"] == {**schema["properties"]["DepDelay"],
+                                                "type": "number", "minimum": -1440, "maximum": 2880}

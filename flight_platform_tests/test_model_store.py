@@ -1,6 +1,6 @@
 import pytest
 
-from flight_platform.model_store import ModelStore
+from flight_platform.core.model_store import ModelStore
 
 
 def save(store: ModelStore, version: str) -> None:

@@ -8,11 +8,11 @@ from pyspark.ml import Pipeline, PipelineModel
 from pyspark.ml.classification import RandomForestClassifier
 from pyspark.ml.feature import StringIndexer, VectorAssembler
 
-from flight_platform.contract import PredictionRequest
-from flight_platform.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
-from flight_platform.model_store import ModelStore
+from flight_platform.core.contract import PredictionRequest
+from flight_platform.core.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
+from flight_platform.core.model_store import ModelStore
+from flight_platform.core.scoring import PipelineScorer, UnsupportedModel
 from flight_platform.resources import build_resources, spark_resource
-from flight_platform.scoring import PipelineScorer, UnsupportedModel
 
 SAMPLE_ROWS = 3000
 

@@ -11,10 +11,10 @@ from dagster import (
     instance_for_test,
 )
 
-from flight_platform.jobs import MODEL_VERSION_TAG, flight_delay_prediction_stream
-from flight_platform.model_store import ModelStore
+from flight_platform.core.model_store import ModelStore
 from flight_platform.resources import ModelStoreResource
-from flight_platform.sensors import BACKOFF_BASE_S, prediction_stream_supervisor, restart_delay
+from flight_platform.streaming.job import MODEL_VERSION_TAG, flight_delay_prediction_stream
+from flight_platform.streaming.supervisor import BACKOFF_BASE_S, prediction_stream_supervisor, restart_delay
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from flight_platform.settings import REPO_ROOT, private_environment
 
 
 def manager(env: dict, command: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flight_platform.services", command], env=env,
+    return subprocess.run([sys.executable, "-m", "flight_platform.local.services", command], env=env,
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
 
 

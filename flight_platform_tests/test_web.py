@@ -13,12 +13,12 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 from pymongo import MongoClient
 
-from flight_platform import services
-from flight_platform.contract import PredictionRequest
-from flight_platform.features import ARRIVAL_DELAY_LABELS
-from flight_platform.messaging import ensure_topic
-from flight_platform.model_store import ModelStore
-from flight_platform.mongo import DISTANCES, RESPONSES
+from flight_platform.clients.kafka import ensure_topic
+from flight_platform.clients.mongo import DISTANCES, RESPONSES
+from flight_platform.core.contract import PredictionRequest
+from flight_platform.core.features import ARRIVAL_DELAY_LABELS
+from flight_platform.core.model_store import ModelStore
+from flight_platform.local import services
 from flight_platform.settings import free_port
 from flight_platform_tests.conftest import wait_for
 from web.app import create_app

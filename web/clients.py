@@ -6,8 +6,8 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 from pymongo.database import Database
 
-from flight_platform import messaging, mongo
-from flight_platform.contract import PredictionRequest
+from flight_platform.clients import kafka, mongo
+from flight_platform.core.contract import PredictionRequest
 from flight_platform.settings import Settings
 
 # A person is waiting on the page: fail within seconds rather than Kafka's default minute.
@@ -36,9 +36,9 @@ class ServiceClients:
             if self._producer is None:
                 servers = self.settings.kafka_bootstrap_servers
                 try:
-                    messaging.ensure_topic(servers, self.settings.request_topic,
+                    kafka.ensure_topic(servers, self.settings.request_topic,
                                            self.settings.request_topic_partitions)
-                    self._producer = messaging.create_producer(servers, timeout_ms=TIMEOUT_S * 1000)
+                    self._producer = kafka.create_producer(servers, timeout_ms=TIMEOUT_S * 1000)
                 except KafkaError as error:
                     raise ServiceUnavailable(f"Kafka at {servers} is unreachable: {error}") from error
             return self._producer
@@ -56,7 +56,7 @@ class ServiceClients:
 
     def health(self) -> dict[str, dict]:
         return {
-            "kafka": {"reachable": messaging.broker_reachable(self.settings.kafka_bootstrap_servers),
+            "kafka": {"reachable": kafka.broker_reachable(self.settings.kafka_bootstrap_servers),
                       "bootstrap_servers": self.settings.kafka_bootstrap_servers},
             "mongo": {"reachable": mongo.server_reachable(self.settings.mongo_uri),
                       "database": self.settings.mongo_database},

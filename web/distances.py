@@ -2,7 +2,7 @@
 
 from pymongo.database import Database
 
-from flight_platform.mongo import DISTANCES
+from flight_platform.clients.mongo import DISTANCES
 
 
 def get_flight_distance(database: Database, origin: str, dest: str) -> float | None:

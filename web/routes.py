@@ -6,14 +6,19 @@ from typing import Any
 from flask import Blueprint, current_app, redirect, render_template, request, url_for
 from pymongo.errors import PyMongoError
 
-from flight_platform.contract import FIELD_RULES, PredictionRequest, parse_fields
-from flight_platform.mongo import RESPONSES
+from flight_platform.clients.mongo import RESPONSES
+from flight_platform.core.contract import (
+    FlightQuery,
+    InvalidRequest,
+    PredictionRequest,
+    canonical_uuid,
+)
 from web.clients import ServiceClients, ServiceUnavailable
 from web.distances import get_flight_distance, known_routes
 
 predictions = Blueprint("predictions", __name__)
 
-FORM_FIELDS = ["DepDelay", "Carrier", "FlightDate", "Dest", "FlightNum", "Origin"]
+FORM_FIELDS = list(FlightQuery.model_fields)
 CODE_FIELDS = ["Carrier", "Origin", "Dest"]
 
 
@@ -74,16 +79,17 @@ def classify_realtime():
     fields = _submitted_fields()
     if fields is None:
         return _error(400, {"body": "must be a JSON object or form fields"})
-    values, errors = parse_fields(fields, FORM_FIELDS)
-    if errors:
-        return _error(400, errors)
+    try:
+        query = FlightQuery.from_fields(fields)
+    except InvalidRequest as invalid:
+        return _error(400, invalid.errors)
 
     clients = _clients()
-    distance = get_flight_distance(clients.database, values["Origin"], values["Dest"])
+    distance = get_flight_distance(clients.database, query.Origin, query.Dest)
     if distance is None:
-        return _error(422, {"Dest": f"No flights from {values['Origin']} to {values['Dest']} in the "
+        return _error(422, {"Dest": f"No flights from {query.Origin} to {query.Dest} in the "
                                     "data, so the route's distance is unknown."})
-    prediction_request = PredictionRequest.create(**values, Distance=distance)
+    prediction_request = PredictionRequest.create(**query.model_dump(), Distance=distance)
     clients.publish(prediction_request)
     return {"status": "OK", "id": prediction_request.UUID}
 
@@ -91,7 +97,7 @@ def classify_realtime():
 @predictions.get("/flights/delays/predict/classify_realtime/response/<request_id>")
 def classify_realtime_response(request_id: str):
     try:
-        request_id = FIELD_RULES["UUID"](request_id)
+        request_id = canonical_uuid(request_id)
     except ValueError as error:
         return _error(400, {"id": str(error)})
     answer = _clients().database[RESPONSES].find_one({"_id": request_id}, {"_id": 0})

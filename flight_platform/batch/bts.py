@@ -13,7 +13,7 @@ from importlib import resources
 
 import pandas as pd
 
-from flight_platform.features import date_features
+from flight_platform.core.features import date_features
 
 # Column name -> Spark SQL type, in table order. Times are local hhmm integers as BTS publishes them;
 # delays and durations are minutes; Distance is miles.

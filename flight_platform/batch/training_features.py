@@ -7,9 +7,9 @@ from dagster_pyspark import LazyPySparkResource
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from flight_platform.assets.ingest import on_time_performance
-from flight_platform.assets.tables import not_null_check, table_metadata
-from flight_platform.features import date_features, route
+from flight_platform.batch.ingest import on_time_performance
+from flight_platform.batch.tables import not_null_check, table_metadata
+from flight_platform.core.features import date_features, route
 from flight_platform.resources import WarehouseResource
 
 # The book's feature table: model inputs, the label (ArrDelay) and what identifies a flight.
@@ -39,7 +39,7 @@ def routes(spark: SparkSession, pairs: list[tuple[str, str]]) -> DataFrame:
     kinds={"spark", "parquet"},
     description="Training features (the book's columns) for every flight that arrived: cancelled "
     "and diverted flights have no arrival delay to learn from and are left out. Date features and "
-    "Route come from flight_platform.features, the code the web app uses.",
+    "Route come from flight_platform.core.features, the code the web app uses.",
 )
 def flight_delay_features(spark: LazyPySparkResource,
                           warehouse: WarehouseResource) -> MaterializeResult:

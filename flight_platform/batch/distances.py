@@ -5,8 +5,8 @@ from dagster_pyspark import LazyPySparkResource
 from pymongo import ReplaceOne
 from pyspark.sql import functions as F
 
-from flight_platform.assets.ingest import on_time_performance
-from flight_platform.mongo import DISTANCES, ensure_index
+from flight_platform.batch.ingest import on_time_performance
+from flight_platform.clients.mongo import DISTANCES, ensure_index
 from flight_platform.resources import MongoResource, WarehouseResource
 
 

@@ -1,8 +1,8 @@
 """Run the whole local platform: services, a full materialization, the Dagster UI and the web app.
 
-    python -m flight_platform.stack        (what `make run` does)
+    python -m flight_platform.local.stack        (what `make run` does)
 
-1. starts the Kafka-protocol broker and the MongoDB-protocol server (`flight_platform.services`);
+1. starts the Kafka-protocol broker and the MongoDB-protocol server (`flight_platform.local.services`);
 2. materializes every asset with the `dagster` CLI, so the UI shows the runs;
 3. serves the Dagster UI (`dagster dev`, whose daemon runs the sensor that starts the streaming
    job) and the web app under gunicorn, a production WSGI server;
@@ -20,10 +20,10 @@ from pathlib import Path
 
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
-from flight_platform import services
-from flight_platform.jobs import flight_delay_prediction_stream
-from flight_platform.sensors import FINISHED
+from flight_platform.local import services
 from flight_platform.settings import REPO_ROOT, Settings, load_settings
+from flight_platform.streaming.job import flight_delay_prediction_stream
+from flight_platform.streaming.supervisor import FINISHED
 
 READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 30.0

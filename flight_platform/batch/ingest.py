@@ -9,8 +9,7 @@ from dagster_pyspark import LazyPySparkResource
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from flight_platform.assets.tables import not_null_check, table_metadata
-from flight_platform.bts import (
+from flight_platform.batch.bts import (
     ON_TIME_COLUMNS,
     ON_TIME_DDL,
     REQUIRED_COLUMNS,
@@ -18,6 +17,7 @@ from flight_platform.bts import (
     nycflights13_to_on_time,
     read_nycflights13,
 )
+from flight_platform.batch.tables import not_null_check, table_metadata
 from flight_platform.resources import WarehouseResource
 
 BTS_PATTERNS = ("*.csv", "*.csv.gz", "*.zip")

@@ -1,7 +1,7 @@
 """The streaming job: one long-lived run that answers prediction requests with one model version.
 
 Each run is pinned to a model version (run config, mirrored in a run tag). A newer promoted model
-is rolled out by `flight_platform.sensors`, which stops this run and starts a new one, so every
+is rolled out by `flight_platform.streaming.supervisor`, which stops this run and starts a new one, so every
 answer names the version that really produced it.
 """
 
@@ -21,10 +21,10 @@ from dagster import (
 )
 from pydantic import Field
 
-from flight_platform.mongo import RESPONSES
+from flight_platform.clients.mongo import RESPONSES
+from flight_platform.core.scoring import PipelineScorer
 from flight_platform.resources import KafkaResource, ModelStoreResource, MongoResource
-from flight_platform.scoring import PipelineScorer
-from flight_platform.stream_worker import PredictionStreamWorker
+from flight_platform.streaming.worker import PredictionStreamWorker
 
 MODEL_VERSION_TAG = "flight_platform/model_version"
 

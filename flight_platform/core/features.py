@@ -17,7 +17,7 @@ ARRIVAL_DELAY_LABELS = [
     "Very late (30+ min)",
 ]
 
-# Model inputs, all present in a prediction request (see flight_platform.contract).
+# Model inputs, all present in a prediction request (see flight_platform.core.contract).
 CATEGORICAL_FEATURES = ["Carrier", "Origin", "Dest", "Route"]
 NUMERIC_FEATURES = ["DepDelay", "Distance", "DayOfMonth", "DayOfWeek", "DayOfYear"]
 

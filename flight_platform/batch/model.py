@@ -23,15 +23,15 @@ from pyspark.ml.feature import Bucketizer, StringIndexer, VectorAssembler
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from flight_platform.assets.training_features import flight_delay_features
-from flight_platform.features import (
+from flight_platform.batch.training_features import flight_delay_features
+from flight_platform.core.features import (
     ARRIVAL_DELAY_LABELS,
     ARRIVAL_DELAY_SPLITS,
     CATEGORICAL_FEATURES,
     NUMERIC_FEATURES,
 )
+from flight_platform.core.scoring import PipelineScorer
 from flight_platform.resources import ModelStoreResource, WarehouseResource
-from flight_platform.scoring import PipelineScorer
 
 LABEL = "ArrDelayBucket"
 BEATS_BASELINE = "beats_majority_baseline"

@@ -23,12 +23,12 @@ from dagster import (
     sensor,
 )
 
-from flight_platform.jobs import (
+from flight_platform.resources import ModelStoreResource
+from flight_platform.streaming.job import (
     MODEL_VERSION_TAG,
     PredictionStreamConfig,
     flight_delay_prediction_stream,
 )
-from flight_platform.resources import ModelStoreResource
 
 ALIVE = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING,
          DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]

@@ -11,7 +11,7 @@ Delivery is at-least-once into idempotent sinks, which answers each request exac
    COMMIT_INTERVAL_S, and always before the worker stops).
 A crash anywhere before 5 redelivers the batch; step 4 makes the replay harmless.
 
-No Dagster here: `flight_platform.jobs` runs this inside a long-lived Dagster run.
+No Dagster here: `flight_platform.streaming.job` runs this inside a long-lived Dagster run.
 """
 
 import datetime as dt
@@ -31,9 +31,9 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError
 
-from flight_platform.contract import InvalidRequest, PredictionRequest
-from flight_platform.mongo import DEAD_LETTERS, DUPLICATE_KEY, RESPONSES
-from flight_platform.scoring import PipelineScorer
+from flight_platform.clients.mongo import DEAD_LETTERS, DUPLICATE_KEY, RESPONSES
+from flight_platform.core.contract import InvalidRequest, PredictionRequest
+from flight_platform.core.scoring import PipelineScorer
 
 POLL_TIMEOUT_MS = 100  # also how quickly a stop request is noticed
 MAX_BATCHES_IN_FLIGHT = 2  # scored but not yet stored; beyond this, polling waits for the writer
