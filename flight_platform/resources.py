@@ -52,6 +52,7 @@ class KafkaResource(ConfigurableResource):
     request_topic: str
     request_topic_partitions: int
     consumer_group: str
+    max_message_bytes: int
 
     def ensure_request_topic(self) -> bool:
         return kafka.ensure_topic(self.bootstrap_servers, self.request_topic,
@@ -107,6 +108,7 @@ def build_resources(settings: Settings) -> dict[str, ConfigurableResource]:
             request_topic=settings.request_topic,
             request_topic_partitions=settings.request_topic_partitions,
             consumer_group=settings.consumer_group,
+            max_message_bytes=settings.max_message_bytes,
         ),
         "mongo": MongoResource(uri=settings.mongo_uri, database=settings.mongo_database),
         "warehouse": WarehouseResource(root=str(settings.warehouse_dir),

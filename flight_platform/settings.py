@@ -2,19 +2,20 @@
 
 Defaults are the local stack on loopback (see `flight_platform.local.services`). Pointing the same code
 at a real Kafka cluster, a MongoDB replica set or a Spark cluster is a matter of setting these.
-This module imports nothing heavy: the web app and the service manager use it too.
+This module imports neither Dagster nor Spark: the web app and the service manager use it too.
 """
 
 import os
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from flight_platform.core.contract import MAX_MESSAGE_BYTES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _env(name: str, default: str) -> str:
-    return os.environ.get(f"FLIGHT_PLATFORM_{name}", default)
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class Settings:
     request_topic: str
     request_topic_partitions: int
     consumer_group: str
+    max_message_bytes: int
     mongo_uri: str
     mongo_database: str
     spark_master: str
@@ -77,8 +79,12 @@ def private_environment(data_dir: Path) -> dict[str, str]:
     }
 
 
-def load_settings() -> Settings:
-    """Read settings from the environment now (tests change it between calls)."""
+def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
+    """Read settings from the environment now (or from `environ`, e.g. a second platform's)."""
+
+    def _env(name: str, default: str) -> str:
+        return environ.get(f"FLIGHT_PLATFORM_{name}", default)
+
     data_dir = Path(_env("DATA_DIR", str(REPO_ROOT / "data"))).resolve()
     return Settings(
         data_dir=data_dir,
@@ -87,6 +93,7 @@ def load_settings() -> Settings:
         request_topic=_env("REQUEST_TOPIC", "flight_delay_classification_request"),
         request_topic_partitions=int(_env("REQUEST_TOPIC_PARTITIONS", "3")),
         consumer_group=_env("CONSUMER_GROUP", "flight_delay_prediction_stream"),
+        max_message_bytes=int(_env("MAX_MESSAGE_BYTES", str(MAX_MESSAGE_BYTES))),
         mongo_uri=_env("MONGO_URI", "mongodb://127.0.0.1:27017/?directConnection=true"),
         mongo_database=_env("MONGO_DATABASE", "agile_data_science"),
         spark_master=_env("SPARK_MASTER", "local[2]"),

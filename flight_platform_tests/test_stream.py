@@ -17,6 +17,7 @@ from flight_platform.clients.mongo import DEAD_LETTERS, RESPONSES
 from flight_platform.core.contract import PredictionRequest
 from flight_platform.core.features import ARRIVAL_DELAY_LABELS
 from flight_platform.core.model_store import ModelStore
+from flight_platform.local.drills import hostile_messages, send_messages
 from flight_platform_tests.conftest import wait_for
 
 ROUTES = [("JFK", "ATL", 760.0, "DL"), ("EWR", "ORD", 719.0, "UA"), ("LGA", "MIA", 1096.0, "AA"),
@@ -103,6 +104,31 @@ def test_malformed_messages_are_dead_lettered_and_the_stream_goes_on(settings, s
     by_payload = {letter["Payload"]: letter["Reason"] for letter in letters}
     for payload, reason in bad.items():
         assert reason in by_payload[payload]
+
+
+def test_hostile_messages_are_dead_lettered_and_the_run_goes_on(settings, start_stream, topic,
+                                                                 database):
+    rng = random.Random(4)
+    good = [make_request(rng) for _ in range(60)]
+    hostile = hostile_messages(good[0], settings.max_message_bytes)
+    payloads = [r.to_message() for r in good[:20]] + hostile[:7] + [r.to_message() for r in good[20:40]] \
+        + hostile[7:] + [r.to_message() for r in good[40:]]
+    stream = start_stream(request_topic=topic, consumer_group=f"group_{topic}")
+    send_messages(settings.kafka_bootstrap_servers, topic, payloads)
+
+    wait_for(lambda: answered(database, [r.UUID for r in good]) == len(good), 120, "good answers")
+    letters = wait_for(lambda: (found := list(database[DEAD_LETTERS].find({"Topic": topic})))
+                       and len(found) == len(hostile) and found, 30, "a dead letter per hostile message")
+    assert stream.process.poll() is None, "the run ended"
+    for letter in letters:
+        assert 0 < len(letter["Reason"]) <= 1000
+        if letter["PayloadBytes"] > settings.max_message_bytes:  # refused unparsed, a prefix kept
+            assert letter["PayloadTruncated"] and "over the limit" in letter["Reason"]
+            assert len(letter["Payload"]) == 1024
+        else:  # kept whole, exactly as received
+            assert not letter["PayloadTruncated"]
+            assert len(letter["Payload"] or b"") == letter["PayloadBytes"]
+    assert any(letter["PayloadTruncated"] for letter in letters)
 
 
 def committed_offsets(settings, topic: str) -> dict[int, int | None]:

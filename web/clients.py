@@ -30,8 +30,8 @@ class ServiceClients:
         return self._mongo[self.settings.mongo_database]
 
     def _get_producer(self) -> KafkaProducer:
-        """Created on first use, and again after a failed attempt, so the app recovers by itself
-        once the broker is back."""
+        """Created, with the topic, on first use and again after a failure (see `_drop_producer`),
+        so the app recovers by itself once the broker is back."""
         with self._producer_lock:
             if self._producer is None:
                 servers = self.settings.kafka_bootstrap_servers
@@ -51,8 +51,17 @@ class ServiceClients:
             producer.send(self.settings.request_topic, request.to_message(),
                           key=request.UUID.encode()).get(timeout=TIMEOUT_S)
         except KafkaError as error:
+            self._drop_producer(producer)
             raise ServiceUnavailable(
                 f"Kafka did not acknowledge the request: {type(error).__name__}: {error}") from error
+
+    def _drop_producer(self, producer: KafkaProducer) -> None:
+        """Forget a producer whose send failed: the local broker loses its topics and producer ids
+        when it restarts, and the old producer would keep failing. The next request makes both anew."""
+        with self._producer_lock:
+            if self._producer is producer:  # not one another thread has made since
+                self._producer = None
+        kafka.close_in_background(producer)
 
     def health(self) -> dict[str, dict]:
         return {

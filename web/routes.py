@@ -1,10 +1,12 @@
 """The prediction pages and JSON endpoints, at the book's paths so its curl examples work."""
 
 import datetime as dt
+import json
 from typing import Any
 
 from flask import Blueprint, current_app, redirect, render_template, request, url_for
 from pymongo.errors import PyMongoError
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from flight_platform.clients.mongo import RESPONSES
 from flight_platform.core.contract import (
@@ -12,6 +14,7 @@ from flight_platform.core.contract import (
     InvalidRequest,
     PredictionRequest,
     canonical_uuid,
+    quote,
 )
 from web.clients import ServiceClients, ServiceUnavailable
 from web.distances import get_flight_distance, known_routes
@@ -26,30 +29,69 @@ def _clients() -> ServiceClients:
     return current_app.extensions["service_clients"]
 
 
-def _error(status: int, errors: dict[str, str]):
-    return {"status": "ERROR", "errors": errors}, status
+def _error(status: int, errors: dict[str, str], headers: dict[str, str] | None = None):
+    return {"status": "ERROR", "errors": errors}, status, headers or {}
 
 
-@predictions.errorhandler(ServiceUnavailable)
+# Every error answer is JSON: registered app-wide, so unknown URLs and static files answer in JSON too.
+
+@predictions.app_errorhandler(ServiceUnavailable)
 def _service_unavailable(error: ServiceUnavailable):
     return {"status": "UNAVAILABLE", "reason": str(error)}, 503
 
 
-@predictions.errorhandler(PyMongoError)
+@predictions.app_errorhandler(PyMongoError)
 def _mongo_unavailable(error: PyMongoError):
     return {"status": "UNAVAILABLE",
             "reason": f"MongoDB is unreachable: {type(error).__name__}: {error}"}, 503
 
 
-def _submitted_fields() -> dict[str, Any] | None:
+@predictions.app_errorhandler(404)
+def _not_found(error):
+    return _error(404, {"url": f"is not a page of this app: {quote(request.path)}"})
+
+
+@predictions.app_errorhandler(405)
+def _method_not_allowed(error: MethodNotAllowed):
+    allowed = ", ".join(sorted(error.valid_methods or []))
+    return _error(405, {"method": f"must be one of {allowed} here"}, {"Allow": allowed})
+
+
+@predictions.app_errorhandler(413)
+def _too_large(error):
+    return _error(413, {"body": f"is larger than the limit of {request.max_content_length:,} bytes"})
+
+
+@predictions.app_errorhandler(500)
+def _server_error(error):
+    # Flask has already logged the exception with its traceback; the answer shows none of it.
+    return _error(500, {"server": "failed unexpectedly; the error is logged"})
+
+
+@predictions.app_errorhandler(HTTPException)
+def _other_http_error(error: HTTPException):
+    """Any other HTTP error, such as a static file's 416 for a Range past its end."""
+    return _error(error.code, {"request": error.description})
+
+
+def _json_object() -> dict[str, Any]:
+    """The JSON body, parsed here rather than by Flask's get_json, which lets the RecursionError of
+    a deeply nested body escape as a 500."""
+    try:
+        body = json.loads(request.get_data())
+    except ValueError as error:  # UnicodeDecodeError too; the messages quote at most a byte
+        raise InvalidRequest({"body": f"is not valid JSON: {error}"}) from None
+    except RecursionError:
+        raise InvalidRequest({"body": "is nested too deeply"}) from None
+    if not isinstance(body, dict):
+        raise InvalidRequest({"body": "must be a JSON object or form fields"})
+    return body
+
+
+def _submitted_fields() -> dict[str, Any]:
     """Form fields or a JSON object, tidied the way a person types them: trimmed, codes upper-cased,
-    a numeric DepDelay string read as a number. None if a JSON body is not an object."""
-    if request.is_json:
-        raw = request.get_json(silent=True)
-        if not isinstance(raw, dict):
-            return None
-    else:
-        raw = request.form.to_dict()
+    a numeric DepDelay string read as a number. Raises InvalidRequest for a body that is neither."""
+    raw = _json_object() if request.is_json else request.form.to_dict()
     fields = {name: raw.get(name) for name in FORM_FIELDS}
     for name, value in fields.items():
         if isinstance(value, str):
@@ -76,11 +118,8 @@ def predict_kafka():
 
 @predictions.post("/flights/delays/predict/classify_realtime")
 def classify_realtime():
-    fields = _submitted_fields()
-    if fields is None:
-        return _error(400, {"body": "must be a JSON object or form fields"})
     try:
-        query = FlightQuery.from_fields(fields)
+        query = FlightQuery.from_fields(_submitted_fields())
     except InvalidRequest as invalid:
         return _error(400, invalid.errors)
 

@@ -6,6 +6,8 @@ not answer a waiting fetch early), and committed group offsets instead of "lates
 under-reports after batched sends).
 """
 
+import threading
+
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
@@ -38,6 +40,12 @@ def create_consumer(bootstrap_servers: str, group_id: str, topic: str) -> KafkaC
         max_poll_records=500,
         bootstrap_timeout_ms=CLIENT_TIMEOUT_MS,
     )
+
+
+def close_in_background(producer: KafkaProducer) -> None:
+    """Close a producer without waiting: kafka-python's close first waits for unsent records
+    (until acknowledged or expired), and with a timeout it raises and leaves its thread running."""
+    threading.Thread(target=producer.close, name="close-kafka-producer", daemon=True).start()
 
 
 def broker_reachable(bootstrap_servers: str, timeout_ms: int = 2000) -> bool:

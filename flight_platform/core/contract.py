@@ -33,6 +33,8 @@ from flight_platform.core.features import ARRIVAL_DELAY_LABELS, date_features, r
 
 SCHEMA_DIR = Path(__file__).parent / "schemas"
 QUOTE_CHARS = 40  # an error quotes at most this much of a bad value
+# A valid request is about 400 bytes; anything near this is not one, and is refused unparsed.
+MAX_MESSAGE_BYTES = 64 * 1024
 
 
 def quote(value: Any) -> str:
@@ -158,12 +160,23 @@ class PredictionRequest(RequestedFlight):
             "Timestamp": dt.datetime.now(dt.UTC).isoformat()})
 
     @classmethod
-    def from_message(cls, payload: bytes) -> "PredictionRequest":
-        """Parse a Kafka message in one pass from its bytes."""
+    def from_message(cls, payload: bytes | None,
+                     max_bytes: int = MAX_MESSAGE_BYTES) -> "PredictionRequest":
+        """Parse a Kafka message in one pass from its bytes. Whatever the bytes are, the result is
+        a valid request or InvalidRequest: one hostile message must never stop a consumer."""
+        if payload is None:
+            raise InvalidRequest({"body": "is missing (a null message)"})
+        if len(payload) > max_bytes:
+            raise InvalidRequest({"body": f"is {len(payload):,} bytes, over the limit of "
+                                          f"{max_bytes:,}: not parsed"})
         try:
-            return cls.model_validate_json(payload)
-        except ValidationError as error:
-            raise InvalidRequest(_problems(cls, error)) from None
+            try:
+                return cls.model_validate_json(payload)
+            except ValidationError as error:
+                problems = _problems(cls, error)
+        except Exception as error:  # noqa: BLE001 - e.g. MemoryError; a reason, never a crash
+            problems = {"body": f"could not be parsed: {type(error).__name__}: {quote(str(error))}"}
+        raise InvalidRequest(problems)
 
     def to_message(self) -> bytes:
         return self.model_dump_json().encode()

@@ -118,7 +118,7 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _port_in_use(host: str, port: int) -> bool:
+def port_in_use(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.5)
         return sock.connect_ex((host, port)) == 0
@@ -145,7 +145,7 @@ def start(service: Service) -> str:
     pid = running_pid(service)
     if pid is not None:
         return f"already running (pid {pid}) at {service.endpoint}: not starting another"
-    if _port_in_use(service.host, service.port):
+    if port_in_use(service.host, service.port):
         raise ServiceError(
             f"{service.name}: {service.endpoint} is already taken by a process this manager did not "
             f"start. Stop it, or point FLIGHT_PLATFORM_* settings at another port.")

@@ -2,13 +2,16 @@
 
     python -m flight_platform.local.stack        (what `make run` does)
 
-1. starts the Kafka-protocol broker and the MongoDB-protocol server (`flight_platform.local.services`);
-2. materializes every asset with the `dagster` CLI, so the UI shows the runs;
+1. starts the Kafka-protocol broker and the MongoDB-protocol server (`flight_platform.local.services`),
+   and settles the runs a stack that died without stopping (a power cut, kill -9) left unfinished;
+2. materializes every asset with the `dagster` CLI, so the UI shows the runs (`--no-materialize`
+   serves what is already materialized);
 3. serves the Dagster UI (`dagster dev`, whose daemon runs the sensor that starts the streaming
    job) and the web app under gunicorn, a production WSGI server;
 4. on Ctrl-C or SIGTERM, stops all of it, services included.
 """
 
+import argparse
 import os
 import shutil
 import signal
@@ -23,7 +26,7 @@ from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 from flight_platform.local import services
 from flight_platform.settings import REPO_ROOT, Settings, load_settings
 from flight_platform.streaming.job import flight_delay_prediction_stream
-from flight_platform.streaming.supervisor import FINISHED
+from flight_platform.streaming.supervisor import ALIVE, FINISHED
 
 READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 30.0
@@ -89,12 +92,47 @@ def _cancel_stream_runs(settings: Settings) -> None:
             time.sleep(0.5)
 
 
+def settle_abandoned_runs(settings: Settings) -> list[str]:
+    """Mark the runs a dead stack left unfinished as canceled (those being stopped) or failed.
+
+    Called before this stack starts Dagster, so no live process can own them: with their processes
+    gone, they would stay STARTED or CANCELING for ever, and the supervisor would wait on them
+    instead of launching the stream. Returns one line per run settled."""
+    settled = []
+    with DagsterInstance.from_config(str(settings.dagster_home)) as instance:
+        for run in instance.get_runs(RunsFilter(statuses=ALIVE)):
+            reason = (f"{settings.dagster_home}: run {run.run_id} ({run.job_name}) was left "
+                      f"{run.status.value} by a stack that stopped without cleaning up")
+            instance.report_engine_event(reason, run)
+            if run.status == DagsterRunStatus.CANCELING:
+                instance.report_run_canceled(run)
+            else:
+                instance.report_run_failed(run)
+            settled.append(reason)
+    return settled
+
+
+def refuse_if_serving(settings: Settings) -> None:
+    """A second stack on the same ports would fight the first one over its runs and services."""
+    for name, host, port in [("Dagster UI", "127.0.0.1", settings.dagster_port),
+                             ("web app", settings.web_host, settings.web_port)]:
+        if services.port_in_use(host, port):
+            raise RuntimeError(f"the {name} port {host}:{port} is taken: is flight_platform already "
+                               f"running? Stop it, or set FLIGHT_PLATFORM_* ports for a second one.")
+
+
 def dagster_environment(settings: Settings) -> dict[str, str]:
     """The environment for `dagster` commands: DAGSTER_HOME under the data dir, with the project's
     instance settings (dagster.yaml) in it."""
     settings.dagster_home.mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO_ROOT / "dagster.yaml", settings.dagster_home / "dagster.yaml")
     return {**os.environ, "DAGSTER_HOME": str(settings.dagster_home)}
+
+
+def materialize_command() -> list[str]:
+    """The `dagster` CLI materializing every asset, as `make run` and CI do."""
+    return [str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "--select", "*",
+            "-m", "flight_platform.definitions"]
 
 
 def web_server_command(settings: Settings) -> list[str]:
@@ -104,8 +142,9 @@ def web_server_command(settings: Settings) -> list[str]:
             "--access-logfile", "-", "web.app:create_app()"]
 
 
-def run(settings: Settings) -> None:
+def run(settings: Settings, materialize: bool = True) -> None:
     bin_dir = Path(sys.executable).parent
+    refuse_if_serving(settings)
     env = dagster_environment(settings)
     dagster_url = f"http://127.0.0.1:{settings.dagster_port}"
     web_url = f"http://{settings.web_host}:{settings.web_port}"
@@ -113,9 +152,11 @@ def run(settings: Settings) -> None:
     dagster = None
     try:
         services.up(settings)
-        print("Materializing every asset (about a minute)...", flush=True)
-        subprocess.run([bin_dir / "dagster", "asset", "materialize", "--select", "*",
-                        "-m", "flight_platform.definitions"], env=env, cwd=REPO_ROOT, check=True)
+        for line in settle_abandoned_runs(settings):
+            print(line, flush=True)
+        if materialize:
+            print("Materializing every asset (about a minute)...", flush=True)
+            subprocess.run(materialize_command(), env=env, cwd=REPO_ROOT, check=True)
         web = _start(web_server_command(settings), env)
         processes.append(web)
         dagster = _start([bin_dir / "dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1",
@@ -146,14 +187,19 @@ def run(settings: Settings) -> None:
         services.down(settings)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flight_platform.local.stack", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--no-materialize", action="store_true",
+                        help="serve what is already materialized instead of materializing first")
+    args = parser.parse_args(argv)
     # Handlers (not "ignore") so that the servers started below get default signal dispositions
     # even when this runs in the background of a non-interactive shell. The servers run in their
     # own process groups: a Ctrl-C reaches only this process, which stops them in order.
     signal.signal(signal.SIGINT, _raise_stop)
     signal.signal(signal.SIGTERM, _raise_stop)
     try:
-        run(load_settings())
+        run(load_settings(), materialize=not args.no_materialize)
     except _Stop as stop:
         print(f"Stopped ({stop}).")
     except (RuntimeError, subprocess.CalledProcessError, services.ServiceError) as error:

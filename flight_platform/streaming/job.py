@@ -5,7 +5,9 @@ is rolled out by `flight_platform.streaming.supervisor`, which stops this run an
 answer names the version that really produced it.
 """
 
+import os
 import signal
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,6 +29,7 @@ from flight_platform.resources import KafkaResource, ModelStoreResource, MongoRe
 from flight_platform.streaming.worker import PredictionStreamWorker
 
 MODEL_VERSION_TAG = "flight_platform/model_version"
+WORKER_TAG = "flight_platform/worker"  # host:pid of the process serving, for operators and drills
 
 
 class PredictionStreamConfig(Config):
@@ -68,12 +71,14 @@ def serve_prediction_requests(context: OpExecutionContext, config: PredictionStr
         raise Failure("No model has been promoted yet: materialize flight_delay_model first.")
     scorer = PipelineScorer.load(store.pipeline_dir(version))
     # The tag tells the supervising sensor which version this run serves, however it was launched.
-    context.instance.add_run_tags(context.run_id, {MODEL_VERSION_TAG: version})
+    context.instance.add_run_tags(context.run_id, {
+        MODEL_VERSION_TAG: version, WORKER_TAG: f"{socket.gethostname()}:{os.getpid()}"})
     if kafka.ensure_request_topic():
         context.log.info(f"Created topic {kafka.request_topic}")
     database = mongo.get_database()
     worker = PredictionStreamWorker(kafka.request_consumer(), scorer, version, database,
-                                    context.log, config.progress_interval_seconds)
+                                    context.log, config.progress_interval_seconds,
+                                    max_message_bytes=kafka.max_message_bytes)
     context.log.info(f"Serving model {version} from {kafka.request_topic} "
                      f"(group {kafka.consumer_group}) into {database.name}.{RESPONSES}")
     with stop_on_interrupt() as interrupted:

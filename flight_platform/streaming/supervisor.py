@@ -35,16 +35,28 @@ ALIVE = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus
 FINISHED = [DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED]
 BACKOFF_BASE_S = 15.0
 BACKOFF_MAX_S = 600.0
+# A run that failed sooner than this after starting is part of a crash loop (a bad model, a missing
+# service); one that served longer crashed once and is replaced at once.
+CRASH_LOOP_RUN_S = 45.0
+
+
+def crash_looping(record, now: float) -> bool:
+    """Whether a finished run failed soon after it started (a run that never started counts)."""
+    if record.dagster_run.status != DagsterRunStatus.FAILURE:
+        return False
+    started = record.start_time or record.create_timestamp.timestamp()
+    return (record.end_time or now) - started < CRASH_LOOP_RUN_S
 
 
 def restart_delay(instance: DagsterInstance, now: float) -> float:
-    """Seconds still to wait before relaunching: doubling per consecutive failed run, from
-    BACKOFF_BASE_S up to BACKOFF_MAX_S; zero when the last run did not fail."""
+    """Seconds still to wait before relaunching: doubling per consecutive crash-looping run, from
+    BACKOFF_BASE_S up to BACKOFF_MAX_S; zero when the last run stopped cleanly or had served a
+    while before it failed (a crash, not a loop: serving resumes at once)."""
     finished = instance.get_run_records(
         RunsFilter(job_name=flight_delay_prediction_stream.name, statuses=FINISHED), limit=10)
     failures = 0
     for record in finished:
-        if record.dagster_run.status != DagsterRunStatus.FAILURE:
+        if not crash_looping(record, now):
             break
         failures += 1
     if not failures:
@@ -57,10 +69,10 @@ def restart_delay(instance: DagsterInstance, now: float) -> float:
 @sensor(
     job=flight_delay_prediction_stream,
     default_status=DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=10,
+    minimum_interval_seconds=5,  # a tick reads a small file and the run table: cheap
     description="Keeps one flight_delay_prediction_stream run alive on the current model version: "
     "launches one when none is alive, redeploys when a new version is promoted, and backs off "
-    "after consecutive failures.",
+    "only while runs keep failing soon after they start.",
 )
 def prediction_stream_supervisor(context: SensorEvaluationContext,
                                  model_store: ModelStoreResource):

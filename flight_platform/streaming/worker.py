@@ -2,14 +2,17 @@
 
 Delivery is at-least-once into idempotent sinks, which answers each request exactly once in effect:
 1. poll a micro-batch from the consumer group;
-2. parse it; off-contract messages become dead letters (reason + raw bytes), keyed by their
-   topic/partition/offset;
+2. parse it; off-contract messages become dead letters (reason + raw bytes, only a prefix of an
+   oversized one), keyed by their topic/partition/offset. Whatever fails on one record (decoding,
+   validation, scoring) makes that record a dead letter; nothing a message holds stops the stream;
 3. score the valid requests in one vectorized call;
 4. insert answers keyed by request UUID and dead letters by topic:partition:offset (both `_id`);
    a duplicate key means a redelivered message that was already answered: the first answer stands;
 5. only then commit the batch's offsets (those of stored batches go together, every
    COMMIT_INTERVAL_S, and always before the worker stops).
-A crash anywhere before 5 redelivers the batch; step 4 makes the replay harmless.
+A crash anywhere before 5 redelivers the batch; step 4 makes the replay harmless. When MongoDB is
+unreachable, step 4 is retried with backoff inside the run and nothing is committed meanwhile; when
+the broker is, polling and committing are retried: an outage pauses the stream, it does not end it.
 
 No Dagster here: `flight_platform.streaming.job` runs this inside a long-lived Dagster run.
 """
@@ -25,14 +28,14 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
-from kafka.errors import CommitFailedError
+from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import BulkWriteError
+from pymongo.errors import BulkWriteError, ConnectionFailure
 
 from flight_platform.clients.mongo import DEAD_LETTERS, DUPLICATE_KEY, RESPONSES
-from flight_platform.core.contract import InvalidRequest, PredictionRequest
+from flight_platform.core.contract import MAX_MESSAGE_BYTES, InvalidRequest, PredictionRequest
 from flight_platform.core.scoring import PipelineScorer
 
 POLL_TIMEOUT_MS = 100  # also how quickly a stop request is noticed
@@ -40,6 +43,13 @@ MAX_BATCHES_IN_FLIGHT = 2  # scored but not yet stored; beyond this, polling wai
 # Stored offsets are committed at most this often: a commit is a broker round trip, and a crash
 # only replays what was stored since (found already answered).
 COMMIT_INTERVAL_S = 0.2
+COMMIT_TIMEOUT_MS = 5000  # while the broker is down, a commit gives up after this (not 30 s)
+# Waits between attempts while MongoDB or the broker is unreachable: doubling up to the maximum.
+RETRY_FIRST_S, RETRY_MAX_S = 0.5, 5.0
+# After this long without records, the fully stored position is committed (see confirm_membership).
+IDLE_COMMIT_S = 5.0
+OVERSIZED_PAYLOAD_PREFIX = 1024  # bytes of an oversized message kept in its dead letter
+MAX_REASON_CHARS = 1000
 
 
 @dataclass
@@ -76,22 +86,33 @@ def insert_new(collection: Collection, documents: list[dict]) -> int:
         return len(errors)
 
 
-def dead_letter(record: ConsumerRecord, reason: str) -> dict:
+class StoreAbandoned(Exception):
+    """The worker was asked to stop while MongoDB was unreachable: the batch stays uncommitted."""
+
+
+def dead_letter(record: ConsumerRecord, reason: str, max_message_bytes: int) -> dict:
+    payload = record.value or b""
+    oversized = len(payload) > max_message_bytes
     return {
         "_id": f"{record.topic}:{record.partition}:{record.offset}",
         "Topic": record.topic,
         "Partition": record.partition,
         "Offset": record.offset,
-        "Reason": reason,
-        "Payload": record.value,  # the raw bytes, exactly as received
+        "Reason": reason[:MAX_REASON_CHARS],
+        # The raw bytes exactly as received; of an oversized message, only its first bytes.
+        "Payload": payload[:OVERSIZED_PAYLOAD_PREFIX] if oversized else record.value,
+        "PayloadBytes": len(payload),
+        "PayloadTruncated": oversized,
         "ReceivedAt": dt.datetime.now(dt.UTC),
     }
 
 
 class PredictionStreamWorker:
     def __init__(self, consumer: KafkaConsumer, scorer: PipelineScorer, model_version: str,
-                 database: Database, log: logging.Logger, progress_interval_s: float = 15.0):
+                 database: Database, log: logging.Logger, progress_interval_s: float = 15.0,
+                 max_message_bytes: int = MAX_MESSAGE_BYTES):
         self.consumer = consumer
+        self.max_message_bytes = max_message_bytes
         self.scorer = scorer
         self.model_version = model_version
         self.responses = database[RESPONSES]
@@ -103,7 +124,8 @@ class PredictionStreamWorker:
         self._window_started = time.monotonic()
         self._window_records = 0
         self._stored_offsets: dict[TopicPartition, int] = {}
-        self._last_commit = time.monotonic()
+        self._last_commit = self._last_record = time.monotonic()
+        self._stop_requested: Callable[[], bool] = lambda: False
 
     def run(self, stop_requested: Callable[[], bool]) -> StreamTotals:
         """Process micro-batches until `stop_requested()`, then store and commit the batches in
@@ -113,23 +135,39 @@ class PredictionStreamWorker:
         thread polls and scores the next. Offsets are committed in poll order and only for batches
         whose documents are stored, so the at-least-once guarantee is the same as storing and
         committing in one loop."""
+        self._stop_requested = stop_requested
         in_flight: deque[tuple[_Batch, Future]] = deque()
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mongo-writer") as writer:
             try:
                 while not stop_requested():
-                    polled = self.consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
-                    records = [record for batch in polled.values() for record in batch]
+                    records = self.poll()
                     if records:
+                        self._last_record = time.monotonic()
                         batch = self.prepare(records)
                         in_flight.append((batch, writer.submit(self.store, batch)))
                     self.commit_stored(in_flight, keep_at_most=MAX_BATCHES_IN_FLIGHT)
+                    if not in_flight and time.monotonic() - self._last_record >= IDLE_COMMIT_S:
+                        self.confirm_membership()
                     if time.monotonic() - self._window_started >= self.progress_interval_s:
                         self.report_progress()
                 self.commit_stored(in_flight, keep_at_most=0)
                 self.report_progress()
+            except StoreAbandoned as abandoned:
+                self.log.warning(f"{abandoned}; the uncommitted records will be redelivered.")
             finally:
                 self.consumer.close(autocommit=False)
         return self.totals
+
+    def poll(self) -> list[ConsumerRecord]:
+        """The next records, or none while the broker is unreachable (the consumer reconnects by
+        itself; this only keeps a transient error from ending the run)."""
+        try:
+            polled = self.consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
+        except KafkaError as error:
+            self.log.warning(f"Polling failed ({type(error).__name__}: {error}); retrying.")
+            time.sleep(RETRY_FIRST_S)
+            return []
+        return [record for batch in polled.values() for record in batch]
 
     def prepare(self, records: list[ConsumerRecord]) -> _Batch:
         """Parse and score a polled batch into the documents to store."""
@@ -137,12 +175,14 @@ class PredictionStreamWorker:
         dead: list[dict] = []
         for record in records:
             try:
-                requests.append((record, PredictionRequest.from_message(record.value)))
+                requests.append((record, PredictionRequest.from_message(
+                    record.value, self.max_message_bytes)))
             except InvalidRequest as error:
-                dead.append(dead_letter(record, str(error)))
+                dead.append(dead_letter(record, str(error), self.max_message_bytes))
 
         scored, unscorable = self._score([request for _, request in requests])
-        dead += [dead_letter(requests[i][0], reason) for i, reason in unscorable]
+        dead += [dead_letter(requests[i][0], reason, self.max_message_bytes)
+                 for i, reason in unscorable]
         now = dt.datetime.now(dt.UTC)
         return _Batch(
             records=len(records),
@@ -153,10 +193,24 @@ class PredictionStreamWorker:
         )
 
     def store(self, batch: _Batch) -> tuple[int, dt.datetime]:
-        """(answers already stored before, when the batch was stored); runs in the writer thread."""
-        already_answered = insert_new(self.responses, batch.answers)
-        insert_new(self.dead_letters, batch.dead_letters)
-        return already_answered, dt.datetime.now(dt.UTC)
+        """(answers already stored before, when the batch was stored); runs in the writer thread.
+
+        While MongoDB is unreachable, retries with backoff until it is back or the worker is asked
+        to stop. An attempt cut off midway may have stored part of the batch: the retry finds
+        those answers already stored and counts them as already answered."""
+        wait = RETRY_FIRST_S
+        while True:
+            try:
+                already_answered = insert_new(self.responses, batch.answers)
+                insert_new(self.dead_letters, batch.dead_letters)
+                return already_answered, dt.datetime.now(dt.UTC)
+            except ConnectionFailure as error:
+                if self._stop_requested():
+                    raise StoreAbandoned(f"Stopping while MongoDB is unreachable ({error})") from error
+                self.log.warning(f"MongoDB unreachable ({type(error).__name__}); retrying the batch "
+                                 f"in {wait:.1f}s, its offsets uncommitted.")
+                time.sleep(wait)
+                wait = min(2 * wait, RETRY_MAX_S)
 
     def commit_stored(self, in_flight: deque[tuple[_Batch, Future]], keep_at_most: int) -> None:
         """Take the oldest batches that are stored, waiting while more than `keep_at_most` are in
@@ -170,15 +224,33 @@ class PredictionStreamWorker:
                 keep_at_most and time.monotonic() - self._last_commit < COMMIT_INTERVAL_S):
             return
         offsets, self._stored_offsets = self._stored_offsets, {}
+        self._commit(offsets)
+
+    def confirm_membership(self) -> None:
+        """Commit the position after a quiet spell, every answer before it being stored. A no-op
+        for a real Kafka. The local in-memory broker forgets its groups and topics when it restarts
+        without telling the members (heartbeats still succeed); the commit is refused as from an
+        unknown member, which makes the consumer rejoin and start on the recreated topic."""
+        self._last_record = time.monotonic()
+        self._commit(None)
+
+    def _commit(self, offsets: dict[TopicPartition, int] | None) -> None:
+        """Commit `offsets`, or every consumed position (None). A failure never ends the run."""
         self._last_commit = time.monotonic()
         try:
-            self.consumer.commit({partition: OffsetAndMetadata(offset, "", -1)
-                                  for partition, offset in offsets.items()})
+            self.consumer.commit(None if offsets is None else {
+                partition: OffsetAndMetadata(offset, "", -1) for partition, offset in offsets.items()},
+                timeout_ms=COMMIT_TIMEOUT_MS)
         except CommitFailedError as error:
             # The group rebalanced: the new owner of those partitions gets these records again
             # and finds them answered (duplicate _id), so nothing is lost or answered twice.
             self.log.warning(f"Offsets not committed after a rebalance ({error}); the records "
                              f"will be redelivered and skipped as already answered.")
+        except KafkaError as error:
+            # The broker is unreachable. Not retried: a later commit supersedes this one, and
+            # until then the stored records would only be redelivered and found answered.
+            self.log.warning(f"Committing offsets failed ({type(error).__name__}: {error}); the "
+                             f"next commit covers them.")
 
     def _count(self, batch: _Batch, already_answered: int, stored_at: dt.datetime) -> None:
         self.totals.batches += 1
