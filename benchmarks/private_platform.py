@@ -32,15 +32,19 @@ def private_settings() -> Iterator[Settings]:
 def running_platform() -> Iterator[PrivatePlatform]:
     """A private stack started as `make run` starts it (services, materialization, gunicorn,
     `dagster dev` whose sensor launches the streaming run), until the stream answers a request."""
-    with tempfile.TemporaryDirectory(prefix="flight_platform_bench_") as scratch:
-        platform = PrivatePlatform(Path(scratch))
-        print(f"Starting a private stack (log: {platform.log_dir / 'stack.log'}); this takes a "
-              f"minute or two...", file=sys.stderr, flush=True)
-        try:
-            platform.start()
-            yield platform
-        finally:
-            platform.stop()
+    scratch = Path(tempfile.mkdtemp(prefix="flight_platform_bench_"))
+    platform = PrivatePlatform(scratch)
+    print(f"Starting a private stack (log: {platform.log_dir / 'stack.log'}); this takes a "
+          f"minute or two...", file=sys.stderr, flush=True)
+    try:
+        platform.start()
+        yield platform
+    except BaseException:
+        print(f"Failed: the stack's log and data are kept in {scratch}", file=sys.stderr)
+        raise
+    finally:
+        platform.stop()
+    shutil.rmtree(scratch, ignore_errors=True)
 
 
 @contextmanager

@@ -7,19 +7,29 @@ not when this module is imported, so tests and tools choose their endpoints firs
 import dagster as dg
 
 from flight_platform.batch import distances, ingest, model, training_features
+from flight_platform.batch.inbox import bts_inbox_sensor
 from flight_platform.resources import build_resources
 from flight_platform.settings import Settings, load_settings
 from flight_platform.streaming.job import flight_delay_prediction_stream
 from flight_platform.streaming.supervisor import prediction_stream_supervisor
 
+# Evaluates the assets' automation conditions: a month's features and distances follow its on-time
+# data, and the model retrains on new months (see batch.model.retraining_condition).
+automation = dg.AutomationConditionSensorDefinition(
+    "batch_automation", target=dg.AssetSelection.all(), minimum_interval_seconds=15,
+    default_status=dg.DefaultSensorStatus.RUNNING)
+
 
 def build_definitions(settings: Settings) -> dg.Definitions:
+    retrained_model = model.flight_delay_model.map_asset_specs(
+        lambda spec: spec.replace_attributes(
+            automation_condition=model.retraining_condition(settings.retrain_cron)))
     return dg.Definitions(
         assets=[
             ingest.on_time_performance,
             distances.origin_dest_distances,
             training_features.flight_delay_features,
-            model.flight_delay_model,
+            retrained_model,
         ],
         asset_checks=[
             ingest.on_time_performance_not_null,
@@ -28,7 +38,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             training_features.flight_delay_features_not_null,
         ],
         jobs=[flight_delay_prediction_stream],
-        sensors=[prediction_stream_supervisor],
+        sensors=[prediction_stream_supervisor, bts_inbox_sensor, automation],
         resources=build_resources(settings),
         # Every step of a run in one process: one SparkSession (one JVM) per run, not one per asset.
         executor=dg.in_process_executor,

@@ -95,6 +95,9 @@ class WarehouseResource(ConfigurableResource):
 
 class ModelStoreResource(ConfigurableResource):
     root: str
+    # Unattended promotion: a candidate at most this much less accurate than the current model on
+    # the same held-out rows (the forest's run-to-run noise) is promoted; a worse one is only kept.
+    promotion_tolerance: float = 0.005
 
     def store(self) -> ModelStore:
         return ModelStore(Path(self.root))
@@ -113,5 +116,6 @@ def build_resources(settings: Settings) -> dict[str, ConfigurableResource]:
         "mongo": MongoResource(uri=settings.mongo_uri, database=settings.mongo_database),
         "warehouse": WarehouseResource(root=str(settings.warehouse_dir),
                                        bts_dir=str(settings.bts_dir)),
-        "model_store": ModelStoreResource(root=str(settings.model_store_dir)),
+        "model_store": ModelStoreResource(root=str(settings.model_store_dir),
+                                          promotion_tolerance=settings.promotion_tolerance),
     }

@@ -30,6 +30,8 @@ class Settings:
     mongo_uri: str
     mongo_database: str
     spark_master: str
+    retrain_cron: str
+    promotion_tolerance: float
     spark_driver_host: str
     spark_driver_memory: str
     web_host: str
@@ -97,6 +99,10 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         mongo_uri=_env("MONGO_URI", "mongodb://127.0.0.1:27017/?directConnection=true"),
         mongo_database=_env("MONGO_DATABASE", "agile_data_science"),
         spark_master=_env("SPARK_MASTER", "local[2]"),
+        # The model retrains on new months at most once per tick of this cron (see batch.model).
+        retrain_cron=_env("RETRAIN_CRON", "0 * * * *"),
+        # How much less accurate than the current model a candidate may be and still be promoted.
+        promotion_tolerance=float(_env("PROMOTION_TOLERANCE", "0.005")),
         # On a cluster this must be an address the executors can reach.
         spark_driver_host=_env("SPARK_DRIVER_HOST", "127.0.0.1"),
         spark_driver_memory=_env("SPARK_DRIVER_MEMORY", "4g"),

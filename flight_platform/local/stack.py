@@ -4,8 +4,10 @@
 
 1. starts the Kafka-protocol broker and the MongoDB-protocol server (`flight_platform.local.services`),
    and settles the runs a stack that died without stopping (a power cut, kill -9) left unfinished;
-2. materializes every asset with the `dagster` CLI, so the UI shows the runs (`--no-materialize`
-   serves what is already materialized);
+2. registers the months the sources hold as partitions and, unless every month and a model are
+   already materialized, materializes every asset with the `dagster` CLI (the monthly assets in
+   one run over all months, then the model), so the UI shows the runs; `--no-materialize` serves
+   what is there. New or changed BTS downloads are the inbox sensor's, once Dagster is up;
 3. serves the Dagster UI (`dagster dev`, whose daemon runs the sensor that starts the streaming
    job) and the web app under gunicorn, a production WSGI server;
 4. on Ctrl-C or SIGTERM, stops all of it, services included.
@@ -21,8 +23,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
 
+from flight_platform.batch.sources import flight_months, month_sources
+from flight_platform.core.model_store import ModelStore
 from flight_platform.local import services
 from flight_platform.settings import REPO_ROOT, Settings, load_settings
 from flight_platform.streaming.job import flight_delay_prediction_stream
@@ -129,10 +133,40 @@ def dagster_environment(settings: Settings) -> dict[str, str]:
     return {**os.environ, "DAGSTER_HOME": str(settings.dagster_home)}
 
 
-def materialize_command() -> list[str]:
-    """The `dagster` CLI materializing every asset, as `make run` and CI do."""
-    return [str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "--select", "*",
-            "-m", "flight_platform.definitions"]
+MONTHLY_ASSETS = ["on_time_performance", "flight_delay_features", "origin_dest_distances"]
+
+
+def register_months(settings: Settings) -> list[str]:
+    """Register every month the sources hold as a partition (the inbox sensor registers later
+    downloads). Returns all registered months, in partition order."""
+    months = month_sources(settings.bts_dir).months
+    with DagsterInstance.from_config(str(settings.dagster_home)) as instance:
+        known = set(instance.get_dynamic_partitions(flight_months.name))
+        instance.add_dynamic_partitions(flight_months.name, [m for m in months if m not in known])
+        return instance.get_dynamic_partitions(flight_months.name)
+
+
+def unmaterialized(settings: Settings, months: list[str]) -> list[str]:
+    """What a restart must materialize: the monthly assets' missing months, and the model if none
+    is promoted. Empty when everything is there (changed downloads are the inbox sensor's)."""
+    with DagsterInstance.from_config(str(settings.dagster_home)) as instance:
+        missing = [f"{asset}[{month}]" for asset in MONTHLY_ASSETS
+                   for month in sorted(set(months) - instance.get_materialized_partitions(
+                       AssetKey(asset)))]
+    if ModelStore(settings.model_store_dir).current_version() is None:
+        missing.append("flight_delay_model")
+    return missing
+
+
+def materialize_commands(months: list[str]) -> list[list[str]]:
+    """The `dagster` CLI materializing every asset, as `make run` and CI do: the monthly assets as
+    one run over all `months` (a single-run backfill: one Spark start), then the model."""
+    dagster = [str(Path(sys.executable).parent / "dagster"), "asset", "materialize"]
+    return [
+        [*dagster, "--select", ",".join(MONTHLY_ASSETS), "--partition-range",
+         f"{months[0]}...{months[-1]}", "-m", "flight_platform.definitions"],
+        [*dagster, "--select", "flight_delay_model", "-m", "flight_platform.definitions"],
+    ]
 
 
 def web_server_command(settings: Settings) -> list[str]:
@@ -154,9 +188,16 @@ def run(settings: Settings, materialize: bool = True) -> None:
         services.up(settings)
         for line in settle_abandoned_runs(settings):
             print(line, flush=True)
-        if materialize:
-            print("Materializing every asset (about a minute)...", flush=True)
-            subprocess.run(materialize_command(), env=env, cwd=REPO_ROOT, check=True)
+        months = register_months(settings)
+        missing = unmaterialized(settings, months) if materialize else []
+        if missing:
+            print(f"Materializing every asset (about a minute; missing: {', '.join(missing[:5])}"
+                  f"{', ...' if len(missing) > 5 else ''})...", flush=True)
+            for command in materialize_commands(months):
+                subprocess.run(command, env=env, cwd=REPO_ROOT, check=True)
+        elif materialize:
+            print(f"Every asset is materialized for {len(months)} months: not materializing again.",
+                  flush=True)
         web = _start(web_server_command(settings), env)
         processes.append(web)
         dagster = _start([bin_dir / "dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1",

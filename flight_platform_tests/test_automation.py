@@ -1,0 +1,36 @@
+"""The loop runs by itself: a private stack as `make run` runs it (Dagster's daemon with the inbox
+sensor, declarative automation and the stream supervisor), seeded with this session's tables and
+model, serving a steady trickle. A new month of BTS data is dropped into the inbox and nothing else
+is done. The retrain cron ticks every minute here (hourly by default) and the promotion tolerance is
+opened wide, since this test is about the loop; test_batch_assets checks the guard itself."""
+
+import pytest
+from dagster import AssetKey
+
+from flight_platform.core.model_store import ModelStore
+from flight_platform.local import drills
+from flight_platform.local.drills import PrivatePlatform
+from flight_platform.local.stack import MONTHLY_ASSETS
+
+pytestmark = [pytest.mark.services, pytest.mark.faults]
+
+
+def test_a_dropped_month_is_ingested_learned_and_served_unattended(materialized, settings,
+                                                                   tmp_path_factory, capsys):
+    platform = PrivatePlatform(tmp_path_factory.mktemp("automation"), seed_from=settings,
+                               environment={"FLIGHT_PLATFORM_RETRAIN_CRON": "* * * * *",
+                                            "FLIGHT_PLATFORM_PROMOTION_TOLERANCE": "1"})
+    try:
+        platform.start()
+        result, version = drills.drill_new_month(platform, rate=5)
+        with capsys.disabled():
+            print(f"\nfile drop -> first answer by the new model: {result.serving_again_s:.0f} s")
+        # Every request sent meanwhile was answered (never twice: answers are keyed by request).
+        assert result.sent > 0 and result.lost == 0, result
+        with platform.instance() as instance:
+            for asset in MONTHLY_ASSETS:  # the sensor's run, then automation's
+                assert "2014-01" in instance.get_materialized_partitions(AssetKey(asset)), asset
+        info = ModelStore(platform.settings.model_store_dir).read_info(version)
+        assert info["months"][-1] == "2014-01" and "2013-12" in info["months"]
+    finally:
+        platform.stop()

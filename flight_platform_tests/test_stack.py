@@ -1,0 +1,44 @@
+"""What `make run` decides before serving: which months exist, and whether anything must be
+materialized (a restart with everything in place serves at once)."""
+
+from dagster import AssetMaterialization, DagsterInstance
+
+from flight_platform.batch.sources import BUNDLED_MONTHS, flight_months
+from flight_platform.core.model_store import ModelStore
+from flight_platform.local.derived_bts import write_derived_months
+from flight_platform.local.stack import MONTHLY_ASSETS, register_months, unmaterialized
+from flight_platform.settings import load_settings, private_environment
+
+
+def private_settings(tmp_path):
+    settings = load_settings(private_environment(tmp_path / "data"))
+    settings.dagster_home.mkdir(parents=True)
+    return settings
+
+
+def test_months_come_from_the_bundled_year_and_the_inbox(tmp_path, nyc_flights):
+    settings = private_settings(tmp_path)
+    assert register_months(settings) == BUNDLED_MONTHS
+    write_derived_months(settings.bts_dir, [2012], [12], flights=nyc_flights)
+    # Registered in arrival order: partition ranges follow it.
+    assert register_months(settings) == [*BUNDLED_MONTHS, "2012-12"]
+
+
+def test_a_restart_with_everything_materialized_materializes_nothing(tmp_path):
+    settings = private_settings(tmp_path)
+    months = register_months(settings)
+    assert len(unmaterialized(settings, months)) == len(MONTHLY_ASSETS) * 12 + 1  # + the model
+    with DagsterInstance.from_config(str(settings.dagster_home)) as instance:
+        for asset in MONTHLY_ASSETS:
+            for month in months:
+                if (asset, month) != ("flight_delay_features", "2013-05"):
+                    instance.report_runless_asset_event(AssetMaterialization(asset, partition=month))
+        assert instance.get_dynamic_partitions(flight_months.name) == months
+    store = ModelStore(settings.model_store_dir)
+    store.pipeline_dir("v1").mkdir(parents=True)
+    store.promote("v1")
+    assert unmaterialized(settings, months) == ["flight_delay_features[2013-05]"]
+    with DagsterInstance.from_config(str(settings.dagster_home)) as instance:
+        instance.report_runless_asset_event(
+            AssetMaterialization("flight_delay_features", partition="2013-05"))
+    assert unmaterialized(settings, months) == []
