@@ -20,6 +20,7 @@ run: install
 
 test: install
 	@scripts/install_chromium
+	@scripts/install_postgres
 	$(BIN)/python -m pytest
 
 bench: install

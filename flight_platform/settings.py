@@ -34,6 +34,8 @@ class Settings:
     promotion_tolerance: float
     spark_driver_host: str
     spark_driver_memory: str
+    dagster_storage: str  # "sqlite" or "postgres" (see flight_platform.local.postgres)
+    postgres_port: int
     web_host: str
     web_port: int
     dagster_port: int
@@ -106,6 +108,8 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         # On a cluster this must be an address the executors can reach.
         spark_driver_host=_env("SPARK_DRIVER_HOST", "127.0.0.1"),
         spark_driver_memory=_env("SPARK_DRIVER_MEMORY", "4g"),
+        dagster_storage=_env("DAGSTER_STORAGE", "sqlite"),
+        postgres_port=int(_env("POSTGRES_PORT", "5433")),  # beside a system PostgreSQL's 5432
         web_host=_env("WEB_HOST", "127.0.0.1"),
         web_port=int(_env("WEB_PORT", "5000")),
         dagster_port=int(_env("DAGSTER_PORT", "3000")),

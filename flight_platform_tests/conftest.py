@@ -90,16 +90,22 @@ def run_cli(*args: str, timeout: float = 600, env: dict[str, str] | None = None
                           text=True, timeout=timeout, env=env)
 
 
+def materialize_all(settings: Settings, env: dict[str, str] | None = None
+                    ) -> list[subprocess.CompletedProcess]:
+    """Register the months the sources hold, then materialize everything with the `dagster` CLI,
+    as `make run` does (`env`: another platform's environment)."""
+    return [run_cli(*command, env=env) for command in materialize_commands(register_months(settings))]
+
+
 @pytest.fixture(scope="session")
 def materialized(running_services, settings) -> dict[str, subprocess.CompletedProcess]:
     """The whole asset graph, materialized with the `dagster` CLI as CI and `make run` do: every
     bundled month in one run, then the model."""
-    months = register_months(settings)
-    monthly, model = materialize_commands(months)
+    monthly, model = materialize_all(settings)
     results = {
         "validate": run_cli("dagster", "definitions", "validate", "-m", "flight_platform.definitions"),
-        "monthly": run_cli(*monthly),
-        "model": run_cli(*model),
+        "monthly": monthly,
+        "model": model,
     }
     for name, result in results.items():
         if result.returncode != 0:

@@ -28,6 +28,7 @@ from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
 from flight_platform.batch.sources import flight_months, month_sources
 from flight_platform.core.model_store import ModelStore
 from flight_platform.local import services
+from flight_platform.local.postgres import dagster_storage
 from flight_platform.settings import REPO_ROOT, Settings, load_settings
 from flight_platform.streaming.job import flight_delay_prediction_stream
 from flight_platform.streaming.supervisor import ALIVE, FINISHED
@@ -59,13 +60,13 @@ def wait_until_answering(url: str, process: subprocess.Popen,
     raise RuntimeError(f"{url} did not answer within {timeout:.0f}s")
 
 
-def _start(command: list, env: dict) -> subprocess.Popen:
+def start_process(command: list, env: dict) -> subprocess.Popen:
     # Its own process group, so stopping it also reaches what it spawned (dagster dev's code
     # server and the streaming run worker would otherwise outlive it).
     return subprocess.Popen(command, env=env, cwd=REPO_ROOT, start_new_session=True)
 
 
-def _stop(process: subprocess.Popen) -> None:
+def stop_process(process: subprocess.Popen) -> None:
     """SIGTERM the whole group (the streaming run finishes and commits its batch), then SIGKILL
     whatever is left after STOP_TIMEOUT_S."""
     deadline = time.monotonic() + STOP_TIMEOUT_S
@@ -177,9 +178,14 @@ def web_server_command(settings: Settings) -> list[str]:
 
 
 def run(settings: Settings, materialize: bool = True) -> None:
-    bin_dir = Path(sys.executable).parent
     refuse_if_serving(settings)
     env = dagster_environment(settings)
+    with dagster_storage(settings):  # SQLite files in DAGSTER_HOME (default), or a private PostgreSQL
+        serve(settings, env, materialize)
+
+
+def serve(settings: Settings, env: dict[str, str], materialize: bool) -> None:
+    bin_dir = Path(sys.executable).parent
     dagster_url = f"http://127.0.0.1:{settings.dagster_port}"
     web_url = f"http://{settings.web_host}:{settings.web_port}"
     processes: list[subprocess.Popen] = []
@@ -198,10 +204,10 @@ def run(settings: Settings, materialize: bool = True) -> None:
         elif materialize:
             print(f"Every asset is materialized for {len(months)} months: not materializing again.",
                   flush=True)
-        web = _start(web_server_command(settings), env)
+        web = start_process(web_server_command(settings), env)
         processes.append(web)
-        dagster = _start([bin_dir / "dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1",
-                          "-p", str(settings.dagster_port)], env)
+        dagster = start_process([bin_dir / "dagster", "dev", "-w", "workspace.yaml", "-h",
+                                 "127.0.0.1", "-p", str(settings.dagster_port)], env)
         processes.append(dagster)
         wait_until_answering(f"{web_url}/health", web)
         wait_until_answering(f"{dagster_url}/server_info", dagster)
@@ -224,7 +230,7 @@ def run(settings: Settings, materialize: bool = True) -> None:
                 print(f"Could not terminate the streaming run through Dagster ({error}); "
                       f"stopping it by signal.", file=sys.stderr)
         for process in reversed(processes):
-            _stop(process)
+            stop_process(process)
         services.down(settings)
 
 

@@ -1,0 +1,146 @@
+"""A Spark standalone cluster on loopback: one master and one worker, from the pip-installed pyspark.
+
+    with spark_cluster(Path("/tmp/cluster")) as cluster:
+        env = {**os.environ, **cluster.driver_environment()}   # then run the `dagster` CLI with env
+
+It shows the platform running on a real cluster by settings alone (FLIGHT_PLATFORM_SPARK_MASTER):
+the driver stays in the Dagster run, the executors run in the worker's JVMs. On one machine the
+executors read and write the warehouse and model store on the local filesystem the driver uses;
+on several machines those paths must be on storage every node sees (see README).
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import pyspark
+
+from flight_platform.settings import free_port
+
+SPARK_HOME = Path(pyspark.__file__).parent
+HOST = "127.0.0.1"
+READY_TIMEOUT_S = 90.0
+STOP_TIMEOUT_S = 20.0
+
+
+class SparkCluster:
+    def __init__(self, root: Path, cores: int, memory: str):
+        self.root = root
+        self.cores = cores
+        self.memory = memory
+        self.master_port = free_port()
+        self.master_ui_port = free_port()
+        self.worker_ui_port = free_port()  # not the default 8081, which another cluster may hold
+
+    @property
+    def master_url(self) -> str:
+        return f"spark://{HOST}:{self.master_port}"
+
+    @property
+    def work_dir(self) -> Path:
+        """The worker's application directories: app-*/<executor id>/stdout and stderr."""
+        return self.root / "work"
+
+    @property
+    def conf_dir(self) -> Path:
+        return self.root / "conf"
+
+    def log_file(self, daemon: str) -> Path:
+        return self.root / f"{daemon}.log"
+
+    def master_state(self) -> dict:
+        """The master's JSON status: its workers, and its active and completed applications."""
+        with urllib.request.urlopen(f"http://{HOST}:{self.master_ui_port}/json/", timeout=5) as page:
+            return json.load(page)
+
+    def driver_environment(self) -> dict[str, str]:
+        """What a driver process (a `dagster` command) needs in its environment to run here."""
+        return {
+            "FLIGHT_PLATFORM_SPARK_MASTER": self.master_url,
+            # spark-submit reads spark-defaults.conf from here: the executors' size.
+            "SPARK_CONF_DIR": str(self.conf_dir),
+            # The driver tells the executors which Python runs their Python workers: the venv's.
+            "PYSPARK_PYTHON": sys.executable,
+            "SPARK_LOCAL_IP": HOST,
+        }
+
+    def write_conf(self) -> None:
+        self.conf_dir.mkdir(parents=True, exist_ok=True)
+        # One executor taking the whole worker.
+        (self.conf_dir / "spark-defaults.conf").write_text(
+            f"spark.executor.cores {self.cores}\nspark.executor.memory {self.memory}\n")
+
+    def master_answers(self) -> bool:
+        try:
+            return self.master_state()["status"] == "ALIVE"
+        except OSError:  # not listening yet
+            return False
+
+    def alive_workers(self) -> int:
+        return sum(worker["state"] == "ALIVE" for worker in self.master_state()["workers"])
+
+
+def _spark_class(main_class: str, *args: str) -> list[str]:
+    return [str(SPARK_HOME / "bin" / "spark-class"), f"org.apache.spark.deploy.{main_class}", *args]
+
+
+def _start(command: list[str], log_file: Path) -> subprocess.Popen:
+    env = {**os.environ, "SPARK_HOME": str(SPARK_HOME), "SPARK_LOCAL_IP": HOST,
+           "PYSPARK_PYTHON": sys.executable}
+    with open(log_file, "ab") as log:
+        # spark-class execs the JVM, so this is the daemon's own pid.
+        return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """SIGTERM (the worker kills its executors on the way out), SIGKILL after STOP_TIMEOUT_S."""
+    process.terminate()
+    try:
+        process.wait(STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def _wait_until(condition, process: subprocess.Popen, log_file: Path, what: str) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what}: the process exited with code {process.returncode}; "
+                               f"see {log_file}")
+        if condition():
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"{what}: not done within {READY_TIMEOUT_S:.0f}s; see {log_file}")
+
+
+@contextmanager
+def spark_cluster(root: Path, cores: int = 1, memory: str = "2g") -> Iterator[SparkCluster]:
+    """A master and one worker (`cores`, `memory`) with their logs, conf and work dir under `root`;
+    yields once the worker has registered with the master, stops both on exit."""
+    cluster = SparkCluster(root, cores, memory)
+    cluster.work_dir.mkdir(parents=True, exist_ok=True)
+    cluster.write_conf()
+    with ExitStack() as running:
+        master_log = cluster.log_file("master")
+        master = _start(_spark_class("master.Master", "--host", HOST,
+                                     "--port", str(cluster.master_port),
+                                     "--webui-port", str(cluster.master_ui_port)), master_log)
+        running.callback(_stop, master)
+        _wait_until(cluster.master_answers, master, master_log, "the Spark master starting")
+        worker_log = cluster.log_file("worker")
+        worker = _start(_spark_class("worker.Worker", cluster.master_url, "--host", HOST,
+                                     "--cores", str(cores), "--memory", memory,
+                                     "--webui-port", str(cluster.worker_ui_port),
+                                     "--work-dir", str(cluster.work_dir)), worker_log)
+        running.callback(_stop, worker)  # callbacks run last-in first-out: the worker stops first
+        _wait_until(lambda: cluster.alive_workers() >= 1, worker, worker_log,
+                    "the Spark worker registering with the master")
+        yield cluster
