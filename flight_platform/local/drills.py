@@ -197,6 +197,8 @@ class StackProcess:
 
     def __init__(self, env: dict[str, str], log_path: Path, materialize: bool = False):
         self.log_path = log_path
+        # A restarted stack appends to the same log: only what this one writes counts.
+        self._log_offset = log_path.stat().st_size if log_path.exists() else 0
         command = [sys.executable, "-m", "flight_platform.local.stack"]
         with open(log_path, "ab") as log:
             self.process = subprocess.Popen(command + ([] if materialize else ["--no-materialize"]),
@@ -204,7 +206,9 @@ class StackProcess:
                                             stderr=subprocess.STDOUT)
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        with open(self.log_path, "rb") as log:
+            log.seek(self._log_offset)
+            return log.read().decode(errors="replace")
 
     def wait_until_up(self, timeout: float) -> None:
         """Until it prints that the Dagster UI and the web app answer."""
