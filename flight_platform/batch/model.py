@@ -179,7 +179,7 @@ def flight_delay_model(context: AssetExecutionContext, config: ModelTrainingConf
 
     store = model_store.store()
     current = current_model_accuracy(store, test, evaluator("accuracy"))
-    version = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{context.run_id[:8]}"
+    version = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{context.run.run_id[:8]}"
     model.write().save(str(store.pipeline_dir(version)))
     parity = scorer_parity(str(store.pipeline_dir(version)), predictions, config.parity_rows)
     comparison = {"candidate_accuracy": accuracy, "tolerance": model_store.promotion_tolerance,
@@ -190,7 +190,7 @@ def flight_delay_model(context: AssetExecutionContext, config: ModelTrainingConf
     info = {
         "version": version,
         "trained_at": datetime.now(UTC).isoformat(),
-        "run_id": context.run_id,
+        "run_id": context.run.run_id,
         "accuracy": accuracy,
         "weighted_f1": weighted_f1,
         "majority_baseline_accuracy": baseline,
