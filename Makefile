@@ -28,3 +28,4 @@ bench: install
 	$(BIN)/python -m benchmarks.stream
 	$(BIN)/python -m benchmarks.web
 	$(BIN)/python -m benchmarks.contract
+	$(BIN)/python -m benchmarks.faults
