@@ -12,7 +12,9 @@ from flight_platform.local import drills
 from flight_platform.local.drills import PrivatePlatform
 from flight_platform.local.stack import MONTHLY_ASSETS
 
-pytestmark = [pytest.mark.services, pytest.mark.faults]
+# A stack start, an ingest, automation, a retrain and a roll-out: more than the default 600 s limit
+# on a slow two-core box.
+pytestmark = [pytest.mark.services, pytest.mark.faults, pytest.mark.timeout(1200)]
 
 
 def test_a_dropped_month_is_ingested_learned_and_served_unattended(materialized, settings,
