@@ -6,7 +6,7 @@ private services and a scratch data dir per scale.
 Scale k is the bundled 2013 flights plus k-1 derived years (2014, 2015, ...) written to the BTS
 inbox as BTS-format monthly downloads (flight_platform.local.derived_bts), so everything past 1x
 goes through the real BTS reader. Prints, per scale: rows, each asset's step time, the wall time of
-the two CLI runs, rows/s, peak memory of the process tree and the model's held-out accuracy.
+the CLI run, rows/s, peak memory of the process tree and the model's held-out accuracy.
 Asserts nothing. Goals: 10x in <= 6x the 1x time, peak memory <= 6 GiB.
 """
 
@@ -17,7 +17,7 @@ from benchmarks.private_platform import private_settings
 from flight_platform.core.model_store import ModelStore
 from flight_platform.local import services
 from flight_platform.local.derived_bts import write_derived_months
-from flight_platform.local.stack import dagster_environment, materialize_commands, register_months
+from flight_platform.local.stack import dagster_environment, materialize_command, register_months
 
 BUNDLED_ROWS = 336_776
 FIRST_DERIVED_YEAR = 2014
@@ -32,15 +32,13 @@ def measure(scale: int) -> dict:
         try:
             services.up(settings)
             months = register_months(settings)
-            runs = [timed_run(command, env, settings) for command in materialize_commands(months)]
+            wall, peak, steps = timed_run(materialize_command(months), env, settings)
         finally:
             services.down(settings)
         store = ModelStore(settings.model_store_dir)
         info = store.read_info(store.current_version())
-    wall = sum(run[0] for run in runs)
     return {"scale": scale, "rows": BUNDLED_ROWS * scale, "months": len(months), "wall": wall,
-            "steps": {step: seconds for run in runs for step, seconds in run[2].items()},
-            "peak": max(run[1] for run in runs), "accuracy": info["accuracy"]}
+            "steps": steps, "peak": peak, "accuracy": info["accuracy"]}
 
 
 def main() -> None:

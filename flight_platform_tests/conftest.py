@@ -23,7 +23,7 @@ from flight_platform.local import services
 from flight_platform.local.drills import wait_until
 from flight_platform.local.stack import (
     dagster_environment,
-    materialize_commands,
+    materialize_command,
     register_months,
     wait_until_answering,
     web_server_command,
@@ -90,21 +90,19 @@ def run_cli(*args: str, timeout: float = 600, env: dict[str, str] | None = None
 
 
 def materialize_all(settings: Settings, env: dict[str, str] | None = None
-                    ) -> list[subprocess.CompletedProcess]:
+                    ) -> subprocess.CompletedProcess:
     """Register the months the sources hold, then materialize everything with the `dagster` CLI,
     as `make run` does (`env`: another platform's environment)."""
-    return [run_cli(*command, env=env) for command in materialize_commands(register_months(settings))]
+    return run_cli(*materialize_command(register_months(settings)), env=env)
 
 
 @pytest.fixture(scope="session")
 def materialized(running_services, settings) -> dict[str, subprocess.CompletedProcess]:
     """The whole asset graph, materialized with the `dagster` CLI as CI and `make run` do: every
-    bundled month in one run, then the model."""
-    monthly, model = materialize_all(settings)
+    bundled month and the model in one run."""
     results = {
         "validate": run_cli("dagster", "definitions", "validate", "-m", "flight_platform.definitions"),
-        "monthly": monthly,
-        "model": model,
+        "materialize": materialize_all(settings),
     }
     for name, result in results.items():
         if result.returncode != 0:

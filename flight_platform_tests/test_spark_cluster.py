@@ -43,8 +43,8 @@ def test_materialize_everything_on_a_spark_standalone_cluster(materialized, sett
         env = {**dagster_environment(on_cluster), **overrides}
         try:
             # As the session's `materialized` fixture does, in this platform's instance.
-            for result in materialize_all(on_cluster, env):
-                assert result.returncode == 0, result.stderr[-5000:]
+            result = materialize_all(on_cluster, env)
+            assert result.returncode == 0, result.stderr[-5000:]
 
             # The cluster did the work: the master ran the application, and its executor, in the
             # worker, logged the tasks it finished.

@@ -5,8 +5,8 @@
 1. starts the Kafka-protocol broker and the MongoDB-protocol server (`flight_platform.local.services`),
    and settles the runs a stack that died without stopping (a power cut, kill -9) left unfinished;
 2. registers the months the sources hold as partitions and, unless every month and a model are
-   already materialized, materializes every asset with the `dagster` CLI (the monthly assets in
-   one run over all months, then the model), so the UI shows the runs; `--no-materialize` serves
+   already materialized, materializes every asset with the `dagster` CLI (one run over all
+   months), so the UI shows the run; `--no-materialize` serves
    what is there. New or changed BTS downloads are the inbox sensor's, once Dagster is up;
 3. serves the Dagster UI (`dagster dev`, whose daemon runs the sensor that starts the streaming
    job) and the web app under gunicorn, a production WSGI server;
@@ -159,15 +159,11 @@ def unmaterialized(settings: Settings, months: list[str]) -> list[str]:
     return missing
 
 
-def materialize_commands(months: list[str]) -> list[list[str]]:
-    """The `dagster` CLI materializing every asset, as `make run` and CI do: the monthly assets as
-    one run over all `months` (a single-run backfill: one Spark start), then the model."""
-    dagster = [str(Path(sys.executable).parent / "dagster"), "asset", "materialize"]
-    return [
-        [*dagster, "--select", ",".join(MONTHLY_ASSETS), "--partition-range",
-         f"{months[0]}...{months[-1]}", "-m", "flight_platform.definitions"],
-        [*dagster, "--select", "flight_delay_model", "-m", "flight_platform.definitions"],
-    ]
+def materialize_command(months: list[str], assets: str = "*") -> list[str]:
+    """The `dagster` CLI materializing `assets` (all of them by default) for `months`, as `make run`
+    and CI do: one run, one Spark start (every asset has a single-run backfill policy)."""
+    return [str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "--select", assets,
+            "--partition-range", f"{months[0]}...{months[-1]}", "-m", "flight_platform.definitions"]
 
 
 def web_server_command(settings: Settings) -> list[str]:
@@ -199,8 +195,7 @@ def serve(settings: Settings, env: dict[str, str], materialize: bool) -> None:
         if missing:
             print(f"Materializing every asset (about a minute; missing: {', '.join(missing[:5])}"
                   f"{', ...' if len(missing) > 5 else ''})...", flush=True)
-            for command in materialize_commands(months):
-                subprocess.run(command, env=env, cwd=REPO_ROOT, check=True)
+            subprocess.run(materialize_command(months), env=env, cwd=REPO_ROOT, check=True)
         elif materialize:
             print(f"Every asset is materialized for {len(months)} months: not materializing again.",
                   flush=True)
