@@ -59,6 +59,20 @@ def test_mongo_restarting_under_load_loses_nothing(platform):
     assert list(stream_runs(platform).values()).count(DagsterRunStatus.STARTED) == 1
 
 
+def test_a_hard_killed_stack_serves_again_after_a_restart(platform):
+    before = stream_runs(platform)
+    result = drills.drill_hard_kill(platform, RATE)
+    assert_nothing_lost(result)
+    after = stream_runs(platform)
+    # The run the dead stack left STARTED was settled at start-up, and a new one serves.
+    (abandoned,) = [run for run, status in before.items() if status == DagsterRunStatus.STARTED]
+    assert after[abandoned] == DagsterRunStatus.FAILURE
+    assert "left STARTED by a stack that stopped without cleaning up" in platform.stack.log()
+    assert list(after.values()).count(DagsterRunStatus.STARTED) == 1
+
+
+# Last: a local broker restart can leave the in-memory topic in a state later drills should not
+# inherit (see README, "Running unattended").
 def post_prediction(platform: PrivatePlatform) -> tuple[int, dict]:
     form = {"DepDelay": "5", "Carrier": "DL", "FlightDate": "2013-12-23", "Dest": "ATL",
             "FlightNum": "1519", "Origin": "JFK"}
@@ -91,15 +105,3 @@ def test_the_broker_restarting_gives_503s_then_recovers_by_itself(platform):
     # Requests the broker acknowledged but the stream had not yet read when it stopped are lost
     # with the local in-memory broker (a real Kafka keeps them), so losses are not ruled out here.
     assert drills.drill_service_restart(platform, "kafka", RATE).sent > RATE
-
-
-def test_a_hard_killed_stack_serves_again_after_a_restart(platform):
-    before = stream_runs(platform)
-    result = drills.drill_hard_kill(platform, RATE)
-    assert_nothing_lost(result)
-    after = stream_runs(platform)
-    # The run the dead stack left STARTED was settled at start-up, and a new one serves.
-    (abandoned,) = [run for run, status in before.items() if status == DagsterRunStatus.STARTED]
-    assert after[abandoned] == DagsterRunStatus.FAILURE
-    assert "left STARTED by a stack that stopped without cleaning up" in platform.stack.log()
-    assert list(after.values()).count(DagsterRunStatus.STARTED) == 1
