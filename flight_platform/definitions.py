@@ -11,6 +11,7 @@ from flight_platform.batch.inbox import bts_inbox_sensor
 from flight_platform.resources import build_resources
 from flight_platform.settings import Settings, load_settings
 from flight_platform.streaming.job import flight_delay_prediction_stream
+from flight_platform.streaming.model_roles import manage_challengers, promote_model
 from flight_platform.streaming.supervisor import prediction_stream_supervisor
 
 # Evaluates the assets' automation conditions: a month's features and distances follow its on-time
@@ -37,7 +38,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             distances.one_document_per_route,
             training_features.flight_delay_features_not_null,
         ],
-        jobs=[flight_delay_prediction_stream],
+        jobs=[flight_delay_prediction_stream, promote_model, manage_challengers],
         sensors=[prediction_stream_supervisor, bts_inbox_sensor, automation],
         resources=build_resources(settings),
         # Every step of a run in one process: one SparkSession (one JVM) per run, not one per asset.

@@ -98,6 +98,8 @@ class ModelStoreResource(ConfigurableResource):
     # Unattended promotion: a candidate at most this much less accurate than the current model on
     # the same held-out rows (the forest's run-to-run noise) is promoted; a worse one is only kept.
     promotion_tolerance: float = 0.005
+    # Challengers kept in the champion's shadow; adding one more displaces the oldest.
+    max_challengers: int = 2
 
     def store(self) -> ModelStore:
         return ModelStore(Path(self.root))
@@ -117,5 +119,6 @@ def build_resources(settings: Settings) -> dict[str, ConfigurableResource]:
         "warehouse": WarehouseResource(root=str(settings.warehouse_dir),
                                        bts_dir=str(settings.bts_dir)),
         "model_store": ModelStoreResource(root=str(settings.model_store_dir),
-                                          promotion_tolerance=settings.promotion_tolerance),
+                                          promotion_tolerance=settings.promotion_tolerance,
+                                          max_challengers=settings.max_challengers),
     }

@@ -32,6 +32,7 @@ class Settings:
     spark_master: str
     retrain_cron: str
     promotion_tolerance: float
+    max_challengers: int
     spark_driver_host: str
     spark_driver_memory: str
     dagster_storage: str  # "sqlite" or "postgres" (see flight_platform.local.postgres)
@@ -105,6 +106,8 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         retrain_cron=_env("RETRAIN_CRON", "0 * * * *"),
         # How much less accurate than the current model a candidate may be and still be promoted.
         promotion_tolerance=float(_env("PROMOTION_TOLERANCE", "0.005")),
+        # Challenger models scored beside the champion on every request (each adds a little latency).
+        max_challengers=int(_env("MAX_CHALLENGERS", "2")),
         # On a cluster this must be an address the executors can reach.
         spark_driver_host=_env("SPARK_DRIVER_HOST", "127.0.0.1"),
         spark_driver_memory=_env("SPARK_DRIVER_MEMORY", "4g"),

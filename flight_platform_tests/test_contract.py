@@ -106,11 +106,25 @@ def test_response_document():
     assert document["Route"] == "JFK-ATL" and document["UUID"] == document["_id"] == request.UUID
     assert document["RequestedAt"] == dt.datetime(2026, 11, 25, 10, tzinfo=dt.UTC)
     assert document["ScoredAt"] == scored_at
+    assert document["Shadow"] == []
+
+
+def test_challengers_predictions_are_recorded_beside_the_champions():
+    document = parse(valid_message()).response(
+        [0.1, 0.2, 0.6, 0.1], "v1", dt.datetime.now(dt.UTC),
+        shadow=[("v2", [0.7, 0.1, 0.1, 0.1]), ("v3", [0.1, 0.1, 0.1, 0.7])])
+    assert document["Prediction"] == 2 and document["ModelVersion"] == "v1"
+    assert [(s["ModelVersion"], s["Prediction"], s["PredictionLabel"]) for s in document["Shadow"]] == [
+        ("v2", 0, "Early (15+ min)"), ("v3", 3, "Very late (30+ min)")]
+    assert [p["Probability"] for p in document["Shadow"][0]["Probabilities"]] == [0.7, 0.1, 0.1, 0.1]
+    assert len(PredictionResponse.model_validate(document).Shadow) == 2
 
 
 def test_a_stored_answer_is_a_valid_response_document():
     document = parse(valid_message()).response([0.1, 0.2, 0.6, 0.1], "v1", dt.datetime.now(dt.UTC))
     assert PredictionResponse.model_validate(document).id == document["UUID"]
+    del document["Shadow"]  # stored before challengers existed
+    assert PredictionResponse.model_validate(document).Shadow == []
 
 
 def test_the_published_json_schemas_are_current():

@@ -37,3 +37,43 @@ def test_prune_keeps_the_newest_and_the_current(tmp_path):
     deleted = store.prune(keep=3)
     assert deleted == versions[1:3]
     assert store.versions() == [versions[0], *versions[3:]]
+
+
+def test_challengers_keep_the_newest_and_never_the_champion(tmp_path):
+    store = ModelStore(tmp_path)
+    versions = [f"2026010{i}T000000Z-x" for i in range(1, 5)]
+    for version in versions:
+        save(store, version)
+    store.promote(versions[0])
+    with pytest.raises(ValueError, match="champion"):
+        store.add_challenger(versions[0], keep=2)
+    with pytest.raises(FileNotFoundError):
+        store.add_challenger("missing", keep=2)
+    assert store.add_challenger(versions[1], keep=2) == []
+    assert store.add_challenger(versions[2], keep=2) == []
+    assert store.add_challenger(versions[3], keep=2) == [versions[1]]  # the oldest makes room
+    assert store.challengers() == versions[2:]
+    store.remove_challenger(versions[2])
+    assert store.challengers() == [versions[3]]
+
+
+def test_a_promoted_challenger_is_the_champion_only(tmp_path):
+    store = ModelStore(tmp_path)
+    for version in ("v1", "v2", "v3"):
+        save(store, version)
+    store.promote("v1")
+    store.add_challenger("v2", keep=2)
+    store.add_challenger("v3", keep=2)
+    store.promote("v3")
+    assert store.current_version() == "v3" and store.challengers() == ["v2"]
+
+
+def test_prune_keeps_the_challengers(tmp_path):
+    store = ModelStore(tmp_path)
+    versions = [f"2026010{i}T000000Z-x" for i in range(1, 6)]
+    for version in versions:
+        save(store, version)
+    store.promote(versions[-1])
+    store.add_challenger(versions[0], keep=2)
+    assert store.prune(keep=2) == versions[1:3]
+    assert store.versions() == [versions[0], *versions[3:]]

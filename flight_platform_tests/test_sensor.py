@@ -15,7 +15,11 @@ from dagster import (
 
 from flight_platform.core.model_store import ModelStore
 from flight_platform.resources import ModelStoreResource
-from flight_platform.streaming.job import MODEL_VERSION_TAG, flight_delay_prediction_stream
+from flight_platform.streaming.job import (
+    CHALLENGERS_TAG,
+    MODEL_VERSION_TAG,
+    flight_delay_prediction_stream,
+)
 from flight_platform.streaming.supervisor import (
     BACKOFF_BASE_S,
     CRASH_LOOP_RUN_S,
@@ -92,6 +96,28 @@ def test_redeploys_on_a_new_model_version(instance, store):
     instance.report_run_canceled(instance.get_run_by_id(old.run_id))  # the worker has stopped
     replacement = evaluate(instance, store)
     assert isinstance(replacement, RunRequest) and replacement.tags[MODEL_VERSION_TAG] == "v2"
+
+
+def test_redeploys_when_the_challengers_change(instance, store):
+    publish(store, "v1")
+    store.pipeline_dir("v2").mkdir(parents=True)
+    store.pipeline_dir("v3").mkdir(parents=True)
+    store.add_challenger("v2", keep=2)
+    first = evaluate(instance, store)
+    assert first.tags == {MODEL_VERSION_TAG: "v1", CHALLENGERS_TAG: "v2"}
+    assert first.run_config["ops"]["serve_prediction_requests"]["config"][
+        "challenger_versions"] == ["v2"]
+    run = instance.create_run_for_job(flight_delay_prediction_stream, status=DagsterRunStatus.STARTED,
+                                      tags=first.tags)
+    assert isinstance(evaluate(instance, store), SkipReason)  # serving what it should
+    assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.STARTED
+
+    store.add_challenger("v3", keep=2)
+    stopping = evaluate(instance, store)
+    assert isinstance(stopping, SkipReason) and "stopping run" in stopping.skip_message
+    instance.report_run_canceled(instance.get_run_by_id(run.run_id))
+    replacement = evaluate(instance, store)
+    assert replacement.tags == {MODEL_VERSION_TAG: "v1", CHALLENGERS_TAG: "v2 v3"}
 
 
 def test_a_run_still_loading_its_model_is_left_alone(instance, store):

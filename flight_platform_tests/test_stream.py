@@ -12,13 +12,15 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 from pymongo import MongoClient
 
+from flight_platform.batch.model import ModelTrainingConfig
 from flight_platform.clients.kafka import create_producer, ensure_topic
 from flight_platform.clients.mongo import DEAD_LETTERS, RESPONSES
 from flight_platform.core.contract import PredictionRequest
 from flight_platform.core.features import ARRIVAL_DELAY_LABELS
 from flight_platform.core.model_store import ModelStore
+from flight_platform.core.scoring import PipelineScorer
 from flight_platform.local.drills import hostile_messages, send_messages
-from flight_platform_tests.conftest import wait_for
+from flight_platform_tests.conftest import latest_metadata, materialize_in_process, wait_for
 
 ROUTES = [("JFK", "ATL", 760.0, "DL"), ("EWR", "ORD", 719.0, "UA"), ("LGA", "MIA", 1096.0, "AA"),
           ("JFK", "LAX", 2475.0, "B6")]
@@ -197,3 +199,54 @@ def test_a_worker_stopped_mid_stream_loses_nothing_and_answers_nothing_twice(
     # ...and answered the rest.
     assert replay["answered"] + replay["already_answered"] == replay["records"]
     assert database[DEAD_LETTERS].count_documents({"Topic": topic}) == 0
+
+
+@pytest.fixture
+def two_challengers(settings):
+    """Two sound but weaker candidates, trained for real: each fails only the not-worse check, so
+    the model asset keeps it as a challenger. Removed afterwards: other tests serve the champion."""
+    store = ModelStore(settings.model_store_dir)
+    trained = []
+    for trees, depth in [(2, 3), (3, 5)]:
+        config = ModelTrainingConfig(num_trees=trees, max_depth=depth).model_dump()
+        # The run fails on the blocking check that kept the candidate from `current`.
+        materialize_in_process(["flight_delay_model"],
+                               run_config={"ops": {"flight_delay_model": {"config": config}}})
+        metadata = latest_metadata("flight_delay_model")
+        assert metadata["challenger"] is True and metadata["promoted"] is False, metadata
+        trained.append(metadata["model_version"])
+    try:
+        yield trained
+    finally:
+        for version in trained:
+            store.remove_challenger(version)
+
+
+def test_challengers_are_scored_beside_the_champion_which_alone_is_served(
+        settings, materialized, two_challengers, start_stream, topic, database):
+    store = ModelStore(settings.model_store_dir)
+    assert store.challengers() == two_challengers  # kept automatically, the newest two
+    rng = random.Random(9)
+    requests = [make_request(rng) for _ in range(200)]
+    ids = [r.UUID for r in requests]
+    stream = start_stream(request_topic=topic, consumer_group=f"group_{topic}")
+    produce(settings, topic, [r.to_message() for r in requests])
+    wait_for(lambda: answered(database, ids) == len(ids), 120, "every answer")
+
+    champion = store.current_version()
+    scorers = {v: PipelineScorer.load(store.pipeline_dir(v)) for v in [champion, *two_challengers]}
+    rows = [r.model_input() for r in requests]
+    expected = {v: dict(zip(ids, scorer.probabilities(rows), strict=True)) for v, scorer in scorers.items()}
+    for answer in database[RESPONSES].find({"_id": {"$in": ids}}):
+        # The champion's answer is what the champion alone gives: the challengers change nothing.
+        assert answer["ModelVersion"] == champion
+        assert [p["Probability"] for p in answer["Probabilities"]] == pytest.approx(
+            expected[champion][answer["_id"]], abs=1e-6)
+        assert [s["ModelVersion"] for s in answer["Shadow"]] == two_challengers
+        for shadow in answer["Shadow"]:
+            assert [p["Probability"] for p in shadow["Probabilities"]] == pytest.approx(
+                expected[shadow["ModelVersion"]][answer["_id"]], abs=1e-6)
+    disagreements = sum(expected[champion][i].argmax() != expected[v][i].argmax()
+                        for v in two_challengers for i in ids)
+    assert disagreements > 0, "models that always agree would make this comparison meaningless"
+    assert f"challengers {', '.join(two_challengers)}" in stream.log()

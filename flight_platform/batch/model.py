@@ -143,7 +143,8 @@ def confusion_table(predictions: DataFrame) -> MetadataValue:
     "predicting the ArrDelay bucket: early 15+ min, early 0-15, late 0-30, late 30+, on every "
     "materialized month (or the most recent N). Trained on 80% of the flights, evaluated on the 20% "
     "a stable hash of the flight holds out, saved as a new version in the model store; `current` "
-    "moves to it only if all three checks pass.",
+    "moves to it only if all three checks pass. A sound candidate that is only less accurate than "
+    "the current model becomes a challenger, scored beside it on live requests.",
     check_specs=[
         AssetCheckSpec(BEATS_BASELINE, asset="flight_delay_model", blocking=True,
                        description="Held-out accuracy beats always predicting the majority class."),
@@ -215,10 +216,17 @@ def flight_delay_model(context: AssetExecutionContext, config: ModelTrainingConf
     scorer_matches = parity["prediction_mismatches"] == 0 and parity[
         "max_probability_difference"] < 1e-9
     promoted = beats_baseline and scorer_matches and not_worse
+    # Sound but not better: scored beside the champion on live requests, where it may yet prove
+    # itself (batch.outcomes compares them; the promote_model job promotes it).
+    challenger = beats_baseline and scorer_matches and not not_worse
     if promoted:
         store.promote(version)
         pruned = store.prune(keep=config.keep_versions)
         context.log.info(f"Promoted model {version}; pruned old versions: {pruned or 'none'}")
+    elif challenger:
+        displaced = store.add_challenger(version, keep=model_store.max_challengers)
+        context.log.warning(f"Model {version} is less accurate than {store.current_version()}: "
+                            f"kept as a challenger (displacing {displaced or 'none'}).")
     else:
         context.log.warning(f"Model {version} failed its checks; `current` stays at "
                             f"{store.current_version()}")
@@ -227,6 +235,7 @@ def flight_delay_model(context: AssetExecutionContext, config: ModelTrainingConf
         metadata={
             "model_version": version,
             "promoted": promoted,
+            "challenger": challenger,
             "current_version": str(store.current_version()),
             "path": MetadataValue.path(str(store.version_dir(version))),
             "accuracy": accuracy,

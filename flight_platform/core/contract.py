@@ -14,6 +14,7 @@ The JSON Schema of both documents is generated from these models into `schemas/`
 import datetime as dt
 import json
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -184,25 +185,34 @@ class PredictionRequest(RequestedFlight):
     def model_input(self) -> dict[str, Any]:
         return {**self.__dict__, "Route": route(self.Origin, self.Dest)}
 
-    def response(self, probabilities: list[float], model_version: str,
-                 scored_at: dt.datetime) -> dict[str, Any]:
-        """The response document (a `PredictionResponse` by alias): the request, the predicted
-        bucket and how sure the model is. Built without validating again what is already checked."""
-        prediction = max(range(len(probabilities)), key=probabilities.__getitem__)
+    def response(self, probabilities: list[float], model_version: str, scored_at: dt.datetime,
+                 shadow: Sequence[tuple[str, list[float]]] = ()) -> dict[str, Any]:
+        """The response document (a `PredictionResponse` by alias): the request, the champion's
+        predicted bucket and how sure it is, and each challenger's (`shadow`: version,
+        probabilities). Built without validating again what is already checked."""
         fields = self.__dict__
         return {
             "_id": self.UUID,  # one document per request: see flight_platform.clients.mongo
             **{name: fields[name] for name in RequestedFlight.model_fields},
             "Route": route(self.Origin, self.Dest),
-            "Prediction": prediction,
-            "PredictionLabel": ARRIVAL_DELAY_LABELS[prediction],
-            "Probabilities": [
-                {"Bucket": bucket, "Label": label, "Probability": round(float(p), 6)}
-                for bucket, (label, p) in enumerate(zip(ARRIVAL_DELAY_LABELS, probabilities, strict=True))],
+            **_prediction(probabilities),
             "ModelVersion": model_version,
+            "Shadow": [{"ModelVersion": version, **_prediction(p)} for version, p in shadow],
             "RequestedAt": dt.datetime.fromisoformat(self.Timestamp),
             "ScoredAt": scored_at,
         }
+
+
+def _prediction(probabilities: list[float]) -> dict[str, Any]:
+    """The predicted bucket, its label and every bucket's probability, as the documents hold them."""
+    prediction = max(range(len(probabilities)), key=probabilities.__getitem__)
+    return {
+        "Prediction": prediction,
+        "PredictionLabel": ARRIVAL_DELAY_LABELS[prediction],
+        "Probabilities": [
+            {"Bucket": bucket, "Label": label, "Probability": round(float(p), 6)}
+            for bucket, (label, p) in enumerate(zip(ARRIVAL_DELAY_LABELS, probabilities, strict=True))],
+    }
 
 
 class BucketProbability(BaseModel):
@@ -211,6 +221,17 @@ class BucketProbability(BaseModel):
     Bucket: int = Field(ge=0, lt=len(ARRIVAL_DELAY_LABELS))
     Label: str
     Probability: float = Field(ge=0, le=1)
+
+
+class ShadowPrediction(BaseModel):
+    """A challenger's prediction for the same request: recorded, never served."""
+
+    model_config = ConfigDict(strict=True, frozen=True)
+
+    ModelVersion: str
+    Prediction: int = Field(ge=0, lt=len(ARRIVAL_DELAY_LABELS))
+    PredictionLabel: str
+    Probabilities: list[BucketProbability]
 
 
 class PredictionResponse(RequestedFlight):
@@ -223,7 +244,10 @@ class PredictionResponse(RequestedFlight):
     Prediction: int = Field(ge=0, lt=len(ARRIVAL_DELAY_LABELS), description="The likeliest bucket")
     PredictionLabel: str
     Probabilities: list[BucketProbability]
-    ModelVersion: str = Field(description="The model version that produced this answer")
+    ModelVersion: str = Field(description="The model version that produced this answer: the champion")
+    Shadow: list[ShadowPrediction] = Field(
+        default=[], description="The challengers' predictions for the same request (answers stored "
+        "before challengers existed have none)")
     RequestedAt: dt.datetime
     ScoredAt: dt.datetime
 

@@ -1,12 +1,14 @@
-"""Versioned model storage with an atomically moved `current` pointer.
+"""Versioned model storage with an atomically moved `current` pointer and a list of challengers.
 
     <root>/versions/<version>/spark_pipeline/   the Spark ML PipelineModel
     <root>/versions/<version>/model.json        metrics and provenance
-    <root>/current                              the promoted version's name
+    <root>/current                              the promoted version's name: the champion
+    <root>/challengers                          versions scored in the shadow of the champion
 
-A version directory is complete before `current` names it, and `current` is replaced with an
-atomic rename, so a reader never sees half a model. Plain text, not a symlink, so it works the same
-on object storage mounts.
+A version directory is complete before `current` or `challengers` names it, and both are replaced
+with an atomic rename, so a reader never sees half a model or half a list. Plain text, not
+symlinks, so it works the same on object storage mounts. Two writers at the same moment (a
+training run and an operator's job) cannot corrupt the files; the last one wins.
 """
 
 import json
@@ -49,17 +51,50 @@ class ModelStore:
     def read_info(self, version: str) -> dict[str, Any]:
         return json.loads((self.version_dir(version) / "model.json").read_text())
 
-    def promote(self, version: str) -> None:
+    def _require_pipeline(self, version: str) -> None:
         if not self.pipeline_dir(version).is_dir():
             raise FileNotFoundError(f"model version {version} has no saved pipeline")
-        staged = self.root / f".current.{os.getpid()}"
-        staged.write_text(version + "\n")
-        os.replace(staged, self.pointer)
+
+    def _replace(self, path: Path, lines: list[str]) -> None:
+        staged = self.root / f".{path.name}.{os.getpid()}"
+        staged.write_text("".join(f"{line}\n" for line in lines))
+        os.replace(staged, path)
+
+    def promote(self, version: str) -> None:
+        """Make `version` the champion; it stops being a challenger."""
+        self._require_pipeline(version)
+        self._replace(self.pointer, [version])
+        self.remove_challenger(version)
+
+    def challengers(self) -> list[str]:
+        """The challenger versions, oldest first."""
+        try:
+            return (self.root / "challengers").read_text().split()
+        except FileNotFoundError:
+            return []
+
+    def add_challenger(self, version: str, keep: int) -> list[str]:
+        """Score `version` beside the champion, keeping only the newest `keep` challengers (each
+        one costs every request a little latency). Returns the challengers it displaced."""
+        self._require_pipeline(version)
+        if version == self.current_version():
+            raise ValueError(f"model version {version} is the champion, not a challenger")
+        challengers = [v for v in self.challengers() if v != version] + [version]
+        kept = challengers[-keep:] if keep > 0 else []
+        self._replace(self.root / "challengers", kept)
+        return [v for v in challengers if v not in kept]
+
+    def remove_challenger(self, version: str) -> None:
+        challengers = self.challengers()
+        if version in challengers:
+            challengers.remove(version)
+            self._replace(self.root / "challengers", challengers)
 
     def prune(self, keep: int) -> list[str]:
-        """Delete all but the newest `keep` versions, never the current one. Returns what was deleted."""
-        current = self.current_version()
-        doomed = [v for v in self.versions()[:-keep] if v != current]
+        """Delete all but the newest `keep` versions, never the champion or a challenger. Returns
+        what was deleted."""
+        serving = {self.current_version(), *self.challengers()}
+        doomed = [v for v in self.versions()[:-keep] if v not in serving]
         for version in doomed:
             shutil.rmtree(self.version_dir(version))
         return doomed

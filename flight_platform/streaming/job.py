@@ -1,8 +1,9 @@
-"""The streaming job: one long-lived run that answers prediction requests with one model version.
+"""The streaming job: one long-lived run that answers prediction requests with the champion model
+and scores them with the challengers too, recording their predictions beside the answer.
 
-Each run is pinned to a model version (run config, mirrored in a run tag). A newer promoted model
-is rolled out by `flight_platform.streaming.supervisor`, which stops this run and starts a new one, so every
-answer names the version that really produced it.
+Each run is pinned to a champion version and a list of challengers (run config, mirrored in run
+tags). A change of either is rolled out by `flight_platform.streaming.supervisor`, which stops this
+run and starts a new one, so every answer names the versions that really produced it.
 """
 
 import os
@@ -24,17 +25,22 @@ from dagster import (
 from pydantic import Field
 
 from flight_platform.clients.mongo import RESPONSES
+from flight_platform.core.model_store import ModelStore
 from flight_platform.core.scoring import PipelineScorer
 from flight_platform.resources import KafkaResource, ModelStoreResource, MongoResource
 from flight_platform.streaming.worker import PredictionStreamWorker
 
 MODEL_VERSION_TAG = "flight_platform/model_version"
+CHALLENGERS_TAG = "flight_platform/challengers"  # space-separated versions, as the store lists them
 WORKER_TAG = "flight_platform/worker"  # host:pid of the process serving, for operators and drills
 
 
 class PredictionStreamConfig(Config):
     model_version: str = Field(
         default="", description="Model version to serve; empty means the store's `current`.")
+    challenger_versions: list[str] | None = Field(
+        default=None, description="Versions to score in the champion's shadow; unset means the "
+        "store's challengers.")
     progress_interval_seconds: float = Field(
         default=15.0, description="How often throughput, latency and lag are logged.")
 
@@ -60,6 +66,19 @@ def stop_on_interrupt() -> Iterator[Callable[[], bool]]:
             signal.signal(sig, handler)
 
 
+def load_challengers(store: ModelStore, versions: list[str], log) -> list[tuple[str, PipelineScorer]]:
+    """The challengers' scorers. One that cannot be loaded is left out with an error in the log:
+    a broken challenger must never stop the champion from serving."""
+    loaded = []
+    for challenger in versions:
+        try:
+            loaded.append((challenger, PipelineScorer.load(store.pipeline_dir(challenger))))
+        except Exception as error:  # noqa: BLE001 - e.g. deleted by hand, or an unsupported stage
+            log.error(f"Challenger {challenger} not loaded ({type(error).__name__}: {error}); "
+                      f"serving without it.")
+    return loaded
+
+
 @op(description="Consume prediction requests from Kafka, score them, store answers in MongoDB; "
     "runs until the run is terminated.")
 def serve_prediction_requests(context: OpExecutionContext, config: PredictionStreamConfig,
@@ -70,16 +89,22 @@ def serve_prediction_requests(context: OpExecutionContext, config: PredictionStr
     if version is None:
         raise Failure("No model has been promoted yet: materialize flight_delay_model first.")
     scorer = PipelineScorer.load(store.pipeline_dir(version))
-    # The tag tells the supervising sensor which version this run serves, however it was launched.
+    challenger_versions = (store.challengers() if config.challenger_versions is None
+                           else config.challenger_versions)
+    challengers = load_challengers(store, challenger_versions, context.log)
+    # The tags tell the supervising sensor what this run serves, however it was launched.
     context.instance.add_run_tags(context.run_id, {
-        MODEL_VERSION_TAG: version, WORKER_TAG: f"{socket.gethostname()}:{os.getpid()}"})
+        MODEL_VERSION_TAG: version, CHALLENGERS_TAG: " ".join(challenger_versions),
+        WORKER_TAG: f"{socket.gethostname()}:{os.getpid()}"})
     if kafka.ensure_request_topic():
         context.log.info(f"Created topic {kafka.request_topic}")
     database = mongo.get_database()
     worker = PredictionStreamWorker(kafka.request_consumer(), scorer, version, database,
                                     context.log, config.progress_interval_seconds,
-                                    max_message_bytes=kafka.max_message_bytes)
-    context.log.info(f"Serving model {version} from {kafka.request_topic} "
+                                    max_message_bytes=kafka.max_message_bytes,
+                                    challengers=challengers)
+    shadowed = f" with challengers {', '.join(v for v, _ in challengers)}" if challengers else ""
+    context.log.info(f"Serving model {version}{shadowed} from {kafka.request_topic} "
                      f"(group {kafka.consumer_group}) into {database.name}.{RESPONSES}")
     with stop_on_interrupt() as interrupted:
         totals = worker.run(stop_requested=interrupted)

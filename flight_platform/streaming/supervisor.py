@@ -1,10 +1,12 @@
-"""The supervisor of the streaming job: exactly one run alive, serving the current model.
+"""The supervisor of the streaming job: exactly one run alive, serving the current model with the
+current challengers beside it.
 
-It reads only the Dagster instance and the model store's `current` pointer (a small file): it never
-talks to Kafka or Spark, so a tick is cheap and cannot hang on a broker.
+It reads only the Dagster instance and the model store's `current` and `challengers` files (small
+files): it never talks to Kafka or Spark, so a tick is cheap and cannot hang on a broker.
 
-Model roll-out is stop-then-start: a run serving an older version is terminated (it finishes and
-commits its batch in hand), and the next tick after it has stopped launches the new version.
+Model roll-out is stop-then-start: a run serving another champion or other challengers is
+terminated (it finishes and commits its batch in hand), and the next tick after it has stopped
+launches the new set.
 Requests sent in between wait in Kafka, so none is lost, and every answer is stamped with the
 version that really produced it. The cost is a gap of roughly one tick plus a run start.
 """
@@ -25,6 +27,7 @@ from dagster import (
 
 from flight_platform.resources import ModelStoreResource
 from flight_platform.streaming.job import (
+    CHALLENGERS_TAG,
     MODEL_VERSION_TAG,
     PredictionStreamConfig,
     flight_delay_prediction_stream,
@@ -70,15 +73,17 @@ def restart_delay(instance: DagsterInstance, now: float) -> float:
     job=flight_delay_prediction_stream,
     default_status=DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=5,  # a tick reads a small file and the run table: cheap
-    description="Keeps one flight_delay_prediction_stream run alive on the current model version: "
-    "launches one when none is alive, redeploys when a new version is promoted, and backs off "
-    "only while runs keep failing soon after they start.",
+    description="Keeps one flight_delay_prediction_stream run alive on the current model version "
+    "and challengers: launches one when none is alive, redeploys when a new version is promoted or "
+    "the challengers change, and backs off only while runs keep failing soon after they start.",
 )
 def prediction_stream_supervisor(context: SensorEvaluationContext,
                                  model_store: ModelStoreResource):
-    current = model_store.store().current_version()
+    store = model_store.store()
+    current = store.current_version()
     if current is None:
         return SkipReason("No model promoted yet: materialize flight_delay_model.")
+    challengers = " ".join(store.challengers())
 
     instance = context.instance
     alive = instance.get_runs(
@@ -86,10 +91,13 @@ def prediction_stream_supervisor(context: SensorEvaluationContext,
     if alive:
         run = alive[0]
         serving = run.tags.get(MODEL_VERSION_TAG)
-        if run.status == DagsterRunStatus.STARTED and serving not in (None, current):
+        shadowing = run.tags.get(CHALLENGERS_TAG, "")
+        if run.status == DagsterRunStatus.STARTED and serving is not None and (
+                (serving, shadowing) != (current, challengers)):
             instance.run_coordinator.cancel_run(run.run_id)
-            return SkipReason(f"Model {current} was promoted: stopping run {run.run_id} (serving "
-                              f"{serving}); its replacement starts once it has stopped.")
+            return SkipReason(f"Model {current} with challengers [{challengers}] is to serve: "
+                              f"stopping run {run.run_id} (serving {serving} with [{shadowing}]); "
+                              f"its replacement starts once it has stopped.")
         return SkipReason(f"Run {run.run_id} is {run.status.value}, serving model "
                           f"{serving or '(loading)'}.")
 
@@ -97,7 +105,7 @@ def prediction_stream_supervisor(context: SensorEvaluationContext,
     if delay:
         return SkipReason(f"The last runs failed; backing off {delay:.0f}s before relaunching.")
     return RunRequest(
-        run_config=RunConfig(ops={
-            "serve_prediction_requests": PredictionStreamConfig(model_version=current)}),
-        tags={MODEL_VERSION_TAG: current},
+        run_config=RunConfig(ops={"serve_prediction_requests": PredictionStreamConfig(
+            model_version=current, challenger_versions=challengers.split())}),
+        tags={MODEL_VERSION_TAG: current, CHALLENGERS_TAG: challengers},
     )

@@ -5,7 +5,8 @@ Delivery is at-least-once into idempotent sinks, which answers each request exac
 2. parse it; off-contract messages become dead letters (reason + raw bytes, only a prefix of an
    oversized one), keyed by their topic/partition/offset. Whatever fails on one record (decoding,
    validation, scoring) makes that record a dead letter; nothing a message holds stops the stream;
-3. score the valid requests in one vectorized call;
+3. score the valid requests in one vectorized call per model: the champion, whose answer is
+   served, and each challenger, whose prediction is only recorded beside it (`Shadow`);
 4. insert answers keyed by request UUID and dead letters by topic:partition:offset (both `_id`);
    a duplicate key means a redelivered message that was already answered: the first answer stands;
 5. only then commit the batch's offsets (those of stored batches go together, every
@@ -21,7 +22,7 @@ import datetime as dt
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
@@ -59,6 +60,7 @@ class StreamTotals:
     answered: int = 0
     already_answered: int = 0  # redelivered after a crash or rebalance; the first answer stands
     dead_lettered: int = 0
+    shadow_failures: int = 0  # batches a challenger could not score (answered without its shadow)
 
 
 @dataclass
@@ -110,11 +112,13 @@ def dead_letter(record: ConsumerRecord, reason: str, max_message_bytes: int) -> 
 class PredictionStreamWorker:
     def __init__(self, consumer: KafkaConsumer, scorer: PipelineScorer, model_version: str,
                  database: Database, log: logging.Logger, progress_interval_s: float = 15.0,
-                 max_message_bytes: int = MAX_MESSAGE_BYTES):
+                 max_message_bytes: int = MAX_MESSAGE_BYTES,
+                 challengers: Sequence[tuple[str, PipelineScorer]] = ()):
         self.consumer = consumer
         self.max_message_bytes = max_message_bytes
         self.scorer = scorer
         self.model_version = model_version
+        self.challengers = challengers
         self.responses = database[RESPONSES]
         self.dead_letters = database[DEAD_LETTERS]
         self.log = log
@@ -180,13 +184,17 @@ class PredictionStreamWorker:
             except InvalidRequest as error:
                 dead.append(dead_letter(record, str(error), self.max_message_bytes))
 
-        scored, unscorable = self._score([request for _, request in requests])
+        rows = [request.model_input() for _, request in requests]
+        scored, unscorable = self._score(rows)
         dead += [dead_letter(requests[i][0], reason, self.max_message_bytes)
                  for i, reason in unscorable]
+        shadows = self._score_challengers(rows)
         now = dt.datetime.now(dt.UTC)
         return _Batch(
             records=len(records),
-            answers=[requests[i][1].response(p, self.model_version, now) for i, p in scored],
+            answers=[requests[i][1].response(p, self.model_version, now, shadow=[
+                (version, probabilities[i]) for version, probabilities in shadows])
+                for i, p in scored],
             dead_letters=dead,
             # Records arrive in offset order per partition, so the last one sets the position.
             next_offsets={TopicPartition(r.topic, r.partition): r.offset + 1 for r in records},
@@ -263,24 +271,38 @@ class PredictionStreamWorker:
             (stored_at - answer["RequestedAt"]).total_seconds() * 1000 for answer in batch.answers
             if answer["RequestedAt"].tzinfo is not None]
 
-    def _score(self, requests: list[PredictionRequest]
-               ) -> tuple[list[tuple[int, list[float]]], list[tuple[int, str]]]:
-        """(index, probabilities) for each scored request and (index, reason) for the rest. The
-        batch is scored in one call; only if that fails is each request tried alone, so one bad
-        row cannot stop the stream."""
-        if not requests:
+    def _score(self, rows: list[dict]) -> tuple[list[tuple[int, list[float]]], list[tuple[int, str]]]:
+        """(index, probabilities) for each row the champion scored and (index, reason) for the
+        rest. The batch is scored in one call; only if that fails is each row tried alone, so one
+        bad row cannot stop the stream."""
+        if not rows:
             return [], []
         try:
-            probabilities = self.scorer.probabilities([r.model_input() for r in requests])
+            probabilities = self.scorer.probabilities(rows)
             return [(i, p.tolist()) for i, p in enumerate(probabilities)], []
         except Exception:  # noqa: BLE001 - isolate the culprit below
             scored, failed = [], []
-            for i, request in enumerate(requests):
+            for i, row in enumerate(rows):
                 try:
-                    scored.append((i, self.scorer.probabilities([request.model_input()])[0].tolist()))
+                    scored.append((i, self.scorer.probabilities([row])[0].tolist()))
                 except Exception as error:  # noqa: BLE001 - becomes a dead letter with the reason
                     failed.append((i, f"scoring failed: {type(error).__name__}: {error}"))
             return scored, failed
+
+    def _score_challengers(self, rows: list[dict]) -> list[tuple[str, list[list[float]]]]:
+        """(version, probabilities per row) of each challenger that scored the whole batch. A
+        challenger never costs an answer: one that fails is left out of this batch's documents."""
+        if not rows:
+            return []
+        shadows = []
+        for version, scorer in self.challengers:
+            try:
+                shadows.append((version, scorer.probabilities(rows).tolist()))
+            except Exception as error:  # noqa: BLE001 - the champion's answers are stored anyway
+                self.totals.shadow_failures += 1
+                self.log.warning(f"Challenger {version} failed on a batch of {len(rows)} "
+                                 f"({type(error).__name__}: {error}); answers stored without it.")
+        return shadows
 
     def lag(self) -> int | None:
         """Records behind the broker's high watermark, as of the last fetch (the local Tansu
