@@ -1,10 +1,11 @@
 """The prediction page in a real browser (Debian's Chromium driven by Playwright) against gunicorn,
 the streaming job and the real services. Screenshots land in test-artifacts/."""
 
+import re
 import shutil
 
 import pytest
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Page, Route, expect, sync_playwright
 
 from flight_platform.core.features import ARRIVAL_DELAY_LABELS
 from flight_platform_tests.conftest import ARTIFACTS
@@ -13,6 +14,7 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update"]
 FORM_PAGE = "/flights/delays/predict_kafka"
+PREDICT = "/flights/delays/predict/classify_realtime"
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +54,79 @@ def test_submitting_the_form_shows_the_prediction(page):
     expect(label).to_be_visible(timeout=60_000)
     assert label.text_content() in ARRIVAL_DELAY_LABELS
     expect(page.locator("#probabilities tr")).to_have_count(len(ARRIVAL_DELAY_LABELS))
-    expect(page.locator("#model-version")).to_contain_text("Model ")
+    expect(page.locator("#model-line")).to_contain_text("Model ")
+
+
+def submit_and_wait(page: Page) -> dict:
+    """Submit a flight on a real route and wait for the page to show the answer; return the answer
+    as the JSON polling endpoint gives it for the request the page made."""
+    page.goto(FORM_PAGE)
+    fill_form(page, DepDelay="20", Carrier="DL", FlightDate="2013-12-23", FlightNum="1519",
+              Origin="JFK", Dest="ATL")
+    with page.expect_response(lambda r: r.url.endswith(PREDICT) and r.request.method == "POST"
+                              ) as posted:
+        page.click("button[type=submit]")
+    request_id = posted.value.json()["id"]
+    expect(page.locator("#prediction")).to_be_visible(timeout=60_000)
+    answer = page.request.get(f"{PREDICT}/response/{request_id}").json()
+    assert answer["status"] == "OK"
+    return answer["prediction"]
+
+
+def test_the_answer_is_shown_as_probability_bars(page):
+    prediction = submit_and_wait(page)
+    probabilities = prediction["Probabilities"]
+
+    rows = page.locator("#probabilities tr")
+    expect(rows).to_have_count(len(ARRIVAL_DELAY_LABELS))
+    assert [row.get_attribute("data-bucket") for row in rows.all()] == ["0", "1", "2", "3"]
+    assert rows.locator(".bucket-label").all_text_contents() == ARRIVAL_DELAY_LABELS
+    for row, bucket in zip(rows.all(), probabilities, strict=True):
+        percent = bucket["Probability"] * 100
+        expect(row.locator(".percent")).to_have_text(f"{percent:.1f}%")
+        meter = row.get_by_role("meter")
+        expect(meter).to_have_accessible_name(re.compile(re.escape(bucket["Label"])))
+        assert float(meter.get_attribute("aria-valuenow")) == pytest.approx(percent, abs=0.05)
+        # The bar as drawn: the filled part's share of the track is the probability.
+        drawn = meter.evaluate("m => m.firstElementChild.getBoundingClientRect().width"
+                               " / m.getBoundingClientRect().width")
+        assert drawn == pytest.approx(bucket["Probability"], abs=0.005)
+
+    predicted = page.locator("#probabilities tr.predicted")
+    expect(predicted).to_have_count(1)
+    expect(predicted).to_have_attribute("data-bucket", str(prediction["Prediction"]))
+    expect(page.locator(".predicted-marker")).to_have_count(1)
+    expect(predicted.locator(".predicted-marker")).to_have_text("predicted")
+    expect(page.locator("#prediction-label")).to_have_text(prediction["PredictionLabel"])
+    expect(page.locator("#model-version")).to_have_text(prediction["ModelVersion"])
+    shadow_line = page.locator("#shadow-models")
+    if prediction.get("Shadow"):
+        expect(shadow_line).to_contain_text(f"Also scored by {len(prediction['Shadow'])} challenger")
+    else:
+        expect(shadow_line).to_be_hidden()
+
+
+def test_challenger_models_are_listed_under_the_answer(page):
+    def with_shadow(route: Route) -> None:
+        """The real answer, with two challenger models' predictions (as the contract's Shadow
+        entries) added once it is there."""
+        response = route.fetch()
+        body = response.json()
+        if body["status"] == "OK":
+            probabilities = body["prediction"]["Probabilities"]
+            body["prediction"]["Shadow"] = [
+                {"ModelVersion": version, "Prediction": bucket,
+                 "PredictionLabel": ARRIVAL_DELAY_LABELS[bucket], "Probabilities": probabilities}
+                for version, bucket in [("challenger-a", 0), ("challenger-b", 3)]]
+        route.fulfill(response=response, json=body)
+
+    page.route(f"**{PREDICT}/response/*", with_shadow)
+    submit_and_wait(page)
+
+    expect(page.locator("#shadow-models")).to_have_text(
+        f"Also scored by 2 challenger models. challenger-a predicts {ARRIVAL_DELAY_LABELS[0]}; "
+        f"challenger-b predicts {ARRIVAL_DELAY_LABELS[3]}.")
+    expect(page.locator("#probabilities tr.predicted")).to_have_count(1)
 
 
 def test_a_bad_date_shows_the_field_error(page):

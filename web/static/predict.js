@@ -44,19 +44,63 @@ function showErrors(errors) {
   }
 }
 
+function element(tag, className = "", text = "") {
+  const node = document.createElement(tag);
+  node.className = className;
+  node.textContent = text;
+  return node;
+}
+
+// One row per bucket: its label, a horizontal bar as wide as its probability, the percentage.
+// The predicted bucket's row is highlighted and says so in text, for screen readers too.
+function bucketRow(bucket, predicted) {
+  const percent = (bucket.Probability * 100).toFixed(1);
+  const row = document.createElement("tr");
+  row.dataset.bucket = bucket.Bucket;
+  row.className = predicted ? "bucket predicted" : "bucket";
+
+  const header = element("th");
+  header.scope = "row";
+  header.id = `bucket-${bucket.Bucket}-label`;
+  header.append(element("span", "bucket-label", bucket.Label));
+  if (predicted) header.append(element("span", "predicted-marker", "predicted"));
+
+  const meter = element("div", "meter");
+  meter.setAttribute("role", "meter");
+  meter.setAttribute("aria-labelledby", header.id);
+  meter.setAttribute("aria-valuemin", "0");
+  meter.setAttribute("aria-valuemax", "100");
+  meter.setAttribute("aria-valuenow", percent);
+  meter.setAttribute("aria-valuetext", `${percent}%`);
+  const fill = element("div", "meter-fill");
+  fill.style.width = `${bucket.Probability * 100}%`;
+  meter.append(fill);
+  const bar = element("td", "bar");
+  bar.append(meter);
+
+  row.append(header, bar, element("td", "percent", `${percent}%`));
+  return row;
+}
+
+// Challenger models score the same request in the shadow of the current one; shown small.
+function showShadow(prediction) {
+  const shadow = prediction.Shadow || [];
+  const line = document.getElementById("shadow-models");
+  const models = shadow.map((s) => `${s.ModelVersion} predicts ${s.PredictionLabel}`);
+  line.textContent = `Also scored by ${shadow.length} challenger model${shadow.length === 1 ? "" : "s"}. ` +
+    `${models.join("; ")}.`;
+  line.hidden = shadow.length === 0;
+}
+
 function showPrediction(prediction) {
   document.getElementById("prediction-label").textContent = prediction.PredictionLabel;
-  const rows = prediction.Probabilities.map((p) => {
-    const row = document.createElement("tr");
-    row.className = p.Bucket === prediction.Prediction ? "chosen" : "";
-    const percent = (p.Probability * 100).toFixed(1);
-    row.innerHTML = `<td></td><td>${percent}%</td><td style="width:50%"><div class="bar" style="width:${percent}%"></div></td>`;
-    row.firstChild.textContent = p.Label;
-    return row;
-  });
-  document.querySelector("#probabilities tbody").replaceChildren(...rows);
-  document.getElementById("model-version").textContent =
-    `Model ${prediction.ModelVersion}, scored at ${prediction.ScoredAt}`;
+  document.querySelector("#probabilities tbody").replaceChildren(
+    ...prediction.Probabilities.map((p) => bucketRow(p, p.Bucket === prediction.Prediction)));
+  document.getElementById("model-version").textContent = prediction.ModelVersion;
+  const scoredAt = document.getElementById("scored-at");
+  scoredAt.dateTime = prediction.ScoredAt;
+  scoredAt.textContent = new Date(prediction.ScoredAt).toLocaleString();
+  showShadow(prediction);
   predictionBox.hidden = false;
 }
 
