@@ -6,7 +6,7 @@ not when this module is imported, so tests and tools choose their endpoints firs
 
 import dagster as dg
 
-from flight_platform.batch import distances, ingest, model, training_features
+from flight_platform.batch import distances, ingest, model, outcomes, training_features
 from flight_platform.batch.inbox import bts_inbox_sensor
 from flight_platform.resources import build_resources
 from flight_platform.settings import Settings, load_settings
@@ -31,12 +31,14 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             distances.origin_dest_distances,
             training_features.flight_delay_features,
             retrained_model,
+            outcomes.prediction_outcomes,
         ],
         asset_checks=[
             ingest.on_time_performance_not_null,
             training_features.day_of_week_matches_feature_code,
             distances.one_document_per_route,
             training_features.flight_delay_features_not_null,
+            outcomes.drift_check(settings.drift_psi_threshold),
         ],
         jobs=[flight_delay_prediction_stream, promote_model, manage_challengers],
         sensors=[prediction_stream_supervisor, bts_inbox_sensor, automation],

@@ -26,11 +26,13 @@ class Settings:
     request_topic: str
     request_topic_partitions: int
     consumer_group: str
+    stream_workers: int
     max_message_bytes: int
     mongo_uri: str
     mongo_database: str
     spark_master: str
     retrain_cron: str
+    drift_psi_threshold: float
     promotion_tolerance: float
     max_challengers: int
     spark_driver_host: str
@@ -40,6 +42,16 @@ class Settings:
     web_host: str
     web_port: int
     dagster_port: int
+
+    def __post_init__(self):
+        if not 1 <= self.stream_workers <= self.request_topic_partitions:
+            raise ValueError(
+                f"FLIGHT_PLATFORM_STREAM_WORKERS is {self.stream_workers}, but the request topic is "
+                f"set to {self.request_topic_partitions} partitions (FLIGHT_PLATFORM_REQUEST_TOPIC_"
+                f"PARTITIONS): the consumer group gives each partition to one worker, so run 1 to "
+                f"{self.request_topic_partitions} workers, or raise the partitions to at least "
+                f"{self.stream_workers} (on a real Kafka, for an existing topic: kafka-topics.sh "
+                f"--alter --topic {self.request_topic} --partitions {self.stream_workers}).")
 
     @property
     def bts_dir(self) -> Path:
@@ -98,12 +110,16 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         request_topic=_env("REQUEST_TOPIC", "flight_delay_classification_request"),
         request_topic_partitions=int(_env("REQUEST_TOPIC_PARTITIONS", "3")),
         consumer_group=_env("CONSUMER_GROUP", "flight_delay_prediction_stream"),
+        # Stream runs sharing the request topic's partitions (each gets at least one).
+        stream_workers=int(_env("STREAM_WORKERS", "1")),
         max_message_bytes=int(_env("MAX_MESSAGE_BYTES", str(MAX_MESSAGE_BYTES))),
         mongo_uri=_env("MONGO_URI", "mongodb://127.0.0.1:27017/?directConnection=true"),
         mongo_database=_env("MONGO_DATABASE", "agile_data_science"),
         spark_master=_env("SPARK_MASTER", "local[2]"),
         # The model retrains on new months at most once per tick of this cron (see batch.model).
         retrain_cron=_env("RETRAIN_CRON", "0 * * * *"),
+        # The drift check of prediction_outcomes warns when a served feature's PSI is over this.
+        drift_psi_threshold=float(_env("DRIFT_PSI_THRESHOLD", "0.2")),
         # How much less accurate than the current model a candidate may be and still be promoted.
         promotion_tolerance=float(_env("PROMOTION_TOLERANCE", "0.005")),
         # Challenger models scored beside the champion on every request (each adds a little latency).

@@ -34,7 +34,7 @@ def test_cli_validated_and_materialized_everything(materialized):
     assert run.tags["dagster/asset_partition_range_end"] == BUNDLED_MONTHS[-1]
     evaluations = [e.dagster_event.event_specific_data for e in instance.all_logs(run.run_id)
                    if e.dagster_event and e.dagster_event.event_type_value == "ASSET_CHECK_EVALUATION"]
-    assert len(evaluations) == 7
+    assert len(evaluations) == 8
     assert all(evaluation.passed for evaluation in evaluations)
 
 
