@@ -53,14 +53,19 @@ class KafkaResource(ConfigurableResource):
     request_topic_partitions: int
     consumer_group: str
     max_message_bytes: int
+    # Stream runs the supervisor keeps alive in the consumer group, one per slot.
+    stream_workers: int = 1
 
     def ensure_request_topic(self) -> bool:
         return kafka.ensure_topic(self.bootstrap_servers, self.request_topic,
                                       self.request_topic_partitions)
 
-    def request_consumer(self) -> KafkaConsumer:
+    def request_consumer(self, membership: kafka.GroupMembership | None = None) -> KafkaConsumer:
         return kafka.create_consumer(self.bootstrap_servers, self.consumer_group,
-                                         self.request_topic)
+                                     self.request_topic, membership)
+
+    def request_topic_partition_count(self) -> int:
+        return kafka.partition_count(self.bootstrap_servers, self.request_topic)
 
     def producer(self) -> KafkaProducer:
         return kafka.create_producer(self.bootstrap_servers)
@@ -114,6 +119,7 @@ def build_resources(settings: Settings) -> dict[str, ConfigurableResource]:
             request_topic_partitions=settings.request_topic_partitions,
             consumer_group=settings.consumer_group,
             max_message_bytes=settings.max_message_bytes,
+            stream_workers=settings.stream_workers,
         ),
         "mongo": MongoResource(uri=settings.mongo_uri, database=settings.mongo_database),
         "warehouse": WarehouseResource(root=str(settings.warehouse_dir),

@@ -7,8 +7,9 @@ under-reports after batched sends).
 """
 
 import threading
+from collections.abc import Callable
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
@@ -27,9 +28,23 @@ def create_producer(bootstrap_servers: str, timeout_ms: int = CLIENT_TIMEOUT_MS)
     )
 
 
-def create_consumer(bootstrap_servers: str, group_id: str, topic: str) -> KafkaConsumer:
-    return KafkaConsumer(
-        topic,
+class GroupMembership(ConsumerRebalanceListener):
+    """Calls `on_assigned` with the partitions this consumer holds after each (re)join of its
+    group: possibly none, when the group has more members than the topic has partitions."""
+
+    def __init__(self, on_assigned: Callable[[list[TopicPartition]], None]):
+        self.on_assigned = on_assigned
+
+    def on_partitions_revoked(self, revoked) -> None:
+        pass  # uncommitted records of revoked partitions are redelivered to their new owner
+
+    def on_partitions_assigned(self, assigned) -> None:
+        self.on_assigned(sorted(assigned))
+
+
+def create_consumer(bootstrap_servers: str, group_id: str, topic: str,
+                    membership: GroupMembership | None = None) -> KafkaConsumer:
+    consumer = KafkaConsumer(
         bootstrap_servers=bootstrap_servers,
         group_id=group_id,
         enable_auto_commit=False,  # offsets are committed only after the batch's answers are stored
@@ -40,6 +55,18 @@ def create_consumer(bootstrap_servers: str, group_id: str, topic: str) -> KafkaC
         max_poll_records=500,
         bootstrap_timeout_ms=CLIENT_TIMEOUT_MS,
     )
+    consumer.subscribe([topic], listener=membership)
+    return consumer
+
+
+def partition_count(bootstrap_servers: str, topic: str) -> int:
+    """How many partitions `topic` has: at most that many consumers of a group get records."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers,
+                             bootstrap_timeout_ms=CLIENT_TIMEOUT_MS)
+    try:
+        return len(consumer.partitions_for_topic(topic) or ())
+    finally:
+        consumer.close()
 
 
 def close_in_background(producer: KafkaProducer) -> None:

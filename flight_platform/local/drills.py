@@ -33,8 +33,13 @@ from flight_platform.local import services
 from flight_platform.local.derived_bts import write_derived_months
 from flight_platform.local.stack import dagster_environment
 from flight_platform.settings import REPO_ROOT, Settings, load_settings, private_environment
-from flight_platform.streaming.job import WORKER_TAG, flight_delay_prediction_stream
-from flight_platform.streaming.supervisor import CRASH_LOOP_RUN_S
+from flight_platform.streaming.job import (
+    JOINED_TAG,
+    MODEL_VERSION_TAG,
+    WORKER_TAG,
+    flight_delay_prediction_stream,
+)
+from flight_platform.streaming.supervisor import ALIVE, CRASH_LOOP_RUN_S
 
 STACK_UP_TIMEOUT_S = 600  # a first start materializes every asset
 RECOVERY_TIMEOUT_S = 180
@@ -159,11 +164,16 @@ def seconds_until_serving(database: Database, make_request: Callable[[], Predict
         producer.close(timeout=5)
 
 
-def serving_run(instance: DagsterInstance):
-    """The stream run that is serving (started and tagged with its worker), if any."""
+def serving_runs(instance: DagsterInstance) -> list:
+    """The stream runs that are serving: started, and their consumer has joined the group."""
     runs = instance.get_runs(RunsFilter(job_name=flight_delay_prediction_stream.name,
                                         statuses=[DagsterRunStatus.STARTED]))
-    return next((run for run in runs if WORKER_TAG in run.tags), None)
+    return [run for run in runs if WORKER_TAG in run.tags and JOINED_TAG in run.tags]
+
+
+def serving_run(instance: DagsterInstance):
+    """A stream run that is serving, if any."""
+    return next(iter(serving_runs(instance)), None)
 
 
 def kill_stream_worker(instance: DagsterInstance) -> str:
@@ -300,6 +310,7 @@ class DrillResult:
     refused: int  # refused while the broker was down (the web app answers those with a 503)
     outage_s: float  # fault injected -> the service back (0 for a kill)
     serving_again_s: float  # the service back -> a request sent after that answered
+    longest_wait_s: float = 0.0  # the longest request -> answer time of the requests sent
 
     @property
     def lost(self) -> int:
@@ -333,8 +344,10 @@ def _finish(platform: PrivatePlatform, load: SteadyLoad, fault: str, outage_s: f
     wait_until(settled, RECOVERY_TIMEOUT_S, f"the answers after: {fault}")
     documents = platform.database[RESPONSES].count_documents({"_id": {"$in": ids}})
     distinct = len(platform.database[RESPONSES].distinct("_id", {"_id": {"$in": ids}}))
+    waits = [(a["ScoredAt"] - a["RequestedAt"]).total_seconds() for a in platform.database[
+        RESPONSES].find({"_id": {"$in": ids}}, {"ScoredAt": 1, "RequestedAt": 1})]
     return DrillResult(fault, len(ids), distinct, documents - distinct, load.refused,
-                       round(outage_s, 1), round(serving_again_s, 1))
+                       round(outage_s, 1), round(serving_again_s, 1), round(max(waits, default=0), 2))
 
 
 def _busy_load(platform: PrivatePlatform, rate: float) -> SteadyLoad:
@@ -448,3 +461,65 @@ def drill_new_month(platform: PrivatePlatform, rate: float, year: int = 2014,
                NEW_MONTH_TIMEOUT_S, "an answer by the new model")
     return _finish(platform, load, f"new month {year}-{month:02d} dropped", 0.0,
                    time.monotonic() - dropped), version
+
+
+def redeployable_version(store: ModelStore) -> str:
+    """A copy of the champion under a new version name: promoting it exercises a roll-out (same
+    model size, so the same load time and scoring cost) without training one."""
+    current = store.current_version()
+    version = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-redeploy"
+    shutil.copytree(store.version_dir(current), store.version_dir(version))
+    store.write_info(version, {**store.read_info(current), "version": version, "copied_from": current})
+    return version
+
+
+def launch_promote_model(platform: PrivatePlatform, version: str) -> None:
+    """Run the promote_model job as an operator would launch it (here with the CLI)."""
+    config = platform.log_dir / "promote_model.json"
+    config.write_text(json.dumps({"ops": {"promote_version": {"config": {"version": version}}}}))
+    subprocess.run([str(Path(sys.executable).parent / "dagster"), "job", "execute", "-m",
+                    "flight_platform.definitions", "-j", "promote_model", "-c", str(config)],
+                   cwd=REPO_ROOT, env=platform.env, check=True, capture_output=True, timeout=300)
+
+
+def rolled_out(instance: DagsterInstance, version: str, workers: int) -> bool:
+    """Every alive stream run serves `version`, and `workers` of them have joined the group."""
+    alive = instance.get_runs(RunsFilter(job_name=flight_delay_prediction_stream.name, statuses=ALIVE))
+    serving = serving_runs(instance)
+    return (all(run.tags.get(MODEL_VERSION_TAG) == version for run in alive)
+            and len(serving) == workers)
+
+
+def drill_rollout(platform: PrivatePlatform, rate: float) -> tuple[DrillResult, str]:
+    """Promote a new version with the promote_model job under a steady load: the supervisor rolls
+    it out blue/green, slot by slot. Returns the result (serving_again_s: promotion -> every worker
+    on the new version; longest_wait_s: the longest any request waited) and the version."""
+    store = ModelStore(platform.settings.model_store_dir)
+    version = redeployable_version(store)
+    load = _busy_load(platform, rate)
+    started = time.monotonic()
+    launch_promote_model(platform, version)
+    with platform.instance() as instance:
+        wait_until(lambda: rolled_out(instance, version, platform.settings.stream_workers),
+                   RECOVERY_TIMEOUT_S, f"model {version} to be rolled out")
+    rolled_out_s = time.monotonic() - started
+    _serving_again_after(platform, load, time.time())  # a few answers by the new runs too
+    return _finish(platform, load, f"roll-out, {platform.settings.stream_workers} worker(s)", 0.0,
+                   rolled_out_s), version
+
+
+def drill_worker_loss(platform: PrivatePlatform, rate: float) -> DrillResult:
+    """With several workers, kill -9 one of them under load: the others take over its partitions
+    once the group notices (the session timeout), and the supervisor restores the count.
+    serving_again_s: the kill -> as many serving runs as before."""
+    load = _busy_load(platform, rate)
+    with platform.instance() as instance:
+        workers = platform.settings.stream_workers
+        wait_until(lambda: len(serving_runs(instance)) == workers, RECOVERY_TIMEOUT_S,
+                   f"{workers} serving runs")
+        killed_at = time.monotonic()
+        killed = kill_stream_worker(instance)
+        wait_until(lambda: len([r for r in serving_runs(instance) if r.run_id != killed]) == workers,
+                   RECOVERY_TIMEOUT_S, f"the supervisor to restore {workers} serving runs")
+    return _finish(platform, load, f"1 of {workers} workers kill -9", 0.0,
+                   time.monotonic() - killed_at)

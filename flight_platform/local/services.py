@@ -70,6 +70,10 @@ class Service(ABC):
     def is_healthy(self) -> bool:
         """Whether it answers a real request (a Kafka metadata request, a Mongo `ping`)."""
 
+    def prepare(self) -> None:
+        """Set up what clients expect, once it answers and before any client starts."""
+        return None  # nothing, for most services
+
 
 class KafkaBroker(Service):
     def command(self) -> list[str]:
@@ -80,6 +84,12 @@ class KafkaBroker(Service):
 
     def is_healthy(self) -> bool:
         return kafka.broker_reachable(self.endpoint)
+
+    def prepare(self) -> None:
+        # One creator before the web app and the stream workers start: concurrent CreateTopics
+        # requests for one topic were seen to leave the local broker's topic with an extra partition.
+        kafka.ensure_topic(self.endpoint, self.settings.request_topic,
+                           self.settings.request_topic_partitions)
 
 
 class MongoServer(Service):
@@ -164,6 +174,7 @@ def start(service: Service) -> str:
             raise ServiceError(f"{service.name} exited with code {process.returncode} while "
                                f"starting; see {service.log_file}")
         if service.is_healthy():
+            service.prepare()
             return (f"started (pid {process.pid}) at {service.endpoint} in "
                     f"{time.monotonic() - started:.1f}s")
         time.sleep(0.1)

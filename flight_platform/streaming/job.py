@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -24,6 +25,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from flight_platform.clients.kafka import GroupMembership
 from flight_platform.clients.mongo import RESPONSES
 from flight_platform.core.model_store import ModelStore
 from flight_platform.core.scoring import PipelineScorer
@@ -32,6 +34,10 @@ from flight_platform.streaming.worker import PredictionStreamWorker
 
 MODEL_VERSION_TAG = "flight_platform/model_version"
 CHALLENGERS_TAG = "flight_platform/challengers"  # space-separated versions, as the store lists them
+SLOT_TAG = "flight_platform/slot"  # which of the N workers this run is (set by the supervisor)
+# When the run's consumer first joined the group: from then on it takes its share of the
+# partitions, and the run it replaces may stop (see the supervisor's roll-out).
+JOINED_TAG = "flight_platform/joined_group_at"
 WORKER_TAG = "flight_platform/worker"  # host:pid of the process serving, for operators and drills
 
 
@@ -98,8 +104,21 @@ def serve_prediction_requests(context: OpExecutionContext, config: PredictionStr
         WORKER_TAG: f"{socket.gethostname()}:{os.getpid()}"})
     if kafka.ensure_request_topic():
         context.log.info(f"Created topic {kafka.request_topic}")
+    partitions = kafka.request_topic_partition_count()
+    if partitions < kafka.stream_workers:
+        context.log.error(f"{kafka.request_topic} has {partitions} partitions for "
+                          f"{kafka.stream_workers} workers: {kafka.stream_workers - partitions} of them "
+                          f"will idle. Add partitions to the topic (see README, 'Scaling out').")
+
+    def joined(assigned: list) -> None:
+        context.log.info(f"Group {kafka.consumer_group} assigned partitions "
+                         f"{[p.partition for p in assigned] or 'none (more workers than partitions)'}")
+        if JOINED_TAG not in context.instance.get_run_by_id(context.run_id).tags:
+            context.instance.add_run_tags(context.run_id, {JOINED_TAG: f"{time.time():.3f}"})
+
     database = mongo.get_database()
-    worker = PredictionStreamWorker(kafka.request_consumer(), scorer, version, database,
+    worker = PredictionStreamWorker(kafka.request_consumer(GroupMembership(joined)), scorer, version,
+                                    database,
                                     context.log, config.progress_interval_seconds,
                                     max_message_bytes=kafka.max_message_bytes,
                                     challengers=challengers)

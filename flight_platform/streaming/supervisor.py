@@ -1,34 +1,43 @@
-"""The supervisor of the streaming job: exactly one run alive, serving the current model with the
-current challengers beside it.
+"""The supervisor of the streaming job: N runs alive in one consumer group (N =
+FLIGHT_PLATFORM_STREAM_WORKERS), each in its own slot, all serving the current model with the current
+challengers beside it.
 
 It reads only the Dagster instance and the model store's `current` and `challengers` files (small
 files): it never talks to Kafka or Spark, so a tick is cheap and cannot hang on a broker.
 
-Model roll-out is stop-then-start: a run serving another champion or other challengers is
-terminated (it finishes and commits its batch in hand), and the next tick after it has stopped
-launches the new set.
-Requests sent in between wait in Kafka, so none is lost, and every answer is stamped with the
-version that really produced it. The cost is a gap of roughly one tick plus a run start.
+Roll-out is blue/green per slot, one slot at a time: when the champion or the challengers change,
+a replacement run is launched into the slot beside the old one, and the old one is terminated only
+once the replacement's consumer has joined the group (the JOINED_TAG it sets). The old run
+finishes and commits its batch in hand, and its partitions move to the members that stay, so the
+topic is never without a consumer and nothing waits for a run start. Every answer is stamped
+with the version that really produced it. A replacement that keeps failing leaves the old run
+serving (and is relaunched with the crash-loop backoff).
 """
 
 import time
+from collections import defaultdict
+from dataclasses import dataclass, field
 
 from dagster import (
     DagsterInstance,
+    DagsterRun,
     DagsterRunStatus,
     DefaultSensorStatus,
     RunConfig,
     RunRequest,
     RunsFilter,
     SensorEvaluationContext,
+    SensorResult,
     SkipReason,
     sensor,
 )
 
-from flight_platform.resources import ModelStoreResource
+from flight_platform.resources import KafkaResource, ModelStoreResource
 from flight_platform.streaming.job import (
     CHALLENGERS_TAG,
+    JOINED_TAG,
     MODEL_VERSION_TAG,
+    SLOT_TAG,
     PredictionStreamConfig,
     flight_delay_prediction_stream,
 )
@@ -69,16 +78,74 @@ def restart_delay(instance: DagsterInstance, now: float) -> float:
     return max(0.0, last_failed_at + wait - now)
 
 
+@dataclass
+class Plan:
+    """What one tick does: the slots to launch a run into, the runs to stop, and why."""
+
+    launch: list[int] = field(default_factory=list)
+    stop: list[DagsterRun] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def plan(alive: list[DagsterRun], serving: tuple[str, str], workers: int) -> Plan:
+    """Decide, from the alive stream runs, how to reach `workers` runs serving `serving`
+    (champion, space-separated challengers). A run without a model tag yet (launched by hand,
+    still loading) is left alone and holds its slot."""
+    result = Plan()
+    slots: dict[int, list[DagsterRun]] = defaultdict(list)
+    for run in alive:
+        slots[int(run.tags.get(SLOT_TAG, "0"))].append(run)
+
+    def describe(run: DagsterRun) -> str:
+        return (f"run {run.run_id[:8]} ({run.status.value}, model "
+                f"{run.tags.get(MODEL_VERSION_TAG, '(loading)')} [{run.tags.get(CHALLENGERS_TAG, '')}])")
+
+    to_replace = []
+    rolling = False
+    for slot in range(workers):
+        runs = slots.get(slot, [])
+        current = [r for r in runs if MODEL_VERSION_TAG not in r.tags or (
+            r.tags[MODEL_VERSION_TAG], r.tags.get(CHALLENGERS_TAG, "")) == serving]
+        stale = [r for r in runs if r not in current]
+        if not runs:
+            result.launch.append(slot)
+            result.notes.append(f"slot {slot}: empty, launching")
+        elif not stale:
+            result.notes.append(f"slot {slot}: {describe(runs[0])}")
+        elif not current:
+            to_replace.append(slot)
+        else:
+            rolling = True
+            if any(r.status == DagsterRunStatus.STARTED and JOINED_TAG in r.tags for r in current):
+                result.stop += [r for r in stale if r.status != DagsterRunStatus.CANCELING]
+                result.notes.append(f"slot {slot}: replacement joined the group, stopping "
+                                    f"{', '.join(describe(r) for r in stale)}")
+            else:
+                result.notes.append(f"slot {slot}: waiting for the replacement "
+                                    f"{describe(current[0])} to join the group")
+    for slot in [s for s in slots if s >= workers]:  # the setting was lowered
+        result.stop += [r for r in slots[slot] if r.status != DagsterRunStatus.CANCELING]
+        result.notes.append(f"slot {slot}: not wanted with {workers} workers, stopping it")
+    if to_replace and not rolling:  # one slot at a time: the others keep serving meanwhile
+        slot = to_replace.pop(0)
+        result.launch.append(slot)
+        result.notes.append(f"slot {slot}: launching a replacement beside "
+                            f"{', '.join(describe(r) for r in slots[slot])}")
+    result.notes += [f"slot {slot}: to be replaced after the one being rolled out" for slot in to_replace]
+    return result
+
+
 @sensor(
     job=flight_delay_prediction_stream,
     default_status=DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=5,  # a tick reads a small file and the run table: cheap
-    description="Keeps one flight_delay_prediction_stream run alive on the current model version "
-    "and challengers: launches one when none is alive, redeploys when a new version is promoted or "
-    "the challengers change, and backs off only while runs keep failing soon after they start.",
+    minimum_interval_seconds=5,  # a tick reads two small files and the run table: cheap
+    description="Keeps FLIGHT_PLATFORM_STREAM_WORKERS flight_delay_prediction_stream runs alive in "
+    "one consumer group, on the current model version and challengers: launches into empty slots, "
+    "rolls a new version out blue/green one slot at a time, and backs off only while runs keep "
+    "failing soon after they start.",
 )
 def prediction_stream_supervisor(context: SensorEvaluationContext,
-                                 model_store: ModelStoreResource):
+                                 model_store: ModelStoreResource, kafka: KafkaResource):
     store = model_store.store()
     current = store.current_version()
     if current is None:
@@ -86,26 +153,21 @@ def prediction_stream_supervisor(context: SensorEvaluationContext,
     challengers = " ".join(store.challengers())
 
     instance = context.instance
-    alive = instance.get_runs(
-        RunsFilter(job_name=flight_delay_prediction_stream.name, statuses=ALIVE), limit=1)
-    if alive:
-        run = alive[0]
-        serving = run.tags.get(MODEL_VERSION_TAG)
-        shadowing = run.tags.get(CHALLENGERS_TAG, "")
-        if run.status == DagsterRunStatus.STARTED and serving is not None and (
-                (serving, shadowing) != (current, challengers)):
-            instance.run_coordinator.cancel_run(run.run_id)
-            return SkipReason(f"Model {current} with challengers [{challengers}] is to serve: "
-                              f"stopping run {run.run_id} (serving {serving} with [{shadowing}]); "
-                              f"its replacement starts once it has stopped.")
-        return SkipReason(f"Run {run.run_id} is {run.status.value}, serving model "
-                          f"{serving or '(loading)'}.")
-
+    alive = list(instance.get_runs(
+        RunsFilter(job_name=flight_delay_prediction_stream.name, statuses=ALIVE)))
+    decided = plan(alive, (current, challengers), kafka.stream_workers)
+    for run in decided.stop:
+        instance.run_coordinator.cancel_run(run.run_id)
+    notes = "; ".join(decided.notes)
+    if not decided.launch:
+        return SkipReason(notes)
     delay = restart_delay(instance, time.time())
     if delay:
-        return SkipReason(f"The last runs failed; backing off {delay:.0f}s before relaunching.")
-    return RunRequest(
-        run_config=RunConfig(ops={"serve_prediction_requests": PredictionStreamConfig(
-            model_version=current, challenger_versions=challengers.split())}),
-        tags={MODEL_VERSION_TAG: current, CHALLENGERS_TAG: challengers},
-    )
+        return SkipReason(f"The last runs failed; backing off {delay:.0f}s before relaunching. {notes}")
+    context.log.info(notes)
+    return SensorResult(run_requests=[
+        RunRequest(
+            run_config=RunConfig(ops={"serve_prediction_requests": PredictionStreamConfig(
+                model_version=current, challenger_versions=challengers.split())}),
+            tags={MODEL_VERSION_TAG: current, CHALLENGERS_TAG: challengers, SLOT_TAG: str(slot)},
+        ) for slot in decided.launch])
