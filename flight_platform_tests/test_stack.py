@@ -1,6 +1,7 @@
 """What `make run` decides before serving: which months exist, and whether anything must be
 materialized (a restart with everything in place serves at once)."""
 
+import pytest
 from dagster import AssetMaterialization, DagsterInstance
 
 from flight_platform.batch.sources import BUNDLED_MONTHS, flight_months
@@ -42,3 +43,10 @@ def test_a_restart_with_everything_materialized_materializes_nothing(tmp_path):
         instance.report_runless_asset_event(
             AssetMaterialization("flight_delay_features", partition="2013-05"))
     assert unmaterialized(settings, months) == []
+
+
+def test_more_workers_than_partitions_is_refused_saying_what_to_change():
+    with pytest.raises(ValueError, match="STREAM_WORKERS is 4.*3 partitions.*--partitions 4"):
+        load_settings({"FLIGHT_PLATFORM_STREAM_WORKERS": "4",
+                       "FLIGHT_PLATFORM_REQUEST_TOPIC_PARTITIONS": "3"})
+    assert load_settings({"FLIGHT_PLATFORM_STREAM_WORKERS": "3"}).stream_workers == 3

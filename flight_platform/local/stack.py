@@ -241,7 +241,12 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _raise_stop)
     signal.signal(signal.SIGTERM, _raise_stop)
     try:
-        run(load_settings(), materialize=not args.no_materialize)
+        settings = load_settings()
+    except ValueError as error:  # settings that contradict each other
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    try:
+        run(settings, materialize=not args.no_materialize)
     except _Stop as stop:
         print(f"Stopped ({stop}).")
     except (RuntimeError, subprocess.CalledProcessError, services.ServiceError) as error:
