@@ -8,7 +8,7 @@ from flask import Blueprint, current_app, redirect, render_template, request, ur
 from pymongo.errors import PyMongoError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
-from flight_platform.clients.mongo import RESPONSES
+from flight_platform.clients.mongo import RESPONSES, get_flight_distance, known_routes
 from flight_platform.core.contract import (
     FlightQuery,
     InvalidRequest,
@@ -17,7 +17,6 @@ from flight_platform.core.contract import (
     quote,
 )
 from web.clients import ServiceClients, ServiceUnavailable
-from web.distances import get_flight_distance, known_routes
 
 predictions = Blueprint("predictions", __name__)
 

@@ -1,4 +1,5 @@
-"""MongoDB collections of the platform and the indexes each one relies on."""
+"""MongoDB collections of the platform, the indexes each one relies on, and the route lookups shared
+by the web app and the replay tool."""
 
 from pymongo import ASCENDING, MongoClient
 from pymongo.database import Database
@@ -41,3 +42,17 @@ def server_reachable(uri: str, timeout_ms: int = 2000) -> bool:
         return False
     finally:
         client.close()
+
+
+def get_flight_distance(database: Database, origin: str, dest: str) -> float | None:
+    """Average distance in miles flown from `origin` to `dest` (the `origin_dest_distances` asset),
+    or None for an unknown route."""
+    route = database[DISTANCES].find_one({"Origin": origin, "Dest": dest}, {"Distance": 1})
+    return route["Distance"] if route else None
+
+
+def known_routes(database: Database) -> list[dict]:
+    """Every route with its carriers, for the form's suggestions."""
+    return list(database[DISTANCES].find(
+        {}, {"_id": 0, "Origin": 1, "Dest": 1, "Distance": 1, "Carriers": 1},
+    ).sort([("Origin", 1), ("Dest", 1)]))
