@@ -1,0 +1,120 @@
+"""The loop closed end to end on a whole private stack, as `make run` runs it: a model trained on a
+window of months that leaves June out is promoted with the promote_model job and rolled out, two
+challengers are scored beside it, a real June day is replayed through Kafka with
+`flight_platform.replay`, and `prediction_outcomes` (materialized with the dagster CLI) judges
+every version on what the flights really did. A replay of late departures raises the drift alarm."""
+
+import datetime as dt
+import json
+import re
+from collections.abc import Iterator
+
+import pytest
+from dagster import AssetKey, DagsterInstance
+
+from flight_platform.batch.outcomes import DRIFT_CHECK, OUTCOMES
+from flight_platform.core.model_store import ModelStore
+from flight_platform.local import drills
+from flight_platform.local.drills import PrivatePlatform
+from flight_platform.replay import Selection, replay_day
+from flight_platform_tests.conftest import run_cli
+
+pytestmark = [pytest.mark.services, pytest.mark.faults, pytest.mark.timeout(1200)]
+WINDOW = 6  # months: July to December 2013
+NORMAL_DAY = dt.date(2013, 6, 21)  # departure delays close to the year's (see test_outcomes)
+
+
+@pytest.fixture(scope="module")
+def platform(materialized, settings, tmp_path_factory) -> Iterator[PrivatePlatform]:
+    platform = PrivatePlatform(tmp_path_factory.mktemp("loop"), seed_from=settings)
+    try:
+        platform.start()
+        yield platform
+    finally:
+        platform.stop()
+
+
+def dagster(platform: PrivatePlatform, *args: str, config: dict | None = None) -> None:
+    if config is not None:
+        path = platform.log_dir / "run_config.json"
+        path.write_text(json.dumps(config))
+        args = (*args, "-c", str(path))
+    result = run_cli("dagster", *args, "-m", "flight_platform.definitions", env=platform.env)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def train(platform: PrivatePlatform, **config) -> str:
+    """A new model version on the latest WINDOW months; returns its version."""
+    store = ModelStore(platform.settings.model_store_dir)
+    before = set(store.versions())
+    path = platform.log_dir / "training.json"
+    path.write_text(json.dumps({"ops": {"flight_delay_model": {"config": {
+        "recent_months": WINDOW, **config}}}}))
+    # A candidate kept as a challenger fails its blocking check: the command exits non-zero.
+    run_cli("dagster", "asset", "materialize", "-m", "flight_platform.definitions", "--select",
+            "flight_delay_model", "-c", str(path), env=platform.env)
+    (version,) = set(store.versions()) - before
+    return version
+
+
+def outcomes(instance: DagsterInstance, month: str) -> tuple[dict, object]:
+    """The latest prediction_outcomes metadata of `month` and its drift check's evaluation."""
+    event = instance.get_latest_materialization_event(AssetKey(OUTCOMES))
+    assert event.asset_materialization.partition == month
+    (check,) = [e.dagster_event.event_specific_data for e in instance.all_logs(event.run_id)
+                if e.dagster_event and e.dagster_event.event_type_value == "ASSET_CHECK_EVALUATION"]
+    assert check.check_name == DRIFT_CHECK
+    return {k: v.value for k, v in event.asset_materialization.metadata.items()}, check
+
+
+def by_version(metadata: dict) -> dict[str, dict]:
+    return {r.data["ModelVersion"]: r.data for r in metadata["accuracy_by_version"].records}
+
+
+def test_a_replayed_day_is_judged_per_model_and_late_departures_raise_drift(platform, capsys):
+    store = ModelStore(platform.settings.model_store_dir)
+    year_model = store.current_version()  # trained on every month, June included
+    small = train(platform, num_trees=3, max_depth=4)
+    assert store.challengers()[-1] == small  # sound but weaker: a challenger by itself
+    window_model = train(platform)
+    dagster(platform, "job", "execute", "-j", "promote_model",
+            config={"ops": {"promote_version": {"config": {"version": window_model}}}})
+    dagster(platform, "job", "execute", "-j", "manage_challengers", config={"ops": {
+        "update_challengers": {"config": {"add": [year_model], "remove": []}}}})
+    assert store.current_version() == window_model
+    assert store.challengers() == [small, year_model]
+    assert "2013-06" not in store.read_info(window_model)["months"]
+    with platform.instance() as instance:
+        drills.wait_until(lambda: drills.rolled_out(instance, window_model, 1), 300,
+                          "the promoted model and its challengers to be rolled out")
+
+        day = replay_day(platform.settings, NORMAL_DAY, rate=0, wait_s=300)
+        assert day.sent > 900 and day.answered == day.sent, day.report()
+        assert set(day.model_versions) == {window_model}
+        dagster(platform, "asset", "materialize", "--select", OUTCOMES, "--partition", "2013-06")
+        metadata, drift = outcomes(instance, "2013-06")
+        versions = by_version(metadata)
+        with capsys.disabled():
+            print(f"\n{day.report()}\nlive vs offline accuracy: " + "; ".join(
+                f"{v}: {row['Accuracy']:.3f} vs {row['OfflineAccuracy']:.3f}"
+                for v, row in versions.items()))
+            print(f"drift on {NORMAL_DAY}: {drift.description}")
+        # Every version judged on the same matched answers...
+        assert set(versions) == {window_model, small, year_model}
+        assert len({row["Matched"] for row in versions.values()}) == 1
+        assert metadata["answers_matched"] > 0.95 * day.sent
+        # ...and the served model, which never saw June, as accurate live as offline.
+        live, offline = versions[window_model]["Accuracy"], versions[window_model]["OfflineAccuracy"]
+        assert abs(live - offline) <= 0.05, (live, offline)
+        assert drift.passed, drift.description
+
+        late = [replay_day(platform.settings, dt.date(2013, 7, d), Selection(min_dep_delay=60),
+                           rate=0, wait_s=300) for d in range(1, 11)]
+        assert sum(r.answered for r in late) >= 300
+        dagster(platform, "asset", "materialize", "--select", OUTCOMES, "--partition", "2013-07")
+        _, alarm = outcomes(instance, "2013-07")
+        with capsys.disabled():
+            print(f"drift, July 1-10 departures over 60 min late: {alarm.description}")
+        assert not alarm.passed and alarm.severity.value == "WARN"
+        assert alarm.metadata["features_over_threshold"].value == ["DepDelay"]
+        assert re.search(r"DepDelay", alarm.description)
