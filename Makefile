@@ -26,6 +26,9 @@ test: install
 bench: install
 	$(BIN)/python -m benchmarks.materialize
 	$(BIN)/python -m benchmarks.stream
+	$(BIN)/python -m benchmarks.stream --workers 2
+	$(BIN)/python -m benchmarks.shadow
 	$(BIN)/python -m benchmarks.web
 	$(BIN)/python -m benchmarks.contract
 	$(BIN)/python -m benchmarks.faults
+	$(BIN)/python -m benchmarks.scale

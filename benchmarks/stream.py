@@ -2,7 +2,7 @@
 starts it: request produced to Kafka -> scored by the sensor-launched Dagster run -> response
 document readable in MongoDB.
 
-    .venv/bin/python -m benchmarks.stream [--rates 500,2000] [--seconds 15] [--burst 40000]
+    .venv/bin/python -m benchmarks.stream [--rates 500,2000] [--seconds 15] [--burst 40000] [--workers 1]
 
 Every 20th request is timed: a poller asks MongoDB for the oldest unanswered sampled requests every
 5 ms, as the web page polls, only faster. Timing every request would cost the single-process local
@@ -14,14 +14,16 @@ Afterwards every request is checked for its answer. Prints figures; asserts noth
 
 import argparse
 import multiprocessing
+import os
 import threading
 import time
 
 from pymongo import MongoClient
 
-from benchmarks.private_platform import percentiles, request_factory, running_stack
+from benchmarks.private_platform import percentiles, request_factory, running_platform
 from flight_platform.clients.kafka import create_producer
 from flight_platform.clients.mongo import RESPONSES
+from flight_platform.local.drills import RECOVERY_TIMEOUT_S, serving_runs, wait_until
 from flight_platform.settings import Settings
 
 SAMPLE_EVERY = 20
@@ -70,11 +72,12 @@ def send(settings: Settings, messages: list[tuple[str, bytes]],
 class AnswerPoller(threading.Thread):
     """Records when each sampled request's response document becomes readable."""
 
-    def __init__(self, settings: Settings, messages: list[tuple[str, bytes]], timeout_s: float):
+    def __init__(self, settings: Settings, messages: list[tuple[str, bytes]], timeout_s: float,
+                 sample_every: int = SAMPLE_EVERY):
         super().__init__(daemon=True)
         self.responses = MongoClient(settings.mongo_uri)[settings.mongo_database][RESPONSES]
         self.request_ids = [request_id for request_id, _ in messages]
-        self.pending = self.request_ids[::SAMPLE_EVERY]  # in send order: the oldest come first
+        self.pending = self.request_ids[::sample_every]  # in send order: the oldest come first
         self.deadline = time.monotonic() + timeout_s
         self.seen: dict[str, float] = {}
 
@@ -92,20 +95,32 @@ class AnswerPoller(threading.Thread):
         return sum(self.responses.count_documents({"_id": {"$in": self.request_ids[i:i + 1000]}})
                    for i in range(0, len(self.request_ids), 1000))
 
+    def latencies_ms(self, sent: dict[str, float]) -> list[float]:
+        """Send -> answer readable, of each sampled request that was answered."""
+        return [(self.seen[i] - sent[i]) * 1000 for i in self.seen]
+
     def report(self, sent: dict[str, float]) -> str:
-        latencies = [(self.seen[i] - sent[i]) * 1000 for i in self.seen]
+        latencies = self.latencies_ms(sent)
         span = max(self.seen.values()) - min(sent.values())
         answered = self.answered()
         return (f"{answered:,}/{len(sent):,} answered, {answered / span:,.0f} req/s end to end   "
                 f"latency ({len(latencies):,} sampled) {percentiles(latencies)}")
 
 
-def phase(settings: Settings, count: int, rate: float | None) -> str:
+def measure(settings: Settings, count: int, rate: float | None,
+            sample_every: int = SAMPLE_EVERY) -> tuple[AnswerPoller, dict[str, float]]:
+    """Send `count` new requests at `rate`, timing every `sample_every`th until it is answered;
+    returns the poller (when each was answered) and each request's send time."""
     messages = new_messages(settings, count)
-    poller = AnswerPoller(settings, messages, timeout_s=600)
+    poller = AnswerPoller(settings, messages, timeout_s=600, sample_every=sample_every)
     poller.start()
     sent = send(settings, messages, rate)
     poller.join()
+    return poller, sent
+
+
+def phase(settings: Settings, count: int, rate: float | None) -> str:
+    poller, sent = measure(settings, count, rate)
     offered = f"{rate:,.0f}/s offered" if rate else "all at once"
     return f"{count:>7,} {offered:>14}: {poller.report(sent)}"
 
@@ -116,12 +131,18 @@ def main() -> None:
     parser.add_argument("--rates", default="500,2000", help="steady request rates per second")
     parser.add_argument("--seconds", type=float, default=15, help="duration of each steady phase")
     parser.add_argument("--burst", type=int, default=40000, help="requests sent at once at the end")
+    parser.add_argument("--workers", type=int, default=1, help="stream workers in the consumer group")
     args = parser.parse_args()
-    with running_stack() as settings:
-        results = [phase(settings, int(rate * args.seconds), rate)
+    os.environ["FLIGHT_PLATFORM_STREAM_WORKERS"] = str(args.workers)
+    with running_platform() as platform:
+        with platform.instance() as instance:
+            wait_until(lambda: len(serving_runs(instance)) == args.workers, RECOVERY_TIMEOUT_S,
+                       f"{args.workers} stream workers serving")
+        results = [phase(platform.settings, int(rate * args.seconds), rate)
                    for rate in map(float, args.rates.split(","))]
-        results.append(phase(settings, args.burst, rate=None))
-    print("\nStreaming path: Kafka produce -> Dagster streaming run -> MongoDB document visible")
+        results.append(phase(platform.settings, args.burst, rate=None))
+    print(f"\nStreaming path, {args.workers} worker(s): Kafka produce -> Dagster streaming run -> "
+          f"MongoDB document visible")
     print("\n".join(results))
 
 

@@ -26,12 +26,8 @@ NORMAL_DAY = dt.date(2013, 6, 21)  # departure delays close to the year's (see t
 
 @pytest.fixture(scope="module")
 def platform(materialized, settings, tmp_path_factory) -> Iterator[PrivatePlatform]:
-    platform = PrivatePlatform(tmp_path_factory.mktemp("loop"), seed_from=settings)
-    try:
-        platform.start()
+    with PrivatePlatform(tmp_path_factory.mktemp("loop"), seed_from=settings) as platform:
         yield platform
-    finally:
-        platform.stop()
 
 
 def dagster(platform: PrivatePlatform, *args: str, config: dict | None = None) -> None:

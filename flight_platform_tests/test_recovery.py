@@ -22,12 +22,8 @@ RATE = 50  # requests per second: steady, and light enough for two cores shared 
 
 @pytest.fixture(scope="module")
 def platform(materialized, settings, tmp_path_factory) -> Iterator[PrivatePlatform]:
-    platform = PrivatePlatform(tmp_path_factory.mktemp("recovery"), seed_from=settings)
-    try:
-        platform.start()
+    with PrivatePlatform(tmp_path_factory.mktemp("recovery"), seed_from=settings) as platform:
         yield platform
-    finally:
-        platform.stop()
 
 
 def stream_runs(platform: PrivatePlatform) -> dict[str, DagsterRunStatus]:

@@ -30,13 +30,9 @@ ASSIGNED = re.compile(r"assigned partitions (\[[0-9, ]*\]|none)")
 
 @pytest.fixture(scope="module")
 def platform(materialized, settings, tmp_path_factory) -> Iterator[PrivatePlatform]:
-    platform = PrivatePlatform(tmp_path_factory.mktemp("scale_out"), seed_from=settings,
-                               environment={"FLIGHT_PLATFORM_STREAM_WORKERS": str(WORKERS)})
-    try:
-        platform.start()
+    with PrivatePlatform(tmp_path_factory.mktemp("scale_out"), seed_from=settings,
+                         environment={"FLIGHT_PLATFORM_STREAM_WORKERS": str(WORKERS)}) as platform:
         yield platform
-    finally:
-        platform.stop()
 
 
 def assignments(instance: DagsterInstance, run_id: str) -> list[set[int]]:

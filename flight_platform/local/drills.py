@@ -297,6 +297,18 @@ class PrivatePlatform:
         services.down(self.settings)  # if the stack died before stopping them
         self._mongo.close()
 
+    def __enter__(self) -> "PrivatePlatform":
+        """Started, and stopped again even when starting fails."""
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *_exception) -> None:
+        self.stop()
+
     def load(self, rate: float, seed: int = 1) -> SteadyLoad:
         return SteadyLoad(self.settings, request_factory(self.database, seed), rate).start()
 
@@ -463,13 +475,14 @@ def drill_new_month(platform: PrivatePlatform, rate: float, year: int = 2014,
                    time.monotonic() - dropped), version
 
 
-def redeployable_version(store: ModelStore) -> str:
-    """A copy of the champion under a new version name: promoting it exercises a roll-out (same
-    model size, so the same load time and scoring cost) without training one."""
-    current = store.current_version()
-    version = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-redeploy"
-    shutil.copytree(store.version_dir(current), store.version_dir(version))
-    store.write_info(version, {**store.read_info(current), "version": version, "copied_from": current})
+def copy_of_champion(store: ModelStore, name: str) -> str:
+    """The champion's saved model under the version `<champion>-<name>`: promoting it exercises a
+    roll-out, scoring it as a challenger costs what a challenger of the same size costs, and no
+    training is needed."""
+    champion = store.current_version()
+    version = f"{champion}-{name}"
+    shutil.copytree(store.version_dir(champion), store.version_dir(version))
+    store.write_info(version, {**store.read_info(champion), "version": version, "copied_from": champion})
     return version
 
 
@@ -495,7 +508,7 @@ def drill_rollout(platform: PrivatePlatform, rate: float) -> tuple[DrillResult, 
     it out blue/green, slot by slot. Returns the result (serving_again_s: promotion -> every worker
     on the new version; longest_wait_s: the longest any request waited) and the version."""
     store = ModelStore(platform.settings.model_store_dir)
-    version = redeployable_version(store)
+    version = copy_of_champion(store, f"redeploy-{int(time.time())}")
     load = _busy_load(platform, rate)
     started = time.monotonic()
     launch_promote_model(platform, version)
