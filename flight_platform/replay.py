@@ -116,7 +116,8 @@ class ReplaySummary:
             return ", ".join(f"{key}: {n}" for key, n in counts.most_common()) or "none"
 
         if self.latencies_s:
-            latency = (f"median {self.latency_s(50) * 1000:.1f} ms, p95 {self.latency_s(95) * 1000:.1f} ms "
+            # Whole milliseconds: BSON dates hold no finer time.
+            latency = (f"median {self.latency_s(50) * 1000:.0f} ms, p95 {self.latency_s(95) * 1000:.0f} ms "
                        "(RequestedAt to ScoredAt)")
         else:
             latency = "none (nothing answered)"
