@@ -34,10 +34,6 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             outcomes.prediction_outcomes,
         ],
         asset_checks=[
-            ingest.on_time_performance_not_null,
-            training_features.day_of_week_matches_feature_code,
-            distances.one_document_per_route,
-            training_features.flight_delay_features_not_null,
             outcomes.drift_check(settings.drift_psi_threshold),
         ],
         jobs=[flight_delay_prediction_stream, promote_model, manage_challengers],

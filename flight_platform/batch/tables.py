@@ -3,24 +3,20 @@
 from collections.abc import Sequence
 
 from dagster import (
-    AssetCheckExecutionContext,
     AssetCheckResult,
-    AssetChecksDefinition,
-    AssetKey,
+    AssetCheckSpec,
     MetadataValue,
     TableColumn,
     TableRecord,
     TableSchema,
-    asset_check,
 )
-from dagster_pyspark import LazyPySparkResource
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from flight_platform.batch.sources import MONTH_COLUMN, flight_months
-from flight_platform.resources import WarehouseResource
+from flight_platform.batch.sources import MONTH_COLUMN
 
 PREVIEW_ROWS = 5
+NOT_NULL = "required_columns_not_null"
 
 
 def table_metadata(table: DataFrame, path: str) -> dict:
@@ -53,25 +49,21 @@ def read_months(spark: SparkSession, path: str, months: Sequence[str]) -> DataFr
     return spark.read.parquet(path).where(F.col(MONTH_COLUMN).isin(list(months)))
 
 
-def not_null_check(table_name: str, columns: Sequence[str]) -> AssetChecksDefinition:
-    """A blocking check on the months just written of the table `table_name` (also its asset key):
-    they have rows and none of `columns` is null in any of them."""
+def not_null_spec(table_name: str, columns: Sequence[str]) -> AssetCheckSpec:
+    """A blocking check of the table asset `table_name`, evaluated by the asset on the months it has
+    just written (`not_null_result`): they have rows and none of `columns` is null in any of them."""
+    return AssetCheckSpec(NOT_NULL, asset=table_name, blocking=True,
+                          description=f"Has rows, and {', '.join(columns)} are never null.")
 
-    @asset_check(asset=AssetKey(table_name), name="required_columns_not_null", blocking=True,
-                 partitions_def=flight_months,
-                 description=f"Has rows, and {', '.join(columns)} are never null.")
-    def _check(context: AssetCheckExecutionContext, spark: LazyPySparkResource,
-               warehouse: WarehouseResource) -> AssetCheckResult:
-        table = read_months(spark.spark_session, warehouse.table_path(table_name),
-                            context.partition_keys)
-        counts = table.agg(F.count(F.lit(1)).alias("rows"), *[
-            F.sum(F.col(c).isNull().cast("int")).alias(c) for c in columns]).first().asDict()
-        rows = counts.pop("rows")
-        nulls = {column: int(n or 0) for column, n in counts.items() if n}
-        return AssetCheckResult(
-            passed=rows > 0 and not nulls,
-            metadata={"rows": rows, "null_counts": nulls or "none"},
-            description=None if rows else "The table is empty.",
-        )
 
-    return _check
+def not_null_result(written: DataFrame, columns: Sequence[str]) -> AssetCheckResult:
+    counts = written.agg(F.count(F.lit(1)).alias("rows"), *[
+        F.sum(F.col(c).isNull().cast("int")).alias(c) for c in columns]).first().asDict()
+    rows = counts.pop("rows")
+    nulls = {column: int(n or 0) for column, n in counts.items() if n}
+    return AssetCheckResult(
+        check_name=NOT_NULL,
+        passed=rows > 0 and not nulls,
+        metadata={"rows": rows, "null_counts": nulls or "none"},
+        description=None if rows else "The table is empty.",
+    )

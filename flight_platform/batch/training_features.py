@@ -2,22 +2,20 @@
 
 import datetime as dt
 
-from dagster import (
-    AssetCheckExecutionContext,
-    AssetCheckResult,
-    AssetExecutionContext,
-    AutomationCondition,
-    MaterializeResult,
-    asset,
-    asset_check,
-)
+from dagster import AssetExecutionContext, AutomationCondition, MaterializeResult, asset
 from dagster_pyspark import LazyPySparkResource
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from flight_platform.batch.ingest import on_time_performance
-from flight_platform.batch.sources import MONTH_COLUMN, MONTHLY, flight_months
-from flight_platform.batch.tables import not_null_check, read_months, table_metadata, write_months
+from flight_platform.batch.sources import MONTH_COLUMN, MONTHLY
+from flight_platform.batch.tables import (
+    not_null_result,
+    not_null_spec,
+    read_months,
+    table_metadata,
+    write_months,
+)
 from flight_platform.core.features import date_features, route
 from flight_platform.resources import WarehouseResource
 
@@ -51,6 +49,7 @@ def routes(spark: SparkSession, pairs: list[tuple[str, str]]) -> DataFrame:
     description="Training features (the book's columns) for every flight that arrived, per month: "
     "cancelled and diverted flights have no arrival delay to learn from and are left out. Date "
     "features and Route come from flight_platform.core.features, the code the web app uses.",
+    check_specs=[not_null_spec("flight_delay_features", FEATURE_TABLE_COLUMNS)],
 )
 def flight_delay_features(context: AssetExecutionContext, spark: LazyPySparkResource,
                           warehouse: WarehouseResource) -> MaterializeResult:
@@ -83,25 +82,4 @@ def flight_delay_features(context: AssetExecutionContext, spark: LazyPySparkReso
         "dropped_missing_delay": dropped["all"] - int(dropped["cancelled"] or 0)
         - int(dropped["diverted"] or 0) - written.count(),
         "distinct_routes": len(pairs),
-    })
-
-
-flight_delay_features_not_null = not_null_check("flight_delay_features", FEATURE_TABLE_COLUMNS)
-
-
-@asset_check(asset=on_time_performance, blocking=True, partitions_def=flight_months,
-             description="BTS's DayOfWeek agrees with date_features() on every date, so training "
-             "and serving (which derive it from the date) use the source's weekday convention.")
-def day_of_week_matches_feature_code(context: AssetCheckExecutionContext,
-                                     spark: LazyPySparkResource,
-                                     warehouse: WarehouseResource) -> AssetCheckResult:
-    pairs = (read_months(spark.spark_session, warehouse.table_path("on_time_performance"),
-                         context.partition_keys)
-             .select("FlightDate", "DayOfWeek").distinct().collect())
-    mismatched = sorted(str(r["FlightDate"]) for r in pairs
-                        if date_features(r["FlightDate"])["DayOfWeek"] != r["DayOfWeek"])
-    return AssetCheckResult(
-        passed=not mismatched,
-        metadata={"dates_checked": len({r["FlightDate"] for r in pairs}),
-                  "mismatched_dates": mismatched[:10] or "none"},
-    )
+    }, check_results=[not_null_result(written, FEATURE_TABLE_COLUMNS)])
