@@ -52,6 +52,7 @@ class KafkaResource(ConfigurableResource):
     request_topic: str
     request_topic_partitions: int
     consumer_group: str
+    consumer_session_timeout_ms: int
     max_message_bytes: int
     # Stream runs the supervisor keeps alive in the consumer group, one per slot.
     stream_workers: int = 1
@@ -62,7 +63,8 @@ class KafkaResource(ConfigurableResource):
 
     def request_consumer(self, membership: kafka.GroupMembership | None = None) -> KafkaConsumer:
         return kafka.create_consumer(self.bootstrap_servers, self.consumer_group,
-                                     self.request_topic, membership)
+                                     self.request_topic, self.consumer_session_timeout_ms,
+                                     membership)
 
     def request_topic_partition_count(self) -> int:
         return kafka.partition_count(self.bootstrap_servers, self.request_topic)
@@ -118,6 +120,7 @@ def build_resources(settings: Settings) -> dict[str, ConfigurableResource]:
             request_topic=settings.request_topic,
             request_topic_partitions=settings.request_topic_partitions,
             consumer_group=settings.consumer_group,
+            consumer_session_timeout_ms=settings.consumer_session_timeout_ms,
             max_message_bytes=settings.max_message_bytes,
             stream_workers=settings.stream_workers,
         ),

@@ -26,6 +26,7 @@ class Settings:
     request_topic: str
     request_topic_partitions: int
     consumer_group: str
+    consumer_session_timeout_ms: int
     stream_workers: int
     max_message_bytes: int
     mongo_uri: str
@@ -110,6 +111,10 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         request_topic=_env("REQUEST_TOPIC", "flight_delay_classification_request"),
         request_topic_partitions=int(_env("REQUEST_TOPIC_PARTITIONS", "3")),
         consumer_group=_env("CONSUMER_GROUP", "flight_delay_prediction_stream"),
+        # How soon the group notices a dead worker; the local broker also holds every join for
+        # about half of it (whole seconds), so 2 s keeps a roll-out's pause near 1 s. A real Kafka
+        # refuses sessions under its group.min.session.timeout.ms (6 s by default): set 10000 there.
+        consumer_session_timeout_ms=int(_env("CONSUMER_SESSION_TIMEOUT_MS", "2000")),
         # Stream runs sharing the request topic's partitions (each gets at least one).
         stream_workers=int(_env("STREAM_WORKERS", "1")),
         max_message_bytes=int(_env("MAX_MESSAGE_BYTES", str(MAX_MESSAGE_BYTES))),

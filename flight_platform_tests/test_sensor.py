@@ -48,7 +48,8 @@ def publish(store: ModelStore, version: str) -> None:
 
 def evaluate(instance, store, workers: int = 1):
     kafka = KafkaResource(bootstrap_servers="127.0.0.1:1", request_topic="requests",
-                          request_topic_partitions=3, consumer_group="group", max_message_bytes=1024,
+                          request_topic_partitions=3, consumer_group="group",
+                          consumer_session_timeout_ms=2000, max_message_bytes=1024,
                           stream_workers=workers)
     context = build_sensor_context(instance=instance, resources={
         "model_store": ModelStoreResource(root=str(store.root)), "kafka": kafka})

@@ -1,9 +1,9 @@
 """Kafka clients tuned for the prediction path, shared by the streaming job and the web app.
 
 Settings that matter on a small box and with the local Tansu broker (see shared platform notes):
-a short session timeout (group join takes about half of it), a short fetch wait (the broker does
-not answer a waiting fetch early), and committed group offsets instead of "latest" (which Tansu
-under-reports after batched sends).
+a short session timeout (the broker holds a group join for about half of it), a short fetch wait
+(the broker does not answer a waiting fetch early), and committed group offsets instead of
+"latest" (which Tansu under-reports after batched sends).
 """
 
 import threading
@@ -42,15 +42,15 @@ class GroupMembership(ConsumerRebalanceListener):
         self.on_assigned(sorted(assigned))
 
 
-def create_consumer(bootstrap_servers: str, group_id: str, topic: str,
+def create_consumer(bootstrap_servers: str, group_id: str, topic: str, session_timeout_ms: int,
                     membership: GroupMembership | None = None) -> KafkaConsumer:
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap_servers,
         group_id=group_id,
         enable_auto_commit=False,  # offsets are committed only after the batch's answers are stored
         auto_offset_reset="earliest",  # a new group answers requests sent before it first started
-        session_timeout_ms=6000,
-        heartbeat_interval_ms=1000,
+        session_timeout_ms=session_timeout_ms,
+        heartbeat_interval_ms=session_timeout_ms // 3,  # Kafka's advice: at most a third of it
         fetch_max_wait_ms=10,
         max_poll_records=500,
         bootstrap_timeout_ms=CLIENT_TIMEOUT_MS,
