@@ -22,7 +22,7 @@ from pymongo import MongoClient
 
 from benchmarks.private_platform import percentiles, request_factory, running_platform
 from flight_platform.clients.kafka import create_producer
-from flight_platform.clients.mongo import RESPONSES
+from flight_platform.clients.mongo import RESPONSES, count_by_ids, find_by_ids
 from flight_platform.local.drills import RECOVERY_TIMEOUT_S, serving_runs, wait_until
 from flight_platform.settings import Settings
 
@@ -84,7 +84,7 @@ class AnswerPoller(threading.Thread):
     def run(self) -> None:
         while self.pending and time.monotonic() < self.deadline:
             window = self.pending[:POLL_WINDOW]
-            found = {doc["_id"] for doc in self.responses.find({"_id": {"$in": window}}, {"_id": 1})}
+            found = {doc["_id"] for doc in find_by_ids(self.responses, window, {"_id": 1})}
             now = time.time()
             self.seen.update(dict.fromkeys(found, now))
             self.pending = [i for i in window if i not in found] + self.pending[POLL_WINDOW:]
@@ -92,8 +92,7 @@ class AnswerPoller(threading.Thread):
 
     def answered(self) -> int:
         """How many of all the requests (not only the sampled ones) have their answer stored."""
-        return sum(self.responses.count_documents({"_id": {"$in": self.request_ids[i:i + 1000]}})
-                   for i in range(0, len(self.request_ids), 1000))
+        return count_by_ids(self.responses, self.request_ids)
 
     def latencies_ms(self, sent: dict[str, float]) -> list[float]:
         """Send -> answer readable, of each sampled request that was answered."""

@@ -27,7 +27,12 @@ from pymongo.errors import PyMongoError
 from tqdm import tqdm
 
 from flight_platform.clients.kafka import close_in_background, create_producer, ensure_topic
-from flight_platform.clients.mongo import RESPONSES, create_client, get_flight_distance
+from flight_platform.clients.mongo import (
+    RESPONSES,
+    create_client,
+    find_by_ids,
+    get_flight_distance,
+)
 from flight_platform.core.contract import FlightQuery, InvalidRequest, PredictionRequest
 from flight_platform.settings import Settings, load_settings
 
@@ -47,7 +52,6 @@ NOTHING_TO_REPLAY = 2  # exit codes
 SERVICE_FAILED = 1
 
 ACK_TIMEOUT_S = 60  # for the broker to acknowledge every request sent
-IDS_PER_QUERY = 1000  # request ids per `$in` query for their answers
 POLL_INTERVAL_S = 0.2
 ANSWER_FIELDS = {"RequestedAt": 1, "ScoredAt": 1, "ModelVersion": 1}
 
@@ -216,10 +220,8 @@ def wait_for_answers(database: Database, request_ids: list[str], wait_s: float,
     with tqdm(total=len(request_ids), desc="answered", unit="req", disable=not progress) as bar:
         while True:
             unanswered = [i for i in request_ids if i not in answers]
-            for start in range(0, len(unanswered), IDS_PER_QUERY):
-                batch = unanswered[start:start + IDS_PER_QUERY]
-                answers.update((answer["_id"], answer) for answer in
-                               database[RESPONSES].find({"_id": {"$in": batch}}, ANSWER_FIELDS))
+            answers.update((answer["_id"], answer) for answer in
+                           find_by_ids(database[RESPONSES], unanswered, ANSWER_FIELDS))
             bar.update(len(answers) - bar.n)
             if len(answers) == len(request_ids) or time.monotonic() >= deadline:
                 return list(answers.values())

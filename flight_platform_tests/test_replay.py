@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 from pymongo import MongoClient
 
-from flight_platform.clients.mongo import RESPONSES, create_client
+from flight_platform.clients.mongo import RESPONSES, create_client, find_by_ids
 from flight_platform.replay import NO_DEP_DELAY, Selection, replay_day
 from flight_platform.settings import REPO_ROOT, free_port
 
@@ -49,7 +49,7 @@ def test_a_replayed_day_is_answered_flight_by_flight(live_stack, settings, mongo
     assert len(summary.latencies_s) == 38 and min(summary.latencies_s) >= 0
     assert summary.model_versions.total() == 38
 
-    answers = list(mongo[settings.mongo_database][RESPONSES].find({"_id": {"$in": summary.request_ids}}))
+    answers = list(find_by_ids(mongo[settings.mongo_database][RESPONSES], summary.request_ids))
     assert sorted(flight(answer) for answer in answers) == sorted(
         flight({**row, "FlightDate": DAY.isoformat()}) for row in departed.to_dict("records"))
 

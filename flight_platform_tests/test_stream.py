@@ -14,7 +14,7 @@ from pymongo import MongoClient
 
 from flight_platform.batch.model import ModelTrainingConfig
 from flight_platform.clients.kafka import create_producer, ensure_topic
-from flight_platform.clients.mongo import DEAD_LETTERS, RESPONSES
+from flight_platform.clients.mongo import DEAD_LETTERS, RESPONSES, count_by_ids, find_by_ids
 from flight_platform.core.contract import PredictionRequest
 from flight_platform.core.features import ARRIVAL_DELAY_LABELS
 from flight_platform.core.model_store import ModelStore
@@ -57,7 +57,7 @@ def produce(settings, topic: str, payloads: list[bytes]):
 
 
 def answered(database, ids: list[str]) -> int:
-    return database[RESPONSES].count_documents({"_id": {"$in": ids}})
+    return count_by_ids(database[RESPONSES], ids)
 
 
 def current_model(settings) -> str:
@@ -75,7 +75,7 @@ def test_every_request_gets_one_valid_answer(settings, start_stream, topic, data
 
     wait_for(lambda: answered(database, ids) == len(ids), 120, "every answer")
     version = current_model(settings)
-    for answer in database[RESPONSES].find({"_id": {"$in": ids}}):
+    for answer in find_by_ids(database[RESPONSES], ids):
         assert answer["Prediction"] in range(4)
         assert answer["PredictionLabel"] == ARRIVAL_DELAY_LABELS[answer["Prediction"]]
         assert sum(p["Probability"] for p in answer["Probabilities"]) == pytest.approx(1, abs=1e-5)
@@ -237,7 +237,7 @@ def test_challengers_are_scored_beside_the_champion_which_alone_is_served(
     scorers = {v: PipelineScorer.load(store.pipeline_dir(v)) for v in [champion, *two_challengers]}
     rows = [r.model_input() for r in requests]
     expected = {v: dict(zip(ids, scorer.probabilities(rows), strict=True)) for v, scorer in scorers.items()}
-    for answer in database[RESPONSES].find({"_id": {"$in": ids}}):
+    for answer in find_by_ids(database[RESPONSES], ids):
         # The champion's answer is what the champion alone gives: the challengers change nothing.
         assert answer["ModelVersion"] == champion
         assert [p["Probability"] for p in answer["Probabilities"]] == pytest.approx(

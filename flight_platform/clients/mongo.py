@@ -1,7 +1,10 @@
 """MongoDB collections of the platform, the indexes each one relies on, and the route lookups shared
 by the web app and the replay tool."""
 
+from collections.abc import Iterator, Sequence
+
 from pymongo import ASCENDING, MongoClient
+from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
@@ -21,6 +24,9 @@ INDEXES = {
 }
 
 DUPLICATE_KEY = 11000
+# The local Mongo-protocol server's cost of an `_id` `$in` query grows with the square of the list
+# (measured: 100 ids 0.02 s, 1,000 ids 1.3 s, 5,000 ids 28 s), so ids are looked up in small lists.
+IDS_PER_QUERY = 100
 
 
 def create_client(uri: str, timeout_ms: int = 5000) -> MongoClient:
@@ -30,6 +36,17 @@ def create_client(uri: str, timeout_ms: int = 5000) -> MongoClient:
 
 def ensure_index(database: Database, collection: str) -> None:
     database[collection].create_index(INDEXES[collection], unique=True)
+
+
+def find_by_ids(collection: Collection, ids: Sequence[str], projection: dict | None = None
+                ) -> Iterator[dict]:
+    """The documents of `collection` whose `_id` is one of `ids` (answers, by request UUID)."""
+    for start in range(0, len(ids), IDS_PER_QUERY):
+        yield from collection.find({"_id": {"$in": list(ids[start:start + IDS_PER_QUERY])}}, projection)
+
+
+def count_by_ids(collection: Collection, ids: Sequence[str]) -> int:
+    return sum(1 for _ in find_by_ids(collection, ids, {"_id": 1}))
 
 
 def server_reachable(uri: str, timeout_ms: int = 2000) -> bool:

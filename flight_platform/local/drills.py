@@ -26,7 +26,14 @@ from pymongo import MongoClient
 from pymongo.database import Database
 
 from flight_platform.clients.kafka import close_in_background, create_producer, ensure_topic
-from flight_platform.clients.mongo import DISTANCE_PARTIALS, DISTANCES, RESPONSES, create_client
+from flight_platform.clients.mongo import (
+    DISTANCE_PARTIALS,
+    DISTANCES,
+    RESPONSES,
+    count_by_ids,
+    create_client,
+    find_by_ids,
+)
 from flight_platform.core.contract import PredictionRequest
 from flight_platform.core.model_store import ModelStore
 from flight_platform.local import services
@@ -129,7 +136,7 @@ class SteadyLoad:
 
 
 def answered(database: Database, ids: list[str]) -> int:
-    return database[RESPONSES].count_documents({"_id": {"$in": ids}}) if ids else 0
+    return count_by_ids(database[RESPONSES], ids)
 
 
 def wait_until(condition: Callable[[], object], timeout: float, what: str,
@@ -354,11 +361,10 @@ def _finish(platform: PrivatePlatform, load: SteadyLoad, fault: str, outage_s: f
         return count == len(ids) or time.monotonic() - progress["since"] > STALLED_S
 
     wait_until(settled, RECOVERY_TIMEOUT_S, f"the answers after: {fault}")
-    documents = platform.database[RESPONSES].count_documents({"_id": {"$in": ids}})
-    distinct = len(platform.database[RESPONSES].distinct("_id", {"_id": {"$in": ids}}))
-    waits = [(a["ScoredAt"] - a["RequestedAt"]).total_seconds() for a in platform.database[
-        RESPONSES].find({"_id": {"$in": ids}}, {"ScoredAt": 1, "RequestedAt": 1})]
-    return DrillResult(fault, len(ids), distinct, documents - distinct, load.refused,
+    answers = list(find_by_ids(platform.database[RESPONSES], ids, {"ScoredAt": 1, "RequestedAt": 1}))
+    distinct = len({a["_id"] for a in answers})
+    waits = [(a["ScoredAt"] - a["RequestedAt"]).total_seconds() for a in answers]
+    return DrillResult(fault, len(ids), distinct, len(answers) - distinct, load.refused,
                        round(outage_s, 1), round(serving_again_s, 1), round(max(waits, default=0), 2))
 
 
