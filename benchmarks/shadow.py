@@ -9,16 +9,18 @@ is timed, at a high one every 20th (about 25 timed requests per second either wa
 costs the Mongo-protocol server the same).
 
 The challengers are copies of the champion under new version names: same size and shape, so they
-cost what a real challenger trained with the same hyperparameters costs. Each change goes through
-the model store (`add_challenger`, `remove_challenger`) and is rolled out by the stream
-supervisor, as in production; the measurement starts once every alive stream run carries the new
-challengers tag and a short warm-up is answered.
+cost what a real challenger trained with the same hyperparameters costs. They are set through the
+model store (`add_challenger`, `remove_challenger`) and served by the run the stream supervisor
+launches; the measurement starts once every alive stream run carries the challengers tag and a
+short warm-up is answered.
 
-Before each setting the local broker is restarted, which empties it (its storage is in memory):
-Tansu slows as its topic accumulates messages (at a steady 500/s with nothing else running, its
-CPU per message doubled between the first 7,500 messages and 37,500, and the produce -> consume
-p50 grew from 16 to about 100 ms), so without the restart each setting would pay for the messages
-of those measured before it. The stream run reconnects by itself, as in the broker-restart drill.
+Before each setting the whole stack is restarted (as `make run` again: nothing is materialized),
+which empties the local broker, whose storage is in memory: Tansu slows as its topic accumulates
+messages (at a steady 500/s with nothing else running, its CPU per message doubled between the
+first 7,500 messages and 37,500, and the produce -> consume p50 grew from 16 to about 100 ms), so
+without it each setting would pay for the messages of those measured before it. Restarting only
+the broker under the running stream run was tried: once in three runs its topic came back with a
+fourth partition and the stream stopped answering (see README).
 
 The pure scoring cost of one model is measured in-process too: `PipelineScorer.probabilities`
 on a batch of 1 and of 100 rows, the median of many repetitions. The stream worker scores each
@@ -38,14 +40,13 @@ from dagster import RunsFilter
 
 from benchmarks.private_platform import request_factory, running_platform
 from benchmarks.stream import AnswerPoller, measure
+from flight_platform.clients.mongo import find_by_ids
 from flight_platform.core.model_store import ModelStore
 from flight_platform.core.scoring import PipelineScorer
-from flight_platform.local import services
 from flight_platform.local.drills import (
     RECOVERY_TIMEOUT_S,
     PrivatePlatform,
     copy_of_champion,
-    seconds_until_serving,
     serving_runs,
     wait_until,
 )
@@ -73,32 +74,23 @@ def serving_with(platform: PrivatePlatform, challengers: list[str]) -> bool:
                 and len(serving_runs(instance)) == platform.settings.stream_workers)
 
 
-def switch_to(platform: PrivatePlatform, challengers: list[str], warm_up_rate: float) -> None:
-    """Make `challengers` the store's challengers, wait until the supervisor's replacement run
-    serves with them, empty the broker and warm the run up."""
+def restart_with(platform: PrivatePlatform, challengers: list[str], warm_up_rate: float) -> None:
+    """Stop the stack (its stream run, servers and services), make `challengers` the store's
+    challengers, start the stack again and wait until the supervisor's run serves with them; then
+    warm it up. The restarted in-memory broker is empty, its topic created before any client
+    connects."""
+    platform.stack.stop()
     set_challengers(ModelStore(platform.settings.model_store_dir), challengers)
+    platform.start()
     wait_until(lambda: serving_with(platform, challengers), RECOVERY_TIMEOUT_S,
                f"the stream to serve with {len(challengers)} challenger(s)")
-    empty_broker(platform)
     measure(platform.settings, int(warm_up_rate * WARM_UP_S), warm_up_rate)
-
-
-def empty_broker(platform: PrivatePlatform) -> None:
-    """Restart the local in-memory broker (it comes back empty, its topic recreated), and wait
-    until the stream answers again."""
-    broker = platform.service("kafka")
-    services.stop(broker)
-    services.start(broker)
-    seconds_until_serving(platform.database, request_factory(platform.settings), platform.settings,
-                          time.monotonic(), RECOVERY_TIMEOUT_S)
 
 
 def with_shadows(poller: AnswerPoller, count: int) -> int:
     """How many of the poller's requests were answered with `count` challenger predictions."""
     return sum(len(doc["Shadow"]) == count
-               for i in range(0, len(poller.request_ids), 1000)
-               for doc in poller.responses.find({"_id": {"$in": poller.request_ids[i:i + 1000]}},
-                                                {"Shadow": 1}))
+               for doc in find_by_ids(poller.responses, poller.request_ids, {"Shadow": 1}))
 
 
 def stream_latency(platform: PrivatePlatform, challengers: list[str], rate: float,
@@ -144,7 +136,7 @@ def main() -> None:
         spares = [copy_of_champion(store, f"shadow-copy-{i}") for i in (1, 2)]
         results = []
         for challengers in ([], spares[:1], spares, []):
-            switch_to(platform, challengers, warm_up_rate=rates[0])
+            restart_with(platform, challengers, warm_up_rate=rates[0])
             results += [stream_latency(platform, challengers, rate, args.seconds) for rate in rates]
     load_after = load_average()
 
