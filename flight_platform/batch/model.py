@@ -1,6 +1,7 @@
 """Stage 3: the Spark ML arrival-delay classifier, versioned and promoted only when it is good."""
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 from dagster import (
@@ -171,21 +172,23 @@ def flight_delay_model(context: AssetExecutionContext, config: ModelTrainingConf
     started = time.monotonic()
     model: PipelineModel = training_pipeline(train, config).fit(train)
     training_seconds = time.monotonic() - started
-    predictions = model.transform(test).cache()
+    store = model_store.store()
+    version = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{context.run.run_id[:8]}"
 
     def evaluator(metric: str) -> MulticlassClassificationEvaluator:
         return MulticlassClassificationEvaluator(labelCol=LABEL, metricName=metric)
 
-    accuracy = evaluator("accuracy").evaluate(predictions)
-    weighted_f1 = evaluator("f1").evaluate(predictions)
-    majority = train.groupBy(LABEL).count().orderBy(F.desc("count")).first()[LABEL]
-    test_rows = test.count()
-    baseline = test.where(F.col(LABEL) == majority).count() / test_rows
-
-    store = model_store.store()
-    current = current_model_accuracy(store, test, evaluator("accuracy"))
-    version = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{context.run.run_id[:8]}"
-    model.write().save(str(store.pipeline_dir(version)))
+    # Saving is many small Spark jobs (seconds, mostly waiting): it runs while the model is evaluated.
+    with ThreadPoolExecutor(max_workers=1) as saver:
+        saving = saver.submit(model.write().save, str(store.pipeline_dir(version)))
+        predictions = model.transform(test).cache()
+        accuracy = evaluator("accuracy").evaluate(predictions)
+        weighted_f1 = evaluator("f1").evaluate(predictions)
+        majority = train.groupBy(LABEL).count().orderBy(F.desc("count")).first()[LABEL]
+        test_rows = test.count()
+        baseline = test.where(F.col(LABEL) == majority).count() / test_rows
+        current = current_model_accuracy(store, test, evaluator("accuracy"))
+        saving.result()
     parity = scorer_parity(str(store.pipeline_dir(version)), predictions, config.parity_rows)
     comparison = {"candidate_accuracy": accuracy, "tolerance": model_store.promotion_tolerance,
                   "current_version": current[0] if current else "none",
