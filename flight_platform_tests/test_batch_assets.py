@@ -176,3 +176,29 @@ def test_a_file_that_is_not_bts_fails_clearly(running_services, tmp_path):
     assert "No source for the months 2014-01" in message
     assert "weather.csv is not a BTS on-time performance file" in message
     assert "Carrier (Reporting_Airline or Carrier or UniqueCarrier)" in message
+
+
+def test_failed_table_checks_stop_the_month_going_further(running_services, tmp_path, nyc_flights):
+    january = nyc_flights.iloc[:400].copy()
+    first, second = january.index[:2]
+    january.loc[first, "DayOfWeek"] = january.loc[first, "DayOfWeek"] % 7 + 1  # another weekday
+    january.loc[second, "Origin"] = None
+    inbox = tmp_path / "bts"
+    inbox.mkdir()
+    write_bts_csv(inbox / "On_Time_On_Time_Performance_2013_1.csv", january, {"DayOfMonth": "DayofMonth"})
+    warehouse = WarehouseResource(root=str(tmp_path / "warehouse"), bts_dir=str(inbox))
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions(flight_months.name, ["2013-01"])
+        result = materialize_in_process(["on_time_performance", "flight_delay_features"],
+                                        partition_key="2013-01", instance=instance,
+                                        warehouse=warehouse)
+
+    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert not checks["day_of_week_matches_feature_code"].passed
+    assert checks["day_of_week_matches_feature_code"].metadata["mismatched_dates"].value == [
+        str(january.loc[first, "FlightDate"])]
+    assert not checks["required_columns_not_null"].passed
+    assert checks["required_columns_not_null"].metadata["null_counts"].value == {"Origin": 1}
+    # Blocking: the month's features are not built from a table that failed its checks.
+    assert not result.success
+    assert result.asset_materializations_for_node("flight_delay_features") == []
