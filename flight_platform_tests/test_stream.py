@@ -14,12 +14,12 @@ from pymongo import MongoClient
 
 from flight_platform.batch.model import ModelTrainingConfig
 from flight_platform.clients.kafka import create_producer, ensure_topic
-from flight_platform.clients.mongo import DEAD_LETTERS, RESPONSES, count_by_ids, find_by_ids
+from flight_platform.clients.mongo import DEAD_LETTERS, RESPONSES, find_by_ids
 from flight_platform.core.contract import PredictionRequest
 from flight_platform.core.features import ARRIVAL_DELAY_LABELS
 from flight_platform.core.model_store import ModelStore
 from flight_platform.core.scoring import PipelineScorer
-from flight_platform.local.drills import hostile_messages, send_messages
+from flight_platform.local.drills import answered, hostile_messages, send_messages
 from flight_platform_tests.conftest import latest_metadata, materialize_in_process, wait_for
 
 ROUTES = [("JFK", "ATL", 760.0, "DL"), ("EWR", "ORD", 719.0, "UA"), ("LGA", "MIA", 1096.0, "AA"),
@@ -54,10 +54,6 @@ def produce(settings, topic: str, payloads: list[bytes]):
         producer.send(topic, payload)
     producer.flush()
     producer.close()
-
-
-def answered(database, ids: list[str]) -> int:
-    return count_by_ids(database[RESPONSES], ids)
 
 
 def current_model(settings) -> str:
