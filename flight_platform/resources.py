@@ -20,8 +20,9 @@ from flight_platform.settings import Settings
 
 
 def spark_config(settings: Settings) -> dict[str, str]:
-    """Spark for a small box: driver on loopback, no UI, few shuffle partitions, Arrow transfers."""
-    return {
+    """Spark for a small box: driver on loopback, no UI, few shuffle partitions, Arrow transfers;
+    the driver JVM maps the classes the assets use from an archive (built by `make install`)."""
+    config = {
         "spark.master": settings.spark_master,
         "spark.app.name": "flight_platform",
         "spark.driver.memory": settings.spark_driver_memory,
@@ -36,6 +37,10 @@ def spark_config(settings: Settings) -> dict[str, str]:
         # Also avoids Spark 4's ANSI cast overflow on NaN when converting pandas frames.
         "spark.sql.execution.arrow.pyspark.enabled": "true",
     }
+    archive = settings.spark_class_archive
+    if archive and archive.exists():
+        config["spark.driver.extraJavaOptions"] = f"-XX:SharedArchiveFile={archive}"
+    return config
 
 
 def spark_resource(settings: Settings) -> LazyPySparkResource:

@@ -7,6 +7,7 @@ This module imports neither Dagster nor Spark: the web app and the service manag
 
 import os
 import socket
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,7 @@ class Settings:
     max_challengers: int
     spark_driver_host: str
     spark_driver_memory: str
+    spark_class_archive: Path | None  # see flight_platform.local.spark_class_archive
     dagster_storage: str  # "sqlite" or "postgres" (see flight_platform.local.postgres)
     postgres_port: int
     web_host: str
@@ -132,6 +134,9 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         # On a cluster this must be an address the executors can reach.
         spark_driver_host=_env("SPARK_DRIVER_HOST", "127.0.0.1"),
         spark_driver_memory=_env("SPARK_DRIVER_MEMORY", "4g"),
+        # Built for the Spark jars of this virtualenv by `make install`; empty: none.
+        spark_class_archive=Path(archive) if (archive := _env(
+            "SPARK_CLASS_ARCHIVE", str(Path(sys.prefix) / "spark-classes.jsa"))) else None,
         dagster_storage=_env("DAGSTER_STORAGE", "sqlite"),
         postgres_port=int(_env("POSTGRES_PORT", "5433")),  # beside a system PostgreSQL's 5432
         web_host=_env("WEB_HOST", "127.0.0.1"),
