@@ -81,3 +81,31 @@ def test_scorer_refuses_a_pipeline_it_cannot_reproduce(spark, tmp_path):
 
     with pytest.raises(UnsupportedModel, match="handleInvalid='keep'"):
         PipelineScorer.load(tmp_path / "pipeline")
+
+
+def test_scorer_reads_models_saved_with_one_indexer_per_column(spark, tmp_path):
+    """Versions trained before the indexers became one multi-column stage still serve exactly."""
+    rng = random.Random(3)
+    rows = [{"Carrier": rng.choice(["AA", "DL", "UA"]), "Origin": rng.choice(["JFK", "LGA", "EWR"]),
+             "DepDelay": float(rng.randint(-20, 120))} for _ in range(300)]
+    schema = "Carrier string, Origin string, DepDelay double"
+    training = spark.createDataFrame(
+        [(*r.values(), float(r["DepDelay"] > 30) + float(r["Carrier"] == "DL")) for r in rows],
+        schema + ", label double")
+    model = Pipeline(stages=[
+        StringIndexer(inputCol="Carrier", outputCol="Carrier_index", handleInvalid="keep"),
+        StringIndexer(inputCol="Origin", outputCol="Origin_index", handleInvalid="keep"),
+        VectorAssembler(inputCols=["DepDelay", "Carrier_index", "Origin_index"],
+                        outputCol="features"),
+        RandomForestClassifier(numTrees=3, maxDepth=4, seed=1),
+    ]).fit(training)
+    model.write().save(str(tmp_path / "pipeline"))
+    served = rows[:50] + [{"Carrier": "ZZ", "Origin": "QQQ", "DepDelay": 45.0}]
+    expected = model.transform(spark.createDataFrame([tuple(r.values()) for r in served], schema)
+                               ).select("probability").collect()
+
+    probabilities = PipelineScorer.load(tmp_path / "pipeline").probabilities(served)
+
+    assert len({int(p.argmax()) for p in probabilities}) > 1
+    for ours, spark_row in zip(probabilities, expected, strict=True):
+        assert ours == pytest.approx(spark_row["probability"].toArray(), abs=1e-12)

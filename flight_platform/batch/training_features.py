@@ -2,6 +2,7 @@
 
 import datetime as dt
 
+import pandas as pd
 from dagster import AssetExecutionContext, AutomationCondition, MaterializeResult, asset
 from dagster_pyspark import LazyPySparkResource
 from pyspark.sql import DataFrame, SparkSession
@@ -26,18 +27,22 @@ FEATURE_TABLE_COLUMNS = [
 ]
 
 
+# The small lookup tables go to Spark as pandas frames: Arrow hands them to the JVM directly, where
+# a list of Python rows needs Python worker processes started to unpickle it (a second each).
+
 def calendar(spark: SparkSession, dates: list[dt.date]) -> DataFrame:
     """`date_features` of each date, as a small table to join on FlightDate. Applying the pure
     function to the distinct dates keeps one copy of the rule for training and serving."""
     return spark.createDataFrame(
-        [{"FlightDate": day, **date_features(day)} for day in dates],
+        pd.DataFrame([{"FlightDate": day, **date_features(day)} for day in dates]),
         schema="FlightDate date, DayOfMonth int, DayOfWeek int, DayOfYear int",
     )
 
 
 def routes(spark: SparkSession, pairs: list[tuple[str, str]]) -> DataFrame:
-    return spark.createDataFrame([(o, d, route(o, d)) for o, d in pairs],
-                                 schema="Origin string, Dest string, Route string")
+    return spark.createDataFrame(
+        pd.DataFrame([(o, d, route(o, d)) for o, d in pairs], columns=["Origin", "Dest", "Route"]),
+        schema="Origin string, Dest string, Route string")
 
 
 @asset(

@@ -153,9 +153,12 @@ class PipelineScorer:
             if meta["class"] == STRING_INDEXER:
                 if params.get("handleInvalid") != "keep":
                     raise UnsupportedModel(f"{stage_dir.name}: only handleInvalid='keep' indexers")
-                (labels,) = _stage_data(stage_dir)[0]["labelsArray"]
-                indexers[params["outputCol"]] = (
-                    params["inputCol"], {label: i for i, label in enumerate(labels)})
+                # Several columns per indexer (inputCols), or one (inputCol: models saved before).
+                inputs = params.get("inputCols") or [params["inputCol"]]
+                outputs = params.get("outputCols") or [params["outputCol"]]
+                labels_array = _stage_data(stage_dir)[0]["labelsArray"]
+                for column, output, labels in zip(inputs, outputs, labels_array, strict=True):
+                    indexers[output] = (column, {label: i for i, label in enumerate(labels)})
             elif meta["class"] == VECTOR_ASSEMBLER:
                 assembler_inputs = params["inputCols"]
             elif meta["class"] == RANDOM_FOREST:
