@@ -27,6 +27,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from flight_platform.batch.sources import MONTH_COLUMN
+from flight_platform.batch.tables import months_held
 from flight_platform.batch.training_features import flight_delay_features
 from flight_platform.core.features import (
     ARRIVAL_DELAY_LABELS,
@@ -94,7 +95,7 @@ def held_out(test_fraction: float):
 
 
 def training_months(features: DataFrame, recent_months: int) -> list[str]:
-    months = sorted(r[MONTH_COLUMN] for r in features.select(MONTH_COLUMN).distinct().collect())
+    months = months_held(features)
     return months[-recent_months:] if recent_months else months
 
 

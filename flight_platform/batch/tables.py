@@ -50,6 +50,13 @@ def read_months(spark: SparkSession, path: str, months: Sequence[str]) -> DataFr
     return spark.read.parquet(path).where(F.col(MONTH_COLUMN).isin(list(months)))
 
 
+def months_held(table: DataFrame) -> list[str]:
+    """The months a monthly table read whole holds, from its directory names (FlightMonth=...):
+    listed when the table was opened, so no Spark job scans it for them."""
+    return sorted({part.split("=", 1)[1] for file in table.inputFiles()
+                   for part in file.split("/") if part.startswith(f"{MONTH_COLUMN}=")})
+
+
 def not_null_spec(table_name: str, columns: Sequence[str]) -> AssetCheckSpec:
     """A blocking check of the table asset `table_name`, evaluated by the asset on the months it has
     just written (`not_null_result`): they have rows and none of `columns` is null in any of them."""
