@@ -38,10 +38,11 @@ def table_metadata(table: DataFrame, path: str) -> dict:
 
 def write_months(table: DataFrame, path: str) -> None:
     """Write the months of `table` (its FlightMonth values) into the table at `path`, a directory
-    per month, replacing those months only. Each task writes the months it holds (no shuffle to
-    gather them): read from this table's own month files, a month stays in one task and file."""
-    (table.write.mode("overwrite").option("partitionOverwriteMode", "dynamic")
-     .partitionBy(MONTH_COLUMN).parquet(path))
+    per month, replacing those months only. One file per month: a month is a few MB. (Without
+    the shuffle to gather each month, every task sorts its rows by month before writing: 1 s
+    less on the bundled data, but 7.7 instead of 3.9 GiB at peak on 10x, measured.)"""
+    (table.repartition(MONTH_COLUMN).write.mode("overwrite")
+     .option("partitionOverwriteMode", "dynamic").partitionBy(MONTH_COLUMN).parquet(path))
 
 
 def read_months(spark: SparkSession, path: str, months: Sequence[str]) -> DataFrame:
