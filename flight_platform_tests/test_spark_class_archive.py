@@ -2,6 +2,7 @@
 (flight_platform.local.spark_class_archive). A missing or stale archive would not fail anything,
 only cost seconds on every run, so this checks that the JVM really reads classes from it."""
 
+import json
 import subprocess
 import sys
 
@@ -13,10 +14,10 @@ FROM_ARCHIVE = "source: shared objects file (top)"
 FROM_JAR = ".jar"
 
 DRIVER = """
-import sys
+import json, sys
 from pyspark.sql import SparkSession
 builder = SparkSession.builder
-for key, value in eval(sys.argv[1]).items():
+for key, value in json.loads(sys.argv[1]).items():
     builder = builder.config(key, value)
 spark = builder.getOrCreate()
 numbers = spark.range(1000)
@@ -33,7 +34,7 @@ def test_spark_driver_loads_its_classes_from_the_recorded_archive(settings, tmp_
     config["spark.driver.extraJavaOptions"] += f" -Xlog:class+load=info:file={log}"
 
     # A process of its own: the test session's JVM may already be running.
-    subprocess.run([sys.executable, "-c", DRIVER, repr(config)], check=True, timeout=300,
+    subprocess.run([sys.executable, "-c", DRIVER, json.dumps(config)], check=True, timeout=300,
                    capture_output=True)
 
     spark_classes = [line for line in log.read_text().splitlines() if " org.apache.spark." in line]

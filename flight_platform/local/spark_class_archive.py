@@ -36,12 +36,12 @@ def record(archive: Path) -> None:
     """Materialize the Spark assets on RECORDED_MONTHS in a scratch data dir, in a driver JVM that
     writes the classes it loaded to `archive` as it exits."""
     with tempfile.TemporaryDirectory(prefix="flight_platform_class_archive_") as scratch:
-        settings = load_settings({**private_environment(Path(scratch)),
-                                  "FLIGHT_PLATFORM_SPARK_CLASS_ARCHIVE": ""})
+        settings = load_settings(private_environment(Path(scratch)))
         write_derived_months(settings.bts_dir, [2014], [1])
         recording_spark = LazyPySparkResource(spark_config={
             **spark_config(settings),
-            # (Classes Java cannot archive, such as reflection stubs, are skipped: not worth a warning.)
+            # Replaces the archive in use, if any. (Classes Java cannot archive, such as
+            # reflection stubs, are skipped: not worth a warning each.)
             "spark.driver.extraJavaOptions": f"-XX:ArchiveClassesAtExit={archive} -Xlog:cds*=error"})
         defs = build_definitions(settings)
         with DagsterInstance.ephemeral() as instance:
