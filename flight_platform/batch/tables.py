@@ -1,6 +1,7 @@
 """What the Parquet-table assets share: metadata a user wants to see, and the not-null check."""
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from dagster import (
     AssetCheckResult,
@@ -10,7 +11,7 @@ from dagster import (
     TableRecord,
     TableSchema,
 )
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from flight_platform.batch.sources import MONTH_COLUMN
@@ -19,21 +20,40 @@ PREVIEW_ROWS = 5
 NOT_NULL = "required_columns_not_null"
 
 
-def table_metadata(table: DataFrame, path: str) -> dict:
-    """Row count, column schema, location and the first rows of a written table."""
+@dataclass(frozen=True)
+class WrittenMonths:
+    """What the months a table asset has just written hold, from one aggregate pass over them."""
+
+    metadata: dict  # row count, column schema, location and the first rows
+    not_null: AssetCheckResult
+    figures: dict  # the asset's own aggregates, by name
+
+
+def inspect_written(written: DataFrame, path: str, required: Sequence[str],
+                    **figures: Column) -> WrittenMonths:
+    """Count the rows of `written`, the nulls of each `required` column (the blocking not-null
+    check) and the asset's `figures` in one pass (each query on a fresh JVM costs a compilation),
+    then read a preview."""
+    counts = written.agg(F.count(F.lit(1)), *[F.sum(F.col(c).isNull().cast("int")) for c in required],
+                         *figures.values()).first()
+    rows, nulls = counts[0], dict(zip(required, counts[1:len(required) + 1], strict=True))
     schema = TableSchema(columns=[
-        TableColumn(field.name, field.dataType.simpleString()) for field in table.schema.fields])
+        TableColumn(field.name, field.dataType.simpleString()) for field in written.schema.fields])
     preview = [
         TableRecord({k: (v if isinstance(v, (int, float, str, bool)) or v is None else str(v))
                      for k, v in row.asDict().items()})
-        for row in table.limit(PREVIEW_ROWS).collect()
+        for row in written.limit(PREVIEW_ROWS).collect()
     ]
-    return {
-        "dagster/row_count": table.count(),
-        "dagster/column_schema": schema,
-        "path": MetadataValue.path(path),
-        "preview": MetadataValue.table(preview, schema=schema),
-    }
+    return WrittenMonths(
+        metadata={
+            "dagster/row_count": rows,
+            "dagster/column_schema": schema,
+            "path": MetadataValue.path(path),
+            "preview": MetadataValue.table(preview, schema=schema),
+        },
+        not_null=not_null_result(rows, nulls),
+        figures=dict(zip(figures, counts[len(required) + 1:], strict=True)),
+    )
 
 
 def write_months(table: DataFrame, path: str) -> None:
@@ -60,16 +80,13 @@ def months_held(table: DataFrame) -> list[str]:
 
 def not_null_spec(table_name: str, columns: Sequence[str]) -> AssetCheckSpec:
     """A blocking check of the table asset `table_name`, evaluated by the asset on the months it has
-    just written (`not_null_result`): they have rows and none of `columns` is null in any of them."""
+    just written (`inspect_written`): they have rows and none of `columns` is null in any of them."""
     return AssetCheckSpec(NOT_NULL, asset=table_name, blocking=True,
                           description=f"Has rows, and {', '.join(columns)} are never null.")
 
 
-def not_null_result(written: DataFrame, columns: Sequence[str]) -> AssetCheckResult:
-    counts = written.agg(F.count(F.lit(1)).alias("rows"), *[
-        F.sum(F.col(c).isNull().cast("int")).alias(c) for c in columns]).first().asDict()
-    rows = counts.pop("rows")
-    nulls = {column: int(n or 0) for column, n in counts.items() if n}
+def not_null_result(rows: int, nulls: dict[str, int | None]) -> AssetCheckResult:
+    nulls = {column: int(n) for column, n in nulls.items() if n}
     return AssetCheckResult(
         check_name=NOT_NULL,
         passed=rows > 0 and not nulls,

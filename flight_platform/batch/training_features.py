@@ -9,14 +9,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from flight_platform.batch.ingest import on_time_performance
-from flight_platform.batch.sources import MONTH_COLUMN, MONTHLY
-from flight_platform.batch.tables import (
-    not_null_result,
-    not_null_spec,
-    read_months,
-    table_metadata,
-    write_months,
-)
+from flight_platform.batch.sources import MONTH_COLUMN, MONTHLY, days_of_months
+from flight_platform.batch.tables import inspect_written, not_null_spec, read_months, write_months
 from flight_platform.core.features import date_features, route
 from flight_platform.resources import WarehouseResource
 
@@ -32,7 +26,7 @@ FEATURE_TABLE_COLUMNS = [
 
 def calendar(spark: SparkSession, dates: list[dt.date]) -> DataFrame:
     """`date_features` of each date, as a small table to join on FlightDate. Applying the pure
-    function to the distinct dates keeps one copy of the rule for training and serving."""
+    function to every day of the months keeps one copy of the rule for training and serving."""
     return spark.createDataFrame(
         pd.DataFrame([{"FlightDate": day, **date_features(day)} for day in dates]),
         schema="FlightDate date, DayOfMonth int, DayOfWeek int, DayOfYear int",
@@ -61,33 +55,33 @@ def flight_delay_features(context: AssetExecutionContext, spark: LazyPySparkReso
     session = spark.spark_session
     months = context.partition_keys
     flights = read_months(session, warehouse.table_path("on_time_performance"), months)
-    arrived = flights.where(~F.col("Cancelled") & ~F.col("Diverted")
-                            & F.col("ArrDelay").isNotNull() & F.col("DepDelay").isNotNull())
-    # One pass for both lookup tables: each route flown, with the dates it was flown on.
-    flown = arrived.groupBy("Origin", "Dest").agg(F.collect_set("FlightDate").alias("dates")).collect()
-    pairs = [(r["Origin"], r["Dest"]) for r in flown]
-    dates = sorted({day for r in flown for day in r["dates"]})
+    has_arrived = (~F.col("Cancelled") & ~F.col("Diverted")
+                   & F.col("ArrDelay").isNotNull() & F.col("DepDelay").isNotNull())
+    # One pass for the routes flown (the Route lookup) and for what is left out, and why.
+    by_route = flights.groupBy("Origin", "Dest").agg(
+        F.sum(has_arrived.cast("int")).alias("arrived"),
+        F.sum(F.col("Cancelled").cast("int")).alias("cancelled"),
+        F.sum((~F.col("Cancelled") & F.col("Diverted")).cast("int")).alias("diverted"),
+        F.count(F.lit(1)).alias("flights"),
+    ).collect()
+    pairs = [(r["Origin"], r["Dest"]) for r in by_route if r["arrived"]]
     features = (
-        arrived.drop("DayOfWeek", "DayOfMonth")
-        .join(F.broadcast(calendar(session, dates)), "FlightDate")
+        flights.where(has_arrived).drop("DayOfWeek", "DayOfMonth")
+        .join(F.broadcast(calendar(session, days_of_months(months))), "FlightDate")
         .join(F.broadcast(routes(session, pairs)), ["Origin", "Dest"])
         .select(*FEATURE_TABLE_COLUMNS, MONTH_COLUMN)
     )
     path = warehouse.table_path("flight_delay_features")
     write_months(features, path)
-    written = read_months(session, path, months)
-    dropped = flights.agg(
-        F.sum(F.col("Cancelled").cast("int")).alias("cancelled"),
-        F.sum((~F.col("Cancelled") & F.col("Diverted")).cast("int")).alias("diverted"),
-        F.count(F.lit(1)).alias("all"),
-    ).first()
-    metadata = table_metadata(written, path)
+    written = inspect_written(read_months(session, path, months), path, FEATURE_TABLE_COLUMNS)
+    dropped = {column: sum(r[column] or 0 for r in by_route)
+               for column in ("flights", "cancelled", "diverted")}
     return MaterializeResult(metadata={
-        **metadata,
-        "source_rows": dropped["all"],
-        "dropped_cancelled": int(dropped["cancelled"] or 0),
-        "dropped_diverted": int(dropped["diverted"] or 0),
-        "dropped_missing_delay": dropped["all"] - int(dropped["cancelled"] or 0)
-        - int(dropped["diverted"] or 0) - metadata["dagster/row_count"],
+        **written.metadata,
+        "source_rows": dropped["flights"],
+        "dropped_cancelled": dropped["cancelled"],
+        "dropped_diverted": dropped["diverted"],
+        "dropped_missing_delay": dropped["flights"] - dropped["cancelled"] - dropped["diverted"]
+        - written.metadata["dagster/row_count"],
         "distinct_routes": len(pairs),
-    }, check_results=[not_null_result(written, FEATURE_TABLE_COLUMNS)])
+    }, check_results=[written.not_null])
