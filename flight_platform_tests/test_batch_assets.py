@@ -4,19 +4,23 @@ in-process re-materializations of single months, the BTS-download path and guard
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
+import pytest
 from dagster import AssetKey, DagsterInstance, instance_for_test
 from pymongo import MongoClient
+from pyspark.ml.evaluation import MulticlassClassificationEvaluator
 
 from flight_platform.batch.bts import ON_TIME_COLUMNS
-from flight_platform.batch.model import NOT_WORSE, ModelTrainingConfig
+from flight_platform.batch.model import LABEL, NOT_WORSE, ModelTrainingConfig, confusion_matrix
 from flight_platform.batch.sources import BUNDLED_MONTHS, MONTH_COLUMN, flight_months
 from flight_platform.clients.mongo import DISTANCES
+from flight_platform.core import monitoring
 from flight_platform.core.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
 from flight_platform.core.model_store import ModelStore
 from flight_platform.local.derived_bts import write_bts_csv
-from flight_platform.resources import WarehouseResource, build_resources
+from flight_platform.resources import WarehouseResource, build_resources, spark_resource
 from flight_platform_tests.conftest import ASSETS, latest_metadata, materialize_in_process
 
 MONTHLY = ASSETS[:3]
@@ -114,6 +118,22 @@ def test_model_beats_the_majority_baseline(materialized, settings):
     assert info["months"] == BUNDLED_MONTHS
     metadata = latest_metadata("flight_delay_model")
     assert metadata["promoted"] is True and metadata["model_version"] == version
+
+
+def test_held_out_figures_are_sparks_evaluator(settings):
+    """The model's accuracy and weighted F1 come from one confusion-matrix query: they must be what
+    Spark's evaluator says, including for a bucket that is never predicted (no precision)."""
+    rng = np.random.default_rng(3)
+    actual = rng.integers(0, 4, 2000)
+    predicted = np.where((rng.random(2000) < 0.6) & (actual < 3), actual, rng.integers(0, 3, 2000))
+    predictions = spark_resource(settings).spark_session.createDataFrame(
+        pd.DataFrame({LABEL: actual.astype(float), "prediction": predicted.astype(float)}))
+    matrix = confusion_matrix(predictions)
+    assert matrix.sum() == 2000 and matrix[:, 3].sum() == 0
+    for metric, ours in (("accuracy", monitoring.accuracy(matrix)),
+                         ("f1", monitoring.weighted_f1(matrix))):
+        spark = MulticlassClassificationEvaluator(labelCol=LABEL, metricName=metric)
+        assert ours == pytest.approx(spark.evaluate(predictions), abs=1e-12), metric
 
 
 def test_a_worse_candidate_is_kept_but_not_promoted(materialized, settings):
