@@ -121,11 +121,10 @@ def current_model_accuracy(store: ModelStore, test: DataFrame) -> tuple[str, flo
         PipelineModel.load(str(store.pipeline_dir(current))).transform(test)))
 
 
-def scorer_parity(model_dir: str, predictions: DataFrame, rows: int) -> dict:
+def scorer_parity(scorer: PipelineScorer, predictions: DataFrame, rows: int) -> dict:
     """Score held-out rows with the serving scorer and compare with Spark's own output."""
     sample = predictions.select(*CATEGORICAL_FEATURES, *NUMERIC_FEATURES, "prediction",
                                 "probability").limit(rows).collect()
-    scorer = PipelineScorer.load(model_dir)
     probabilities = scorer.probabilities([r.asDict() for r in sample])
     pairs = list(zip(probabilities, sample, strict=True))
     mismatches = sum(int(p.argmax()) != int(r["prediction"]) for p, r in pairs)
@@ -189,19 +188,24 @@ def flight_delay_model(context: AssetExecutionContext, config: ModelTrainingConf
     store = model_store.store()
     version = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{context.run.run_id[:8]}"
 
-    # Saving is many small Spark jobs (seconds, mostly waiting): it runs while the model is evaluated.
+    def save_and_load_scorer() -> PipelineScorer:
+        model.write().save(str(store.pipeline_dir(version)))
+        return PipelineScorer.load(str(store.pipeline_dir(version)))
+
+    # Saving is many small Spark jobs (seconds, mostly waiting), then the serving scorer reads what
+    # was saved: both while the model is evaluated.
     with ThreadPoolExecutor(max_workers=1) as saver:
-        saving = saver.submit(model.write().save, str(store.pipeline_dir(version)))
+        saved = saver.submit(save_and_load_scorer)
         predictions = model.transform(test)
         matrix = confusion_matrix(predictions)
         train_labels = {int(r[LABEL]): r["count"] for r in train.groupBy(LABEL).count().collect()}
         current = current_model_accuracy(store, test)
-        saving.result()
+        scorer = saved.result()
     accuracy, weighted_f1 = monitoring.accuracy(matrix), monitoring.weighted_f1(matrix)
     test_rows = int(matrix.sum())
     # Always predicting the training set's most frequent bucket, on the held-out rows.
     baseline = float(matrix[max(train_labels, key=train_labels.get)].sum() / test_rows)
-    parity = scorer_parity(str(store.pipeline_dir(version)), predictions, config.parity_rows)
+    parity = scorer_parity(scorer, predictions, config.parity_rows)
     comparison = {"candidate_accuracy": accuracy, "tolerance": model_store.promotion_tolerance,
                   "current_version": current[0] if current else "none",
                   "current_accuracy_on_same_rows": current[1] if current else "none"}
