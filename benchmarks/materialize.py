@@ -32,9 +32,11 @@ PAGE_SIZE = 4096
 
 
 def tree_rss_bytes(root_pid: int) -> int:
-    """Resident memory of `root_pid` and all its descendants."""
+    """Resident memory of `root_pid` and all its descendants. A child that shares its parent's
+    memory (the JVM starts commands with vfork: until it execs, the child reports the JVM's whole
+    size) is not counted twice: it has its parent's exact virtual and resident size."""
     children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
+    sizes: dict[int, tuple[int, int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
@@ -42,12 +44,12 @@ def tree_rss_bytes(root_pid: int) -> int:
             continue
         pid = int(stat.parent.name)
         children.setdefault(int(fields[1]), []).append(pid)
-        rss[pid] = int(fields[21]) * PAGE_SIZE
+        sizes[pid] = (int(fields[20]), int(fields[21]) * PAGE_SIZE)  # vsize, rss
     total, pending = 0, [root_pid]
     while pending:
         pid = pending.pop()
-        total += rss.get(pid, 0)
-        pending += children.get(pid, [])
+        total += sizes.get(pid, (0, 0))[1]
+        pending += [child for child in children.get(pid, []) if sizes[child] != sizes.get(pid)]
     return total
 
 
