@@ -26,6 +26,7 @@ from pyspark.sql.types import StringType, StructField, StructType
 
 from flight_platform.batch.bts import (
     ON_TIME_COLUMNS,
+    ON_TIME_DDL,
     REQUIRED_COLUMNS,
     bts_header_mapping,
     nycflights13_to_on_time,
@@ -41,8 +42,7 @@ _ARROW_TYPES = {"date": pa.date32(), "int": pa.int32(), "string": pa.string(),
 DAY_OF_WEEK = "day_of_week_matches_feature_code"
 ON_TIME_ARROW_SCHEMA = pa.schema([(name, _ARROW_TYPES[sql_type])
                                   for name, sql_type in ON_TIME_COLUMNS.items()])
-ON_TIME_TABLE_SCHEMA = ", ".join([f"{name} {sql_type}" for name, sql_type in ON_TIME_COLUMNS.items()]
-                                 + [f"{MONTH_COLUMN} string"])
+ON_TIME_TABLE_SCHEMA = f"{ON_TIME_DDL}, {MONTH_COLUMN} string"
 
 
 def _unzipped_csvs(archive: Path) -> list[Path]:
