@@ -7,7 +7,17 @@ BIN := $(VENV)/bin
 
 .PHONY: install run test bench
 
-install: $(VENV)/.installed
+KAFKA_LIBS := $(VENV)/kafka/libs
+
+install: $(VENV)/.installed $(KAFKA_LIBS)/.installed
+
+# Apache Kafka's broker: the jars of its release tarball's libs/, from Maven Central.
+$(KAFKA_LIBS)/.installed: scripts/kafka/pom.xml $(VENV)/.installed
+	@scripts/check_prerequisites $(PYTHON)
+	rm -rf $(KAFKA_LIBS)
+	mvn --quiet --batch-mode -Dstyle.color=never -f scripts/kafka/pom.xml dependency:copy-dependencies \
+	  -DincludeScope=runtime -DoutputDirectory=$(abspath $(KAFKA_LIBS))
+	@touch $@
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	@scripts/check_prerequisites $(PYTHON)

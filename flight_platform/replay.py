@@ -26,7 +26,7 @@ from pymongo.database import Database
 from pymongo.errors import PyMongoError
 from tqdm import tqdm
 
-from flight_platform.clients.kafka import close_in_background, create_producer, ensure_topic
+from flight_platform.clients.kafka import close_in_background, create_producer, ensure_request_topic
 from flight_platform.clients.mongo import (
     RESPONSES,
     create_client,
@@ -184,8 +184,8 @@ def send_requests(settings: Settings, queries: list[tuple[FlightQuery, float]], 
     servers = settings.kafka_bootstrap_servers
     producer = None
     try:
-        # As the web app does: a fresh local broker has no topic until someone creates it.
-        ensure_topic(servers, settings.request_topic, settings.request_topic_partitions)
+        # As the web app does: the broker does not create topics by itself.
+        ensure_request_topic(settings)
         producer = create_producer(servers)
         started = time.monotonic()
         request_ids, acknowledgements = [], []

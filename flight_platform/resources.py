@@ -56,6 +56,8 @@ class KafkaResource(ConfigurableResource):
     bootstrap_servers: str
     request_topic: str
     request_topic_partitions: int
+    request_topic_replication_factor: int = 1
+    request_topic_min_insync_replicas: int = 1
     consumer_group: str
     consumer_session_timeout_ms: int
     max_message_bytes: int
@@ -64,7 +66,8 @@ class KafkaResource(ConfigurableResource):
 
     def ensure_request_topic(self) -> bool:
         return kafka.ensure_topic(self.bootstrap_servers, self.request_topic,
-                                      self.request_topic_partitions)
+                                  self.request_topic_partitions, self.request_topic_replication_factor,
+                                  self.request_topic_min_insync_replicas)
 
     def request_consumer(self, membership: kafka.GroupMembership | None = None) -> KafkaConsumer:
         return kafka.create_consumer(self.bootstrap_servers, self.consumer_group,
@@ -124,6 +127,8 @@ def build_resources(settings: Settings) -> dict[str, ConfigurableResource]:
             bootstrap_servers=settings.kafka_bootstrap_servers,
             request_topic=settings.request_topic,
             request_topic_partitions=settings.request_topic_partitions,
+            request_topic_replication_factor=settings.request_topic_replication_factor,
+            request_topic_min_insync_replicas=settings.request_topic_min_insync_replicas,
             consumer_group=settings.consumer_group,
             consumer_session_timeout_ms=settings.consumer_session_timeout_ms,
             max_message_bytes=settings.max_message_bytes,

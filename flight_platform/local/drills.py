@@ -25,7 +25,7 @@ from kafka.errors import KafkaError
 from pymongo import MongoClient
 from pymongo.database import Database
 
-from flight_platform.clients.kafka import close_in_background, create_producer, ensure_topic
+from flight_platform.clients.kafka import close_in_background, create_producer, ensure_request_topic
 from flight_platform.clients.mongo import (
     DISTANCE_PARTIALS,
     DISTANCES,
@@ -103,9 +103,8 @@ class SteadyLoad:
             return list(self.acked)
 
     def _new_producer(self):
-        """As the web app does: (re)create the topic, which a restarted local broker has lost."""
-        ensure_topic(self.settings.kafka_bootstrap_servers, self.settings.request_topic,
-                     self.settings.request_topic_partitions)
+        """As the web app does: the topic, if it is missing, and a producer."""
+        ensure_request_topic(self.settings)
         return create_producer(self.settings.kafka_bootstrap_servers)
 
     def _send(self) -> None:

