@@ -14,13 +14,8 @@ model store (`add_challenger`, `remove_challenger`) and served by the run the st
 launches; the measurement starts once every alive stream run carries the challengers tag and a
 short warm-up is answered.
 
-Before each setting the whole stack is restarted (as `make run` again: nothing is materialized),
-which empties the local broker, whose storage is in memory: Tansu slows as its topic accumulates
-messages (at a steady 500/s with nothing else running, its CPU per message doubled between the
-first 7,500 messages and 37,500, and the produce -> consume p50 grew from 16 to about 100 ms), so
-without it each setting would pay for the messages of those measured before it. Restarting only
-the broker under the running stream run was tried: once in three runs its topic came back with a
-fourth partition and the stream stopped answering (see README).
+Each setting is rolled out as in production: the store's challengers change, the stream supervisor
+replaces the serving run blue/green, and the measurement starts once the new run serves them.
 
 The pure scoring cost of one model is measured in-process too: `PipelineScorer.probabilities`
 on a batch of 1 and of 100 rows, the median of many repetitions. The stream worker scores each
@@ -74,14 +69,10 @@ def serving_with(platform: PrivatePlatform, challengers: list[str]) -> bool:
                 and len(serving_runs(instance)) == platform.settings.stream_workers)
 
 
-def restart_with(platform: PrivatePlatform, challengers: list[str], warm_up_rate: float) -> None:
-    """Stop the stack (its stream run, servers and services), make `challengers` the store's
-    challengers, start the stack again and wait until the supervisor's run serves with them; then
-    warm it up. The restarted in-memory broker is empty, its topic created before any client
-    connects."""
-    platform.stack.stop()
+def serve_with(platform: PrivatePlatform, challengers: list[str], warm_up_rate: float) -> None:
+    """Make `challengers` the store's challengers and wait until the supervisor has rolled them
+    out; then warm the new run up."""
     set_challengers(ModelStore(platform.settings.model_store_dir), challengers)
-    platform.start()
     wait_until(lambda: serving_with(platform, challengers), RECOVERY_TIMEOUT_S,
                f"the stream to serve with {len(challengers)} challenger(s)")
     measure(platform.settings, int(warm_up_rate * WARM_UP_S), warm_up_rate)
@@ -136,7 +127,7 @@ def main() -> None:
         spares = [copy_of_champion(store, f"shadow-copy-{i}") for i in (1, 2)]
         results = []
         for challengers in ([], spares[:1], spares, []):
-            restart_with(platform, challengers, warm_up_rate=rates[0])
+            serve_with(platform, challengers, warm_up_rate=rates[0])
             results += [stream_latency(platform, challengers, rate, args.seconds) for rate in rates]
     load_after = load_average()
 

@@ -69,10 +69,9 @@ class KafkaResource(ConfigurableResource):
                                   self.request_topic_partitions, self.request_topic_replication_factor,
                                   self.request_topic_min_insync_replicas)
 
-    def request_consumer(self, membership: kafka.GroupMembership | None = None) -> KafkaConsumer:
+    def request_consumer(self) -> KafkaConsumer:
         return kafka.create_consumer(self.bootstrap_servers, self.consumer_group,
-                                     self.request_topic, self.consumer_session_timeout_ms,
-                                     membership)
+                                     self.request_topic, self.consumer_session_timeout_ms)
 
     def request_topic_partition_count(self) -> int:
         return kafka.partition_count(self.bootstrap_servers, self.request_topic)

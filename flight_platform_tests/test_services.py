@@ -1,13 +1,16 @@
 """The service manager CLI, against its own ports and data dir (not the session's services)."""
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
-from flight_platform.settings import REPO_ROOT, private_environment
+from flight_platform.clients.kafka import create_consumer, create_producer, partition_count
+from flight_platform.settings import REPO_ROOT, load_settings, private_environment
 
 
 def manager(env: dict, command: str) -> subprocess.CompletedProcess:
@@ -94,3 +97,41 @@ def test_external_services_are_left_alone(env, tmp_path):
     assert up.returncode == 0
     assert up.stdout.count("external") == 2
     assert not (tmp_path / "services").exists()
+
+
+@pytest.mark.parametrize("stop", ["down", "kill -9"])
+def test_kafka_keeps_acknowledged_messages_topics_and_group_offsets_across_a_restart(env, tmp_path, stop):
+    settings = load_settings(env)
+    assert manager(env, "up").returncode == 0
+    producer = create_producer(settings.kafka_bootstrap_servers)
+    sent = [f"request-{i}".encode() for i in range(300)]
+    for future in [producer.send(settings.request_topic, value) for value in sent]:
+        future.get(timeout=10)  # acknowledged by the broker
+    producer.close()
+    first = read_group(settings, at_least=100)  # read and committed: not to be read again
+    if stop == "down":
+        manager(env, "down")
+    else:
+        os.kill(pids(tmp_path)["kafka-1"], signal.SIGKILL)
+    assert manager(env, "up").returncode == 0
+
+    assert partition_count(settings.kafka_bootstrap_servers, settings.request_topic) == (
+        settings.request_topic_partitions)
+    rest = read_group(settings, at_least=len(sent) - len(first))
+    assert sorted(first + rest) == sorted(sent)  # every acknowledged message, each read once
+
+
+def read_group(settings, at_least: int) -> list[bytes]:
+    """Read at least `at_least` messages in one consumer group, from its committed offsets on,
+    and commit them; what it read."""
+    consumer = create_consumer(settings.kafka_bootstrap_servers, "durability", settings.request_topic,
+                               settings.consumer_session_timeout_ms)
+    read: list[bytes] = []
+    try:
+        deadline = time.monotonic() + 60
+        while len(read) < at_least and time.monotonic() < deadline:
+            read += [r.value for batch in consumer.poll(timeout_ms=500).values() for r in batch]
+        consumer.commit()
+    finally:
+        consumer.close(autocommit=False)
+    return read

@@ -8,9 +8,8 @@ owner while the others keep being served.
 """
 
 import threading
-from collections.abc import Callable
 
-from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 from kafka.errors import KafkaError, TopicAlreadyExistsError
@@ -38,23 +37,8 @@ def create_producer(bootstrap_servers: str, timeout_ms: int = CLIENT_TIMEOUT_MS)
     )
 
 
-class GroupMembership(ConsumerRebalanceListener):
-    """Calls `on_assigned` with the partitions this consumer holds after each (re)join of its
-    group: possibly none, when the group has more members than the topic has partitions."""
-
-    def __init__(self, on_assigned: Callable[[list[TopicPartition]], None]):
-        self.on_assigned = on_assigned
-
-    def on_partitions_revoked(self, revoked) -> None:
-        pass  # uncommitted records of revoked partitions are redelivered to their new owner
-
-    def on_partitions_assigned(self, assigned) -> None:
-        # The cooperative assignor passes only the partitions added by this rebalance.
-        self.on_assigned(sorted(assigned))
-
-
-def create_consumer(bootstrap_servers: str, group_id: str, topic: str, session_timeout_ms: int,
-                    membership: GroupMembership | None = None) -> KafkaConsumer:
+def create_consumer(bootstrap_servers: str, group_id: str, topic: str,
+                    session_timeout_ms: int) -> KafkaConsumer:
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap_servers,
         group_id=group_id,
@@ -68,7 +52,7 @@ def create_consumer(bootstrap_servers: str, group_id: str, topic: str, session_t
         max_poll_records=500,
         bootstrap_timeout_ms=CLIENT_TIMEOUT_MS,
     )
-    consumer.subscribe([topic], listener=membership)
+    consumer.subscribe([topic])
     return consumer
 
 

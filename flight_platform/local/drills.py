@@ -16,11 +16,14 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 from pymongo import MongoClient
 from pymongo.database import Database
@@ -75,20 +78,22 @@ def request_factory(database: Database, seed: int = 1) -> Callable[[], Predictio
 
 @dataclass
 class SteadyLoad:
-    """Sends requests at `rate` per second from a thread until `stop()`. A request counts as sent
-    once the broker has acknowledged it; one the broker refused (it was down) is counted apart,
-    as the web app would have answered it with a 503."""
+    """Sends requests at `rate` per second from a thread until `stop()`, straight to Kafka. A
+    request counts as sent once the broker has acknowledged it; one the broker refused (it was
+    down) is counted apart, as the web app would have answered it with a 503."""
 
     settings: Settings
     make_request: Callable[[], PredictionRequest]
     rate: float
     acked: dict[str, float] = field(default_factory=dict)  # request id -> when it was sent
     refused: int = 0
+    errors: list[str] = field(default_factory=list)  # answers that are neither OK nor refused
 
     def __post_init__(self):
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._send, name="steady-load", daemon=True)
+        self._producer = None
 
     def start(self) -> "SteadyLoad":
         self._thread.start()
@@ -102,13 +107,23 @@ class SteadyLoad:
         with self._lock:
             return list(self.acked)
 
-    def _new_producer(self):
-        """As the web app does: the topic, if it is missing, and a producer."""
-        ensure_request_topic(self.settings)
-        return create_producer(self.settings.kafka_bootstrap_servers)
+    def publish(self, request: PredictionRequest) -> str | None:
+        """The request's id once the broker acknowledged it, None if it did not. As the web app
+        does, the topic is created if it is missing, and a producer whose send failed is replaced."""
+        try:
+            if self._producer is None:
+                ensure_request_topic(self.settings)
+                self._producer = create_producer(self.settings.kafka_bootstrap_servers)
+            self._producer.send(self.settings.request_topic, request.to_message(),
+                                key=request.UUID.encode()).get(timeout=10)
+            return request.UUID
+        except KafkaError:
+            if self._producer is not None:
+                close_in_background(self._producer)
+            self._producer = None
+            return None
 
     def _send(self) -> None:
-        producer = None
         started, sent = time.monotonic(), 0
         while not self._stop.is_set():
             delay = started + sent / self.rate - time.monotonic()
@@ -117,21 +132,39 @@ class SteadyLoad:
             sent += 1
             request = self.make_request()
             sent_at = time.time()
-            try:
-                producer = producer or self._new_producer()
-                producer.send(self.settings.request_topic, request.to_message(),
-                              key=request.UUID.encode()).get(timeout=10)
-            except KafkaError:  # broker down: a new producer (and topic) for the next request
-                with self._lock:
-                    self.refused += 1
-                if producer is not None:
-                    close_in_background(producer)
-                producer = None
-                continue
+            request_id = self.publish(request)
             with self._lock:
-                self.acked[request.UUID] = sent_at
-        if producer is not None:
-            close_in_background(producer)
+                if request_id:
+                    self.acked[request_id] = sent_at
+                else:
+                    self.refused += 1
+        if self._producer is not None:
+            close_in_background(self._producer)
+
+
+class WebLoad(SteadyLoad):
+    """The same load as a person's page sends it: POSTs to the web app, which publishes each one
+    and answers OK once Kafka acknowledged it, 503 when it could not; anything else is an error."""
+
+    def publish(self, request: PredictionRequest) -> str | None:
+        form = {name: getattr(request, name) for name in
+                ("Carrier", "FlightDate", "FlightNum", "Origin", "Dest", "DepDelay")}
+        post = urllib.request.Request(
+            f"http://{self.settings.web_host}:{self.settings.web_port}/flights/delays/predict/"
+            f"classify_realtime", data=json.dumps(form).encode(),
+            headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(post, timeout=30) as answer:
+                return json.load(answer)["id"]  # the app makes the request anew, with its own id
+        except urllib.error.HTTPError as error:
+            if error.code != 503:
+                with self._lock:
+                    self.errors.append(f"{error.code}: {error.read()[:200]!r}")
+            return None
+        except OSError as error:
+            with self._lock:
+                self.errors.append(f"no answer: {error}")
+            return None
 
 
 def answered(database: Database, ids: list[str]) -> int:
@@ -315,8 +348,9 @@ class PrivatePlatform:
     def __exit__(self, *_exception) -> None:
         self.stop()
 
-    def load(self, rate: float, seed: int = 1) -> SteadyLoad:
-        return SteadyLoad(self.settings, request_factory(self.database, seed), rate).start()
+    def load(self, rate: float, seed: int = 1, through_web_app: bool = False) -> SteadyLoad:
+        load = WebLoad if through_web_app else SteadyLoad
+        return load(self.settings, request_factory(self.database, seed), rate).start()
 
 
 @dataclass
@@ -329,6 +363,9 @@ class DrillResult:
     outage_s: float  # fault injected -> the service back (0 for a kill)
     serving_again_s: float  # the service back -> a request sent after that answered
     longest_wait_s: float = 0.0  # the longest request -> answer time of the requests sent
+    # The longest time between two acknowledged sends: how long producing stalled.
+    produce_stall_s: float = 0.0
+    errors: int = 0  # answers of the web app that were neither OK nor 503 (a 500, no answer)
 
     @property
     def lost(self) -> int:
@@ -363,12 +400,15 @@ def _finish(platform: PrivatePlatform, load: SteadyLoad, fault: str, outage_s: f
     answers = list(find_by_ids(platform.database[RESPONSES], ids, {"ScoredAt": 1, "RequestedAt": 1}))
     distinct = len({a["_id"] for a in answers})
     waits = [(a["ScoredAt"] - a["RequestedAt"]).total_seconds() for a in answers]
+    sent_at = sorted(load.acked.values())
     return DrillResult(fault, len(ids), distinct, len(answers) - distinct, load.refused,
-                       round(outage_s, 1), round(serving_again_s, 1), round(max(waits, default=0), 2))
+                       round(outage_s, 1), round(serving_again_s, 1), round(max(waits, default=0), 2),
+                       round(max((b - a for a, b in zip(sent_at, sent_at[1:], strict=False)), default=0), 2),
+                       len(load.errors))
 
 
-def _busy_load(platform: PrivatePlatform, rate: float) -> SteadyLoad:
-    load = platform.load(rate, seed=int(time.time()))
+def _busy_load(platform: PrivatePlatform, rate: float, through_web_app: bool = False) -> SteadyLoad:
+    load = platform.load(rate, seed=int(time.time()), through_web_app=through_web_app)
     wait_until(lambda: answered(platform.database, load.ids()) >= rate, RECOVERY_TIMEOUT_S,
                "the stream to be busy")
     return load
@@ -431,34 +471,33 @@ def drill_worker_kill(platform: PrivatePlatform, rate: float) -> DrillResult:
                    _serving_again_after(platform, load, killed_at))
 
 
-def drill_service_restart(platform: PrivatePlatform, name: str, rate: float,
-                          down_s: float = 3.0) -> DrillResult:
-    """Stop the local `name` service ("mongo" or "kafka") under load for `down_s`, then start it."""
+def drill_service_restart(platform: PrivatePlatform, name: str, rate: float, down_s: float = 3.0,
+                          kill: bool = False) -> DrillResult:
+    """Stop (or `kill` -9) the local service `name` ("mongo", "kafka-1") under load for `down_s`,
+    then start it."""
     load = _busy_load(platform, rate)
     service = platform.service(name)
     stopped_at = time.monotonic()
-    services.stop(service)
+    (services.kill if kill else services.stop)(service)
     time.sleep(down_s)  # the outage itself, while the load goes on
     services.start(service)
     back_wall, outage = time.time(), time.monotonic() - stopped_at
-    return _finish(platform, load, f"{name} restart", outage,
+    return _finish(platform, load, f"{name} {'kill -9' if kill else 'stopped'}, restarted", outage,
                    _serving_again_after(platform, load, back_wall))
 
 
 def drill_hard_kill(platform: PrivatePlatform, rate: float) -> DrillResult:
-    """kill -9 every process of the stack, services included (a power cut), then start it again:
-    seconds from the UI being up to the first answer. The load is stopped and answered before the
-    kill: the local broker keeps messages in memory only (see README)."""
+    """kill -9 every process of the stack, services included (a power cut), under load, then start
+    it again: seconds from the UI being up to the first answer. What the broker acknowledged before
+    the kill is answered after the restart."""
     load = _busy_load(platform, rate)
-    result = _finish(platform, load, "whole stack kill -9, restart", 0.0, 0.0)
     service_pids = [pid for s in services.services(platform.settings)
                     if (pid := services.running_pid(s)) is not None]
     killed_at = time.monotonic()
     platform.stack.hard_kill(*service_pids)
     serving_again = platform.start()
-    result.outage_s = round(time.monotonic() - killed_at - serving_again, 1)
-    result.serving_again_s = round(serving_again, 1)
-    return result
+    return _finish(platform, load, "whole stack kill -9, restart",
+                   time.monotonic() - killed_at - serving_again, serving_again)
 
 
 def drill_new_month(platform: PrivatePlatform, rate: float, year: int = 2014,
@@ -541,3 +580,69 @@ def drill_worker_loss(platform: PrivatePlatform, rate: float) -> DrillResult:
                    RECOVERY_TIMEOUT_S, f"the supervisor to restore {workers} serving runs")
     return _finish(platform, load, f"1 of {workers} workers kill -9", 0.0,
                    time.monotonic() - killed_at)
+
+
+def _describe_topics(settings: Settings, topics: list[str] | None = None) -> list[dict]:
+    """The cluster's description of `topics` (None: every topic), [] while no node answers it (a
+    node just killed, say)."""
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    except KafkaError:
+        return []
+    try:
+        return admin.describe_topics(topics)
+    except KafkaError:
+        return []
+    finally:
+        admin.close()
+
+
+def partition_leaders(settings: Settings) -> dict[int, int]:
+    """Partition -> the node id leading it, for the request topic (-1: no leader); {} while the
+    cluster does not answer."""
+    return {p["partition_index"]: p["leader_id"]
+            for topic in _describe_topics(settings, [settings.request_topic]) for p in topic["partitions"]}
+
+
+def fully_replicated(settings: Settings) -> bool:
+    """Every replica of every topic (the request topic, the group offsets) is in sync."""
+    topics = _describe_topics(settings)
+    return bool(topics) and all(len(p["isr_nodes"]) == len(p["replica_nodes"])
+                                for topic in topics for p in topic["partitions"])
+
+
+def drill_leader_kill(platform: PrivatePlatform, rate: float, down_s: float = 10.0) -> DrillResult:
+    """In a replicated cluster, kill -9 the node leading partition 0 of the request topic under a
+    load through the web app, and start it again after `down_s`. outage_s: the kill -> the first
+    request acknowledged on a new leader of that partition."""
+    load = _busy_load(platform, rate, through_web_app=True)
+    leader = partition_leaders(platform.settings)[0]
+    node = platform.service(f"kafka-{leader}")
+    killed_wall = time.time()
+    services.kill(node)
+    new_leader = wait_until(lambda: (led := partition_leaders(platform.settings).get(0, -1))
+                            not in (-1, leader) and led, RECOVERY_TIMEOUT_S, "a new leader of partition 0")
+    outage = time.time() - killed_wall
+    time.sleep(max(0.0, down_s - outage))  # served by the two nodes left, meanwhile
+    services.start(node)
+    wait_until(lambda: fully_replicated(platform.settings), RECOVERY_TIMEOUT_S,
+               f"kafka-{leader} to catch up with the others")
+    return _finish(platform, load, f"kafka-{leader} (leader) kill -9, kafka-{new_leader} took over",
+                   outage, _serving_again_after(platform, load, killed_wall))
+
+
+def drill_rolling_restart(platform: PrivatePlatform, rate: float) -> DrillResult:
+    """Restart every node of a replicated cluster one by one (SIGTERM, a controlled shutdown),
+    each once the others are fully in sync, under a load through the web app, as an upgrade
+    would. outage_s: the whole roll."""
+    load = _busy_load(platform, rate, through_web_app=True)
+    started_wall = time.time()
+    for node in services.kafka_nodes(platform.settings):
+        wait_until(lambda: fully_replicated(platform.settings), RECOVERY_TIMEOUT_S,
+                   "every replica in sync before the next node")
+        services.stop(node)
+        services.start(node)
+    wait_until(lambda: fully_replicated(platform.settings), RECOVERY_TIMEOUT_S,
+               "every replica in sync after the roll")
+    return _finish(platform, load, "rolling restart of every node", time.time() - started_wall,
+                   _serving_again_after(platform, load, time.time()))

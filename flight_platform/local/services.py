@@ -81,10 +81,10 @@ class Service(ABC):
     def is_healthy(self) -> bool:
         """Whether it answers a real request (a Kafka metadata request, a Mongo `ping`)."""
 
-    def initialize(self) -> None:
-        """Set up its files before it starts (nothing, for most services)."""
+    def initialize(self) -> None:  # noqa: B027 - most services need nothing here
+        """Set up its files before it starts."""
 
-    def prepare(self) -> None:
+    def prepare(self) -> None:  # noqa: B027 - most services need nothing here
         """Set up what clients expect, once every service answers and before any client starts."""
 
 
@@ -165,8 +165,8 @@ class KafkaNode(Service):
             "process.roles": "broker,controller",
             "node.id": self.node_id,
             "controller.quorum.voters": ",".join(
-                f"{i}@{endpoint.rsplit(':', 1)[0]}:{port}"
-                for i, (endpoint, port) in enumerate(zip(self.cluster, controller_ports), start=1)),
+                f"{i}@{endpoint.rsplit(':', 1)[0]}:{port}" for i, (endpoint, port)
+                in enumerate(zip(self.cluster, controller_ports, strict=True), start=1)),
             "listeners": f"PLAINTEXT://{self.endpoint},CONTROLLER://{controller}",
             "advertised.listeners": f"PLAINTEXT://{self.endpoint}",
             "controller.listener.names": "CONTROLLER",
@@ -369,6 +369,18 @@ def stop_all(to_stop: list[Service]) -> dict[str, str]:
         os.kill(pid, signal.SIGKILL)
         reports[name] = f"killed (pid {pid}) after {SHUTDOWN_TIMEOUT_S:.0f}s without exiting on SIGTERM"
     return {service.name: reports[service.name] for service in to_stop}
+
+
+def kill(service: Service) -> str:
+    """kill -9, as a crash or the OOM killer would; the service gets no chance to clean up."""
+    pid = running_pid(service)
+    service.pid_file.unlink(missing_ok=True)
+    if pid is None:
+        return "not running"
+    os.kill(pid, signal.SIGKILL)
+    while _alive(pid):
+        time.sleep(0.01)
+    return f"killed (pid {pid})"
 
 
 def _alive(pid: int) -> bool:

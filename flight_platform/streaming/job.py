@@ -25,7 +25,6 @@ from dagster import (
 )
 from pydantic import Field
 
-from flight_platform.clients.kafka import GroupMembership
 from flight_platform.clients.mongo import RESPONSES
 from flight_platform.core.model_store import ModelStore
 from flight_platform.core.scoring import PipelineScorer
@@ -117,11 +116,10 @@ def serve_prediction_requests(context: OpExecutionContext, config: PredictionStr
             context.instance.add_run_tags(context.run_id, {JOINED_TAG: f"{time.time():.3f}"})
 
     database = mongo.get_database()
-    worker = PredictionStreamWorker(kafka.request_consumer(GroupMembership(joined)), scorer, version,
-                                    database,
+    worker = PredictionStreamWorker(kafka.request_consumer(), scorer, version, database,
                                     context.log, config.progress_interval_seconds,
                                     max_message_bytes=kafka.max_message_bytes,
-                                    challengers=challengers)
+                                    challengers=challengers, on_group_joined=joined)
     shadowed = f" with challengers {', '.join(v for v, _ in challengers)}" if challengers else ""
     context.log.info(f"Serving model {version}{shadowed} from {kafka.request_topic} "
                      f"(group {kafka.consumer_group}) into {database.name}.{RESPONSES}")

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
+from kafka.coordinator.base import MemberState
 from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
 from kafka.structs import OffsetAndMetadata
 from pymongo.collection import Collection
@@ -111,8 +112,11 @@ class PredictionStreamWorker:
     def __init__(self, consumer: KafkaConsumer, scorer: PipelineScorer, model_version: str,
                  database: Database, log: logging.Logger, progress_interval_s: float = 15.0,
                  max_message_bytes: int = MAX_MESSAGE_BYTES,
-                 challengers: Sequence[tuple[str, PipelineScorer]] = ()):
+                 challengers: Sequence[tuple[str, PipelineScorer]] = (),
+                 on_group_joined: Callable[[list[TopicPartition]], None] = lambda partitions: None):
         self.consumer = consumer
+        self.on_group_joined = on_group_joined
+        self._generation: int | None = None
         self.max_message_bytes = max_message_bytes
         self.scorer = scorer
         self.model_version = model_version
@@ -166,7 +170,17 @@ class PredictionStreamWorker:
             self.log.warning(f"Polling failed ({type(error).__name__}: {error}); retrying.")
             time.sleep(RETRY_FIRST_S)
             return []
+        self._notice_rebalance()
         return [record for batch in polled.values() for record in batch]
+
+    def _notice_rebalance(self) -> None:
+        """Call `on_group_joined` with every partition held, once per completed rebalance (a new
+        generation of the group), even when this member holds none: the cooperative assignor's
+        listener hears only of partitions that move."""
+        group = self.consumer.group_metadata()
+        if group.state is MemberState.STABLE and group.generation_id != self._generation:
+            self._generation = group.generation_id
+            self.on_group_joined(sorted(self.consumer.assignment()))
 
     def prepare(self, records: list[ConsumerRecord]) -> _Batch:
         """Parse and score a polled batch into the documents to store."""
