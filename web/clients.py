@@ -56,9 +56,10 @@ class ServiceClients:
 
     def _drop_producer(self, producer: KafkaProducer) -> None:
         """Forget a producer whose send failed; the next request makes a producer (and the topic,
-        if it is missing) anew. The failed one finishes or expires its unsent records in the
-        background: nothing of a broken session (an idempotent producer's sequence numbers after
-        an expired batch, metadata of a deleted topic) outlives the failure."""
+        if it is missing) anew, and the failed one finishes or expires its records in the
+        background. A failed idempotent producer of kafka-python 3.0.12 does not recover by
+        itself: once a batch expires after it was sent (a broker died holding it), it drops its
+        producer id and never asks for a new one, so every later send would time out."""
         with self._producer_lock:
             if self._producer is producer:  # not one another thread has made since
                 self._producer = None

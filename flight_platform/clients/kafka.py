@@ -17,12 +17,18 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 from flight_platform.settings import Settings
 
 CLIENT_TIMEOUT_MS = 5000
+# The longest wait between attempts to reach a broker that is away (Java clients' default;
+# kafka-python's 30 s would leave a producer idle for that long after a broker restarts).
+RECONNECT_BACKOFF_MAX_MS = 1000
 # How often a consumer heartbeats, which is also how soon it learns that its group rebalances:
 # a roll-out pauses a moving partition for about this long at most.
 HEARTBEAT_INTERVAL_MS = 500
 
 
 def create_producer(bootstrap_servers: str, timeout_ms: int = CLIENT_TIMEOUT_MS) -> KafkaProducer:
+    """An idempotent producer waiting for every in-sync replica. Replace it after a failed send:
+    kafka-python 3.0.12's idempotent producer hangs once a batch expires after it was sent (see
+    web.clients.ServiceClients._drop_producer)."""
     return KafkaProducer(
         bootstrap_servers=bootstrap_servers,
         acks="all",
@@ -34,6 +40,7 @@ def create_producer(bootstrap_servers: str, timeout_ms: int = CLIENT_TIMEOUT_MS)
         # acknowledged or failed within about twice the request timeout.
         delivery_timeout_ms=2 * timeout_ms,
         bootstrap_timeout_ms=timeout_ms,
+        reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
     )
 
 
@@ -51,6 +58,7 @@ def create_consumer(bootstrap_servers: str, group_id: str, topic: str,
         fetch_max_wait_ms=100,
         max_poll_records=500,
         bootstrap_timeout_ms=CLIENT_TIMEOUT_MS,
+        reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
     )
     consumer.subscribe([topic])
     return consumer

@@ -620,6 +620,7 @@ def drill_leader_kill(platform: PrivatePlatform, rate: float, down_s: float = 10
     node = platform.service(f"kafka-{leader}")
     killed_wall = time.time()
     services.kill(node)
+    serving_again = _serving_again_after(platform, load, killed_wall)
     new_leader = wait_until(lambda: (led := partition_leaders(platform.settings).get(0, -1))
                             not in (-1, leader) and led, RECOVERY_TIMEOUT_S, "a new leader of partition 0")
     outage = time.time() - killed_wall
@@ -628,7 +629,7 @@ def drill_leader_kill(platform: PrivatePlatform, rate: float, down_s: float = 10
     wait_until(lambda: fully_replicated(platform.settings), RECOVERY_TIMEOUT_S,
                f"kafka-{leader} to catch up with the others")
     return _finish(platform, load, f"kafka-{leader} (leader) kill -9, kafka-{new_leader} took over",
-                   outage, _serving_again_after(platform, load, killed_wall))
+                   outage, serving_again)
 
 
 def drill_rolling_restart(platform: PrivatePlatform, rate: float) -> DrillResult:

@@ -185,6 +185,10 @@ class KafkaNode(Service):
             "group.initial.rebalance.delay.ms": 0,
             # Admit the consumers' session timeout even when it is set below Kafka's 6 s default.
             "group.min.session.timeout.ms": min(6000, self.settings.consumer_session_timeout_ms),
+            # A node that stops heartbeating is fenced after 4 s (default 9 s): until then acks=all
+            # produces wait for it as an in-sync replica of every partition it holds.
+            "broker.heartbeat.interval.ms": 1000,
+            "broker.session.timeout.ms": 4000,
             # Two cores are shared with Spark and the stream: fewer threads than Kafka's defaults.
             "num.network.threads": 2,
             "num.io.threads": 2,
