@@ -3,9 +3,11 @@ starts it: request produced to Kafka -> scored by the sensor-launched Dagster ru
 document readable in MongoDB.
 
     .venv/bin/python -m benchmarks.stream [--rates 500,2000] [--seconds 15] [--burst 40000] [--workers 1]
+        [--sample-every 20]
 
-Every 20th request is timed: a poller asks MongoDB for the oldest unanswered sampled requests every
-5 ms, as the web page polls, only faster. Timing every request would cost the single-process local
+Every 20th request is timed (`--sample-every 1` times each, for a low rate such as 20/s): a
+poller asks MongoDB for the oldest unanswered sampled requests every 5 ms, as the web page polls,
+only faster. Timing every request would cost the single-process local
 Mongo-protocol server much of the capacity being measured (a `$in` lookup costs about 0.2 ms per
 id; a change stream, available only without --standalone, about a third of its insert rate).
 Afterwards every request is checked for its answer. Prints figures; asserts nothing. Targets on
@@ -118,8 +120,8 @@ def measure(settings: Settings, count: int, rate: float | None,
     return poller, sent
 
 
-def phase(settings: Settings, count: int, rate: float | None) -> str:
-    poller, sent = measure(settings, count, rate)
+def phase(settings: Settings, count: int, rate: float | None, sample_every: int = SAMPLE_EVERY) -> str:
+    poller, sent = measure(settings, count, rate, sample_every)
     offered = f"{rate:,.0f}/s offered" if rate else "all at once"
     return f"{count:>7,} {offered:>14}: {poller.report(sent)}"
 
@@ -131,15 +133,17 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15, help="duration of each steady phase")
     parser.add_argument("--burst", type=int, default=40000, help="requests sent at once at the end")
     parser.add_argument("--workers", type=int, default=1, help="stream workers in the consumer group")
+    parser.add_argument("--sample-every", type=int, default=SAMPLE_EVERY, help="time every Nth request")
     args = parser.parse_args()
     os.environ["FLIGHT_PLATFORM_STREAM_WORKERS"] = str(args.workers)
     with running_platform() as platform:
         with platform.instance() as instance:
             wait_until(lambda: len(serving_runs(instance)) == args.workers, RECOVERY_TIMEOUT_S,
                        f"{args.workers} stream workers serving")
-        results = [phase(platform.settings, int(rate * args.seconds), rate)
+        results = [phase(platform.settings, int(rate * args.seconds), rate, args.sample_every)
                    for rate in map(float, args.rates.split(","))]
-        results.append(phase(platform.settings, args.burst, rate=None))
+        if args.burst:
+            results.append(phase(platform.settings, args.burst, rate=None))
     print(f"\nStreaming path, {args.workers} worker(s): Kafka produce -> Dagster streaming run -> "
           f"MongoDB document visible")
     print("\n".join(results))

@@ -276,6 +276,8 @@ class StackProcess:
             except ProcessLookupError:
                 pass
         self.process.wait()
+        # Gone, ports closed: a JVM takes a moment to die after SIGKILL.
+        wait_until(lambda: not any(services.alive(pid) for pid in pids), 30, "the killed processes to end")
         return len(pids)
 
     def stop(self, timeout: float = 120) -> None:

@@ -365,7 +365,7 @@ def stop_all(to_stop: list[Service]) -> dict[str, str]:
     deadline = time.monotonic() + SHUTDOWN_TIMEOUT_S
     while stopping and time.monotonic() < deadline:
         for name, pid in list(stopping.items()):
-            if not _alive(pid):
+            if not alive(pid):
                 reports[name] = f"stopped (pid {pid})"
                 del stopping[name]
         time.sleep(0.05)
@@ -382,21 +382,29 @@ def kill(service: Service) -> str:
     if pid is None:
         return "not running"
     os.kill(pid, signal.SIGKILL)
-    while _alive(pid):
+    while alive(pid):
         time.sleep(0.01)
     return f"killed (pid {pid})"
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether any thread of `pid` still runs. A killed JVM's main thread is a zombie before its
+    other threads have ended, and its sockets close only with the last of them."""
     try:
         os.waitpid(pid, os.WNOHANG)  # reap it if it is our child (tests start services in-process)
     except ChildProcessError:
         pass
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
     except FileNotFoundError:
         return False
-    return state != "Z"
+    for task in tasks:
+        try:
+            if (task / "stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X"):
+                return True
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # that thread has just ended
+    return False
 
 
 def describe(service: Service) -> tuple[bool, str]:
