@@ -77,7 +77,7 @@ def nyc_flights() -> pd.DataFrame:
 
 @pytest.fixture(scope="session")
 def running_services(settings) -> Iterator[Settings]:
-    """The real Kafka-protocol broker and MongoDB-protocol server, stopped even on failure."""
+    """The real Kafka broker and MongoDB-protocol server, stopped even on failure."""
     try:
         services.up(settings)
         yield settings

@@ -2,7 +2,7 @@
 
     python -m flight_platform.local.stack        (what `make run` does)
 
-1. starts the Kafka-protocol broker and the MongoDB-protocol server (`flight_platform.local.services`),
+1. starts Apache Kafka and the MongoDB-protocol server (`flight_platform.local.services`),
    and settles the runs a stack that died without stopping (a power cut, kill -9) left unfinished;
 2. registers the months the sources hold as partitions and, unless every month and a model are
    already materialized, materializes every asset with the `dagster` CLI (one run over all
