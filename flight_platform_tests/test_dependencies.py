@@ -20,6 +20,7 @@ DEPENDENCIES = {
     "pyarrow": "pyarrow",
     "pandas": "pandas",
     "kafka-python": "kafka",
+    "crc32c": "crc32c",
     "pymongo": "pymongo",
     "flask": "flask",
     "gunicorn": "gunicorn",
@@ -63,3 +64,9 @@ def test_secantus_server_runs_as_its_own_program():
     server = Path(sys.executable).parent / "secantusd-py"
     usage = subprocess.run([str(server), "--help"], capture_output=True, text=True, check=True)
     assert "--storage-path" in usage.stdout
+
+
+def test_kafka_python_checks_crcs_in_c():
+    from kafka.record import util
+
+    assert util.calc_crc32c.__defaults__[0].__module__ != "kafka.record._crc32c"
