@@ -89,6 +89,8 @@ def test_the_unmutated_request_parses():
     b'{"Carrier": "' + b"A" * 60_000 + b'"}',
     b'{"DepDelay": NaN}', b'{"DepDelay": -Infinity}', b'{"DepDelay": 1e999}',
     b"\xef\xbb\xbf{}", b'"\\ud800"', b"",
+    # Huge numbers are described, not quoted (and Python's repr refuses over 4,300 digits).
+    b'{"FlightNum": 1' + b"0" * 400 + b', "Origin": 1' + b"0" * 400 + b', "UUID": 1' + b"0" * 5000 + b"}",
 ])
 def test_hostile_messages_are_refused_with_a_short_reason(payload):
     assert outcome(payload) is None

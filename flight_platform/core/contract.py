@@ -44,7 +44,10 @@ def quote(value: Any) -> str:
         return f"{value[:QUOTE_CHARS]!r}... ({len(value):,} characters)"
     if isinstance(value, (dict, list)):
         return f"a JSON {'object' if isinstance(value, dict) else 'array'}"
-    return repr(value)
+    if isinstance(value, int) and value.bit_length() > 128:  # repr refuses over 4,300 digits
+        return f"a whole number of about {int(value.bit_length() * 0.30103):,} digits"
+    text = repr(value)
+    return text if len(text) <= QUOTE_CHARS else f"{text[:QUOTE_CHARS]}... ({len(text):,} characters)"
 
 
 class InvalidRequest(ValueError):
