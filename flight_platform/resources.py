@@ -114,6 +114,8 @@ class ModelStoreResource(ConfigurableResource):
     promotion_tolerance: float = 0.005
     # Challengers kept in the champion's shadow; adding one more displaces the oldest.
     max_challengers: int = 2
+    # Whether the stream explains every answer it serves (and every shadow prediction).
+    explain_answers: bool = True
 
     def store(self) -> ModelStore:
         return ModelStore(Path(self.root))
@@ -138,5 +140,6 @@ def build_resources(settings: Settings) -> dict[str, ConfigurableResource]:
                                        bts_dir=str(settings.bts_dir)),
         "model_store": ModelStoreResource(root=str(settings.model_store_dir),
                                           promotion_tolerance=settings.promotion_tolerance,
-                                          max_challengers=settings.max_challengers),
+                                          max_challengers=settings.max_challengers,
+                                          explain_answers=settings.explain_answers),
     }

@@ -41,6 +41,7 @@ class Settings:
     drift_psi_threshold: float
     promotion_tolerance: float
     max_challengers: int
+    explain_answers: bool
     spark_driver_host: str
     spark_driver_memory: str
     spark_class_archive: Path | None  # see flight_platform.local.spark_class_archive
@@ -140,6 +141,9 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         promotion_tolerance=float(_env("PROMOTION_TOLERANCE", "0.005")),
         # Challenger models scored beside the champion on every request (each adds a little latency).
         max_challengers=int(_env("MAX_CHALLENGERS", "2")),
+        # Every answer carries each input's contribution to it (see core.scoring); "false" stores
+        # answers without, as the stream benchmark does to measure what explaining costs.
+        explain_answers=_env("EXPLAIN_ANSWERS", "true").lower() == "true",
         # On a cluster this must be an address the executors can reach.
         spark_driver_host=_env("SPARK_DRIVER_HOST", "127.0.0.1"),
         spark_driver_memory=_env("SPARK_DRIVER_MEMORY", "4g"),

@@ -106,6 +106,30 @@ def test_the_answer_is_shown_as_probability_bars(page):
         expect(shadow_line).to_be_hidden()
 
 
+def test_the_answer_says_which_inputs_moved_it_most(page):
+    prediction = submit_and_wait(page)  # a flight that left 20 minutes late
+    label = prediction["PredictionLabel"]
+    contributions = [c for c in prediction["Explanation"]["Contributions"]
+                     if abs(c["Contribution"]) >= 0.0005][:3]
+
+    def in_words(contribution: float) -> str:
+        points = abs(contribution) * 100
+        size = f"{points:.0f}" if points >= 1 else f"{points:.1f}"
+        return f"+{size} points toward {label}" if contribution >= 0 else f"−{size} points away from {label}"
+
+    reasons = page.locator("#reasons li")
+    expect(reasons).to_have_count(len(contributions))
+    assert contributions, "the model's answer for a real flight depends on some input"
+    for reason, contribution in zip(reasons.all(), contributions, strict=True):
+        words = in_words(contribution["Contribution"])
+        expect(reason).to_contain_text(words)
+        if contribution["Feature"] == "DepDelay":
+            expect(reason).to_have_text(f"Departure delay of 20 min: {words}")
+    base = prediction["Explanation"]["BaseProbability"] * 100
+    expect(page.locator("#base-rate")).to_have_text(
+        f"Before looking at this flight, the model gives {label} {base:.0f}%.")
+
+
 def test_challenger_models_are_listed_under_the_answer(page):
     def with_shadow(route: Route) -> None:
         """The real answer, with two challenger models' predictions (as the contract's Shadow

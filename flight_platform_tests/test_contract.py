@@ -1,6 +1,7 @@
 import datetime as dt
 import json
 
+import numpy as np
 import pytest
 
 from flight_platform.core.contract import (
@@ -9,6 +10,8 @@ from flight_platform.core.contract import (
     InvalidRequest,
     PredictionRequest,
     PredictionResponse,
+    Scored,
+    explanation_documents,
     json_schemas,
 )
 
@@ -98,7 +101,7 @@ def test_a_valid_query_reads_an_integer_delay_as_a_number():
 def test_response_document():
     request = parse(valid_message())
     scored_at = dt.datetime(2026, 11, 25, 10, 0, 1, tzinfo=dt.UTC)
-    document = request.response([0.1, 0.2, 0.6, 0.1], "v1", scored_at)
+    document = request.response(Scored([0.1, 0.2, 0.6, 0.1]), "v1", scored_at)
     assert document["Prediction"] == 2
     assert document["PredictionLabel"] == "Slightly late (0–30 min)"
     assert [p["Probability"] for p in document["Probabilities"]] == [0.1, 0.2, 0.6, 0.1]
@@ -111,8 +114,8 @@ def test_response_document():
 
 def test_challengers_predictions_are_recorded_beside_the_champions():
     document = parse(valid_message()).response(
-        [0.1, 0.2, 0.6, 0.1], "v1", dt.datetime.now(dt.UTC),
-        shadow=[("v2", [0.7, 0.1, 0.1, 0.1]), ("v3", [0.1, 0.1, 0.1, 0.7])])
+        Scored([0.1, 0.2, 0.6, 0.1]), "v1", dt.datetime.now(dt.UTC),
+        shadow=[("v2", Scored([0.7, 0.1, 0.1, 0.1])), ("v3", Scored([0.1, 0.1, 0.1, 0.7]))])
     assert document["Prediction"] == 2 and document["ModelVersion"] == "v1"
     assert [(s["ModelVersion"], s["Prediction"], s["PredictionLabel"]) for s in document["Shadow"]] == [
         ("v2", 0, "Early (15+ min)"), ("v3", 3, "Very late (30+ min)")]
@@ -121,10 +124,45 @@ def test_challengers_predictions_are_recorded_beside_the_champions():
 
 
 def test_a_stored_answer_is_a_valid_response_document():
-    document = parse(valid_message()).response([0.1, 0.2, 0.6, 0.1], "v1", dt.datetime.now(dt.UTC))
+    document = parse(valid_message()).response(Scored([0.1, 0.2, 0.6, 0.1]), "v1", dt.datetime.now(dt.UTC))
     assert PredictionResponse.model_validate(document).id == document["UUID"]
     del document["Shadow"]  # stored before challengers existed
     assert PredictionResponse.model_validate(document).Shadow == []
+
+
+def test_an_explained_answer_names_its_inputs_largest_first_and_adds_up():
+    features = ["DepDelay", "Carrier", "Route"]
+    probabilities = np.array([[0.1, 0.2, 0.3, 0.4], [0.7, 0.1, 0.1, 0.1]])
+    base_rates = np.array([0.25, 0.25, 0.25, 0.25])
+    contributions = np.array([  # row, feature, bucket: each row adds up to its probabilities
+        [[-0.1, -0.05, 0.0, 0.2], [0.0, 0.0, 0.05, -0.1], [-0.05, 0.0, 0.0, 0.05]],
+        [[0.4, -0.1, -0.1, -0.2], [0.05, -0.05, 0.0, 0.0], [0.0, 0.0, -0.05, 0.05]]])
+    first, second = (Scored(p, e) for p, e in zip(probabilities.tolist(), explanation_documents(
+        features, base_rates, contributions, probabilities), strict=True))
+
+    document = parse(valid_message()).response(first, "v1", dt.datetime.now(dt.UTC),
+                                                shadow=[("v2", second)])
+    explanation = PredictionResponse.model_validate(document).Explanation
+    assert document["Prediction"] == 3 and explanation.BaseProbability == 0.25
+    assert [(c.Feature, c.Contribution) for c in explanation.Contributions] == [
+        ("DepDelay", 0.2), ("Carrier", -0.1), ("Route", 0.05)]
+    assert explanation.ContributionsByBucket["Carrier"] == [0.0, 0.0, 0.05, -0.1]
+    for bucket, probability in enumerate(probabilities[0]):
+        assert explanation.BaseProbabilities[bucket] + sum(
+            values[bucket] for values in explanation.ContributionsByBucket.values()) == pytest.approx(
+            probability, abs=1e-9)
+    shadow = document["Shadow"][0]["Explanation"]
+    assert shadow["BaseProbability"] == 0.25 and shadow["Contributions"][0] == {
+        "Feature": "DepDelay", "Contribution": 0.4}
+
+
+def test_answers_stored_without_an_explanation_are_valid():
+    document = parse(valid_message()).response(
+        Scored([0.1, 0.2, 0.6, 0.1]), "v1", dt.datetime.now(dt.UTC),
+        shadow=[("v2", Scored([0.7, 0.1, 0.1, 0.1]))])
+    assert "Explanation" not in document and "Explanation" not in document["Shadow"][0]
+    parsed = PredictionResponse.model_validate(document)
+    assert parsed.Explanation is None and parsed.Shadow[0].Explanation is None
 
 
 def test_the_published_json_schemas_are_current():

@@ -48,6 +48,25 @@ def test_answer_rows_hold_the_champion_and_each_challenger():
     assert rows.loc[1, "Probabilities"] == [0.1, 0.6, 0.2, 0.1]  # ordered by bucket
 
 
+def explained(document: dict, **contributions: float) -> dict:
+    return {**document, "Explanation": {"Contributions": [
+        {"Feature": feature, "Contribution": value} for feature, value in contributions.items()]}}
+
+
+def test_mean_absolute_contributions_per_version_leave_out_unexplained_answers():
+    shadow = explained({"ModelVersion": "v2", "Prediction": 1,
+                        "Probabilities": probabilities(0.1, 0.6, 0.2, 0.1)}, DepDelay=0.1, Carrier=-0.4)
+    rows = monitoring.answer_rows([
+        explained(document("a", "1", 2, [shadow]), DepDelay=0.3, Carrier=-0.1),
+        explained(document("b", "2", 0), DepDelay=-0.1, Carrier=0.05),
+        document("c", "3", 0)])  # stored before answers were explained
+    leaning = monitoring.mean_absolute_contributions(rows).set_index("ModelVersion")
+    assert leaning.to_dict("index") == {
+        "v1": {"ExplainedAnswers": 2, "DepDelay": pytest.approx(0.2), "Carrier": pytest.approx(0.075)},
+        "v2": {"ExplainedAnswers": 1, "DepDelay": pytest.approx(0.1), "Carrier": pytest.approx(0.4)}}
+    assert list(leaning.columns) == ["ExplainedAnswers", "Carrier", "DepDelay"]  # most leaned on first
+
+
 def test_join_matches_flights_and_says_why_not():
     flights = pd.DataFrame([
         ("2013-06-21", "DL", "1", "JFK", "ATL", -20.0),

@@ -33,7 +33,7 @@ from pymongo import MongoClient
 from flight_platform.batch.outcomes import DRIFT_CHECK, OUTCOMES, drift_check, prediction_outcomes
 from flight_platform.batch.sources import BUNDLED_MONTHS, MONTH_COLUMN, flight_months
 from flight_platform.clients.mongo import RESPONSES
-from flight_platform.core.contract import PredictionRequest
+from flight_platform.core.contract import PredictionRequest, Scored
 from flight_platform.core.model_store import ModelStore
 from flight_platform.core.scoring import PipelineScorer
 from flight_platform.definitions import build_definitions
@@ -90,12 +90,12 @@ def store_answers(database, settings, flights: pd.DataFrame) -> list[dict]:
         Dest=f.Dest, DepDelay=float(f.DepDelay), Distance=float(f.Distance))
         for f in flights.itertuples()]
     scorer = PipelineScorer.load(session_store.pipeline_dir(champion))
-    scored = scorer.probabilities([request.model_input() for request in requests])
+    scored = scorer.score([request.model_input() for request in requests])
     now = datetime.now(UTC)
     documents = [
-        request.response(probabilities.tolist(), champion, now, shadow=[(CHALLENGER, [
-            1.0 if b == bucket(request.DepDelay) else 0.0 for b in range(4)])])
-        for request, probabilities in zip(requests, scored, strict=True)]
+        request.response(champion_scored, champion, now, shadow=[(CHALLENGER, Scored([
+            1.0 if b == bucket(request.DepDelay) else 0.0 for b in range(4)]))])
+        for request, champion_scored in zip(requests, scored, strict=True)]
     database[RESPONSES].insert_many(documents)
     return documents
 
@@ -179,6 +179,14 @@ def test_a_normal_day_is_scored_per_version_and_raises_no_drift(database, settin
     calibration = [row for row in records(metadata["calibration"]) if row["ModelVersion"] == champion]
     assert [row["ObservedFrequency"] for row in calibration] == pytest.approx(
         [(actual == b).mean() for b in range(4)], abs=1e-4)
+
+    # Which inputs each version leans on: the champion's answers are explained, the hand-made
+    # challenger's are not, so it has no row.
+    (leaning,) = records(metadata["mean_absolute_contribution_by_version"])
+    expected = pd.DataFrame([{c["Feature"]: abs(c["Contribution"])
+                              for c in d["Explanation"]["Contributions"]} for d in documents]).mean()
+    assert leaning["ModelVersion"] == champion and leaning["ExplainedAnswers"] == len(documents)
+    assert {k: leaning[k] for k in expected.index} == pytest.approx(expected.to_dict(), abs=1e-4)
 
     for chart in ("accuracy_by_day_chart", "calibration_chart"):
         image = metadata[chart].split("data:image/svg+xml;base64,")[1].split(")")[0]

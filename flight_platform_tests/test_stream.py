@@ -15,7 +15,7 @@ from pymongo import MongoClient
 from flight_platform.batch.model import ModelTrainingConfig
 from flight_platform.clients.kafka import create_producer, ensure_topic
 from flight_platform.clients.mongo import DEAD_LETTERS, RESPONSES, find_by_ids
-from flight_platform.core.contract import PredictionRequest
+from flight_platform.core.contract import PredictionRequest, PredictionResponse
 from flight_platform.core.features import ARRIVAL_DELAY_LABELS
 from flight_platform.core.model_store import ModelStore
 from flight_platform.core.scoring import PipelineScorer
@@ -77,7 +77,25 @@ def test_every_request_gets_one_valid_answer(settings, start_stream, topic, data
         assert sum(p["Probability"] for p in answer["Probabilities"]) == pytest.approx(1, abs=1e-5)
         assert answer["ModelVersion"] == version
         assert answer["ScoredAt"] >= answer["RequestedAt"]
+        # Explained: every bucket's base probability and contributions add up to its probability
+        # (each figure rounded to 6 decimals).
+        explanation = PredictionResponse.model_validate(answer).Explanation
+        for bucket in answer["Probabilities"]:
+            added_up = explanation.BaseProbabilities[bucket["Bucket"]] + sum(
+                values[bucket["Bucket"]] for values in explanation.ContributionsByBucket.values())
+            assert added_up == pytest.approx(bucket["Probability"], abs=1e-5)
     assert stream.process.poll() is None
+
+
+def test_answers_are_stored_unexplained_when_explanations_are_off(settings, start_stream, topic,
+                                                                  database):
+    requests = [make_request(random.Random(2)) for _ in range(20)]
+    ids = [r.UUID for r in requests]
+    start_stream(request_topic=topic, consumer_group=f"group_{topic}", explain_answers="false")
+    produce(settings, topic, [r.to_message() for r in requests])
+
+    wait_for(lambda: answered(database, ids) == len(ids), 120, "every answer")
+    assert all("Explanation" not in answer for answer in find_by_ids(database[RESPONSES], ids))
 
 
 def test_malformed_messages_are_dead_lettered_and_the_stream_goes_on(settings, start_stream, topic,
@@ -233,15 +251,18 @@ def test_challengers_are_scored_beside_the_champion_which_alone_is_served(
     scorers = {v: PipelineScorer.load(store.pipeline_dir(v)) for v in [champion, *two_challengers]}
     rows = [r.model_input() for r in requests]
     expected = {v: dict(zip(ids, scorer.probabilities(rows), strict=True)) for v, scorer in scorers.items()}
+    explained = {v: dict(zip(ids, scorer.score(rows), strict=True)) for v, scorer in scorers.items()}
     for answer in find_by_ids(database[RESPONSES], ids):
         # The champion's answer is what the champion alone gives: the challengers change nothing.
         assert answer["ModelVersion"] == champion
         assert [p["Probability"] for p in answer["Probabilities"]] == pytest.approx(
             expected[champion][answer["_id"]], abs=1e-6)
         assert [s["ModelVersion"] for s in answer["Shadow"]] == two_challengers
+        assert answer["Explanation"] == explained[champion][answer["_id"]].explanation
         for shadow in answer["Shadow"]:
             assert [p["Probability"] for p in shadow["Probabilities"]] == pytest.approx(
                 expected[shadow["ModelVersion"]][answer["_id"]], abs=1e-6)
+            assert shadow["Explanation"] == explained[shadow["ModelVersion"]][answer["_id"]].explanation
     disagreements = sum(expected[champion][i].argmax() != expected[v][i].argmax()
                         for v in two_challengers for i in ids)
     assert disagreements > 0, "models that always agree would make this comparison meaningless"

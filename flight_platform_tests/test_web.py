@@ -17,7 +17,7 @@ from pymongo import MongoClient
 
 from flight_platform.clients.kafka import ensure_topic
 from flight_platform.clients.mongo import DISTANCES, RESPONSES
-from flight_platform.core.contract import PredictionRequest
+from flight_platform.core.contract import PredictionRequest, Scored
 from flight_platform.core.features import ARRIVAL_DELAY_LABELS
 from flight_platform.core.model_store import ModelStore
 from flight_platform.local import services
@@ -250,7 +250,7 @@ def test_polling_waits_until_the_answer_is_stored(client, settings):
     scored_at = dt.datetime.now(dt.UTC)
     with MongoClient(settings.mongo_uri) as mongo:
         mongo[settings.mongo_database][RESPONSES].insert_one(
-            request.response([0.1, 0.2, 0.6, 0.1], "test-version", scored_at))
+            request.response(Scored([0.1, 0.2, 0.6, 0.1]), "test-version", scored_at))
     body = client.get(url).get_json()
     assert body["status"] == "OK" and body["id"] == request.UUID
     assert body["prediction"]["PredictionLabel"] == ARRIVAL_DELAY_LABELS[2]

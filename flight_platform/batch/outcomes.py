@@ -79,7 +79,8 @@ def read_answers(mongo: MongoResource, months: list[str]) -> list[dict]:
     """Every stored answer for a flight of `months`. A scan: an index on FlightDate would slow every
     insert of the stream (a second unique index cost it 3x), to save a monthly batch a few seconds."""
     dates = [{"FlightDate": {"$gte": f"{month}-01", "$lte": f"{month}-31"}} for month in months]
-    fields = [*monitoring.REQUEST_COLUMNS, "ModelVersion", "Prediction", "Probabilities", "Shadow"]
+    fields = [*monitoring.REQUEST_COLUMNS, "ModelVersion", "Prediction", "Probabilities",
+              "Explanation.Contributions", "Shadow"]
     return list(mongo.get_database()[RESPONSES].find({"$or": dates}, dict.fromkeys(fields, 1)))
 
 
@@ -252,7 +253,8 @@ def calibration_chart(calibration: pd.DataFrame) -> str:
     "ArrDelay bucket (same FlightDate, Carrier, FlightNum, Origin, Dest), one row per answer and "
     "model version: the champion that served it and each challenger scored in its shadow. "
     "Metadata: matched and unmatched answers, live accuracy and weighted F1 per version beside its "
-    "offline held-out accuracy, confusion matrices, calibration, and charts (a run over several "
+    "offline held-out accuracy, confusion matrices, calibration, each version's mean absolute "
+    "contribution per input (which inputs it leans on), and charts (a run over several "
     "months reports them together). Answers stored later are taken in by materializing the month "
     "again.",
 )
@@ -296,6 +298,8 @@ def prediction_outcomes(context: AssetExecutionContext, mongo: MongoResource,
         "confusion_matrix": frame_table(confusion_frame(monitoring.confusion_by_version(outcomes))),
         "calibration": frame_table(calibration),
         "calibration_chart": MetadataValue.md(calibration_chart(calibration)),
+        "mean_absolute_contribution_by_version": frame_table(
+            monitoring.mean_absolute_contributions(outcomes)),
     })
 
 

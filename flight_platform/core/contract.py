@@ -16,8 +16,9 @@ import json
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
+import numpy as np
 from annotated_types import Ge, Le
 from pydantic import (
     AfterValidator,
@@ -188,34 +189,68 @@ class PredictionRequest(RequestedFlight):
     def model_input(self) -> dict[str, Any]:
         return {**self.__dict__, "Route": route(self.Origin, self.Dest)}
 
-    def response(self, probabilities: list[float], model_version: str, scored_at: dt.datetime,
-                 shadow: Sequence[tuple[str, list[float]]] = ()) -> dict[str, Any]:
+    def response(self, champion: "Scored", model_version: str, scored_at: dt.datetime,
+                 shadow: Sequence[tuple[str, "Scored"]] = ()) -> dict[str, Any]:
         """The response document (a `PredictionResponse` by alias): the request, the champion's
-        predicted bucket and how sure it is, and each challenger's (`shadow`: version,
-        probabilities). Built without validating again what is already checked."""
+        predicted bucket, how sure it is and why, and each challenger's (`shadow`: version,
+        scored). Built without validating again what is already checked."""
         fields = self.__dict__
         return {
             "_id": self.UUID,  # one document per request: see flight_platform.clients.mongo
             **{name: fields[name] for name in RequestedFlight.model_fields},
             "Route": route(self.Origin, self.Dest),
-            **_prediction(probabilities),
+            **_prediction(champion),
             "ModelVersion": model_version,
-            "Shadow": [{"ModelVersion": version, **_prediction(p)} for version, p in shadow],
+            "Shadow": [{"ModelVersion": version, **_prediction(scored)} for version, scored in shadow],
             "RequestedAt": dt.datetime.fromisoformat(self.Timestamp),
             "ScoredAt": scored_at,
         }
 
 
-def _prediction(probabilities: list[float]) -> dict[str, Any]:
-    """The predicted bucket, its label and every bucket's probability, as the documents hold them."""
+class Scored(NamedTuple):
+    """One model's answer to one request: every bucket's probability, and why (an `Explanation`
+    document from `explanation_documents`, or None when answers are not explained)."""
+
+    probabilities: list[float]
+    explanation: dict[str, Any] | None = None
+
+
+def _prediction(scored: Scored) -> dict[str, Any]:
+    """The predicted bucket, its label, every bucket's probability and the explanation, as the
+    documents hold them."""
+    probabilities = scored.probabilities
     prediction = max(range(len(probabilities)), key=probabilities.__getitem__)
-    return {
+    document = {
         "Prediction": prediction,
         "PredictionLabel": ARRIVAL_DELAY_LABELS[prediction],
         "Probabilities": [
             {"Bucket": bucket, "Label": label, "Probability": round(float(p), 6)}
             for bucket, (label, p) in enumerate(zip(ARRIVAL_DELAY_LABELS, probabilities, strict=True))],
     }
+    if scored.explanation is not None:
+        document["Explanation"] = scored.explanation
+    return document
+
+
+def explanation_documents(features: list[str], base_rates: np.ndarray, contributions: np.ndarray,
+                          probabilities: np.ndarray) -> list[dict[str, Any]]:
+    """Each row's `Explanation` document, from a scorer's base rates (by bucket) and contributions
+    (row, feature, bucket) for rows with these `probabilities`; rounded to 6 decimals like them."""
+    predicted = probabilities.argmax(axis=1)  # the first likeliest, as _prediction picks it
+    rounded = np.round(contributions, 6)
+    toward_predicted = rounded[np.arange(len(rounded)), :, predicted]
+    largest_first = np.argsort(-np.abs(toward_predicted), axis=1, kind="stable").tolist()
+    base = np.round(base_rates, 6).tolist()
+    documents = []
+    for bucket, order, toward, by_bucket in zip(predicted.tolist(), largest_first,
+                                                toward_predicted.tolist(), rounded.tolist(), strict=True):
+        documents.append({
+            "BaseProbability": base[bucket],
+            "Contributions": [{"Feature": features[j], "Contribution": toward[j]} for j in order],
+            "BaseProbabilities": base,
+            "ContributionsByBucket": dict(zip(features, by_bucket, strict=True)),
+        })
+    return documents
 
 
 class BucketProbability(BaseModel):
@@ -224,6 +259,38 @@ class BucketProbability(BaseModel):
     Bucket: int = Field(ge=0, lt=len(ARRIVAL_DELAY_LABELS))
     Label: str
     Probability: float = Field(ge=0, le=1)
+
+
+class FeatureContribution(BaseModel):
+    model_config = ConfigDict(strict=True, frozen=True)
+
+    Feature: str = Field(description="A model input, named as in the request (Route: Origin-Dest)")
+    Contribution: float = Field(ge=-1, le=1, description="What this input's value added to the "
+                                "predicted bucket's probability (negative: took away)")
+
+
+class AnswerExplanation(BaseModel):
+    """Why a model gave its answer: the random forest's probabilities decomposed along its decision
+    paths. BaseProbability + the sum of Contributions = the predicted bucket's probability (to the
+    rounding of 6 decimals); likewise for every bucket with BaseProbabilities and
+    ContributionsByBucket. What the model associates with a value, not what causes a delay."""
+
+    model_config = ConfigDict(strict=True, frozen=True)
+
+    BaseProbability: float = Field(ge=0, le=1, description="The predicted bucket's share of the "
+                                   "training rows: the forest's answer before any split")
+    Contributions: list[FeatureContribution] = Field(
+        description="Every input's contribution to the predicted bucket, largest first")
+    BaseProbabilities: list[float] = Field(
+        min_length=len(ARRIVAL_DELAY_LABELS), max_length=len(ARRIVAL_DELAY_LABELS),
+        description="Every bucket's base probability, by bucket")
+    ContributionsByBucket: dict[str, list[float]] = Field(
+        description="Every input's contribution to every bucket, by bucket")
+
+
+def _explanation_field() -> Any:
+    return Field(default=None, description="Why this answer (answers stored before explanations "
+                 "existed, or with FLIGHT_PLATFORM_EXPLAIN_ANSWERS off, have none)")
 
 
 class ShadowPrediction(BaseModel):
@@ -235,6 +302,7 @@ class ShadowPrediction(BaseModel):
     Prediction: int = Field(ge=0, lt=len(ARRIVAL_DELAY_LABELS))
     PredictionLabel: str
     Probabilities: list[BucketProbability]
+    Explanation: AnswerExplanation | None = _explanation_field()
 
 
 class PredictionResponse(RequestedFlight):
@@ -248,6 +316,7 @@ class PredictionResponse(RequestedFlight):
     PredictionLabel: str
     Probabilities: list[BucketProbability]
     ModelVersion: str = Field(description="The model version that produced this answer: the champion")
+    Explanation: AnswerExplanation | None = _explanation_field()
     Shadow: list[ShadowPrediction] = Field(
         default=[], description="The challengers' predictions for the same request (answers stored "
         "before challengers existed have none)")

@@ -18,7 +18,9 @@ BUCKETS = len(ARRIVAL_DELAY_LABELS)
 # one number on one route and day is not asked for, so such flights are ambiguous (join_outcomes).
 FLIGHT_KEY = ["FlightDate", "Carrier", "FlightNum", "Origin", "Dest"]
 REQUEST_COLUMNS = ["UUID", *FLIGHT_KEY, "DepDelay", "Distance", "Route"]
-ANSWER_COLUMNS = [*REQUEST_COLUMNS, "ModelVersion", "Role", "Prediction", "Probabilities"]
+# Contributions: {input: contribution to the predicted bucket} of an explained answer, else None.
+ANSWER_COLUMNS = [*REQUEST_COLUMNS, "ModelVersion", "Role", "Prediction", "Probabilities",
+                  "Contributions"]
 
 CHAMPION = "champion"  # the version that served the answer
 CHALLENGER = "challenger"  # a version scored in its shadow (the document's Shadow list)
@@ -51,8 +53,11 @@ def arrival_delay_bucket(arr_delay: pd.Series) -> pd.Series:
 
 def _prediction(role: str, scored: Mapping[str, Any]) -> dict[str, Any]:
     by_bucket = sorted(scored["Probabilities"], key=lambda p: p["Bucket"])
+    explanation = scored.get("Explanation")
     return {"ModelVersion": scored["ModelVersion"], "Role": role, "Prediction": scored["Prediction"],
-            "Probabilities": [p["Probability"] for p in by_bucket]}
+            "Probabilities": [p["Probability"] for p in by_bucket],
+            "Contributions": {c["Feature"]: c["Contribution"] for c in explanation["Contributions"]}
+            if explanation else None}
 
 
 def answer_rows(documents: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
@@ -141,6 +146,21 @@ def version_metrics(outcomes: pd.DataFrame) -> pd.DataFrame:
 def confusion_by_version(outcomes: pd.DataFrame) -> dict[str, np.ndarray]:
     return {version: confusion_matrix(rows["ActualBucket"], rows["Prediction"])
             for version, rows in matched(outcomes).groupby("ModelVersion")}
+
+
+def mean_absolute_contributions(answers: pd.DataFrame) -> pd.DataFrame:
+    """Per model version, over its explained answers (matched to a flight or not): how many, and
+    the mean absolute contribution of each input to the predicted bucket, which says which inputs
+    the version leans on. Inputs in columns, the most leaned on first; answers stored without an
+    explanation are left out."""
+    explained = answers[answers["Contributions"].notna()]
+    if explained.empty:
+        return pd.DataFrame(columns=["ModelVersion", "ExplainedAnswers"])
+    by_input = pd.DataFrame(explained["Contributions"].to_list(), index=explained.index).abs()
+    means = by_input.groupby(explained["ModelVersion"]).mean()
+    means = means[means.mean().sort_values(ascending=False).index]
+    counts = explained.groupby("ModelVersion").size().rename("ExplainedAnswers")
+    return pd.concat([counts, means], axis=1).reset_index()
 
 
 def calibration(outcomes: pd.DataFrame) -> pd.DataFrame:

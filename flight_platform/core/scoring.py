@@ -7,6 +7,13 @@ StringIndexer label lists, the VectorAssembler column order and every node of ev
 tree. Nothing is re-trained or re-derived; the numbers are Spark's. `flight_delay_model` checks on
 held-out rows that this gives the same predictions and probabilities as `transform` before it
 promotes a version, so a Spark upgrade that changed the saved layout fails loudly there.
+
+The same walk explains each answer (`PipelineScorer.explain`): every node of a tree holds the
+class distribution of the training rows that reached it, so a tree's prediction is its root's
+distribution plus, along the path, each split's change of distribution, credited to the split's
+feature (Saabas' decomposition). Averaged over the trees: the forest's base rates plus the sum of
+the contributions is exactly the probability served. A contribution says what the model
+associates with a value, not what causes a delay.
 """
 
 import json
@@ -17,6 +24,8 @@ from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
+
+from flight_platform.core.contract import Scored, explanation_documents
 
 STRING_INDEXER = "org.apache.spark.ml.feature.StringIndexerModel"
 VECTOR_ASSEMBLER = "org.apache.spark.ml.feature.VectorAssembler"
@@ -46,7 +55,13 @@ class _Forest:
     categorical: np.ndarray
     left: np.ndarray
     right: np.ndarray
-    leaf_probabilities: np.ndarray  # per node, the leaf's class counts normalized to sum 1
+    # Per node, the class counts of the training rows that reached it, normalized to sum 1: at a
+    # leaf the tree's prediction, at a split the starting point of its contribution.
+    node_probabilities: np.ndarray
+    # Per node but a root, what reaching it adds to its parent's probabilities, and the parent's
+    # split feature, credited with that change.
+    change_from_parent: np.ndarray
+    credited_feature: np.ndarray
     left_category_keys: np.ndarray  # sorted node * category_stride + category for categorical splits
     category_stride: int
     depth: int
@@ -66,16 +81,16 @@ class _Forest:
         categorical = np.zeros(total, bool)
         left = np.full(total, -1, np.int64)
         right = np.full(total, -1, np.int64)
-        leaf_probabilities = np.zeros((total, num_classes))
+        node_probabilities = np.zeros((total, num_classes))
         left_categories: list[tuple[int, float]] = []
         stride = 1
         for tree_id, nodes in trees.items():
             base = offsets[tree_id]
             for node in nodes:
                 index = base + node["id"]
+                stats = np.asarray(node["impurityStats"], float)
+                node_probabilities[index] = stats / stats.sum()
                 if node["leftChild"] < 0:
-                    stats = np.asarray(node["impurityStats"], float)
-                    leaf_probabilities[index] = stats / stats.sum()
                     continue
                 split = node["split"]
                 feature[index] = split["featureIndex"]
@@ -88,10 +103,15 @@ class _Forest:
                     stride = max(stride, split["numCategories"] + 1)
                     left_categories += [(index, c) for c in split["leftCategoriesOrThreshold"]]
         keys = np.sort(np.array([node * stride + int(c) for node, c in left_categories], np.int64))
+        parent = np.arange(total)  # a root is its own parent: no change, credited to nothing
+        splits = np.flatnonzero(left >= 0)
+        parent[left[splits]] = parent[right[splits]] = splits
         return cls(
             roots=np.array([offsets[t] for t in sorted(trees)], np.int64),
             feature=feature, threshold=threshold, categorical=categorical, left=left, right=right,
-            leaf_probabilities=leaf_probabilities, left_category_keys=keys, category_stride=stride,
+            node_probabilities=node_probabilities,
+            change_from_parent=node_probabilities - node_probabilities[parent],
+            credited_feature=feature[parent], left_category_keys=keys, category_stride=stride,
             depth=cls._depth(left, right, [offsets[t] for t in sorted(trees)]),
         )
 
@@ -110,9 +130,9 @@ class _Forest:
         found[found] = self.left_category_keys[position[found]] == keys[found]
         return found
 
-    def probabilities(self, features: np.ndarray) -> np.ndarray:
-        """Class probabilities for each row of `features`, as Spark's RandomForestClassificationModel:
-        the mean over trees of each reached leaf's normalized class counts."""
+    def _leaves(self, features: np.ndarray, steps: list | None = None) -> np.ndarray:
+        """The leaf each row of `features` reaches in each tree (row-major: row, then tree). With
+        `steps`, appends to it the (row, child) arrays of every split taken, level by level."""
         rows, trees = features.shape[0], self.roots.size
         node = np.tile(self.roots, rows)
         row = np.repeat(np.arange(rows), trees)
@@ -127,8 +147,38 @@ class _Forest:
             goes_left = np.where(is_categorical, self._in_left_categories(at, category),
                                  value <= self.threshold[at])
             node[inner] = np.where(goes_left, self.left[at], self.right[at])
-        votes = self.leaf_probabilities[node].reshape(rows, trees, -1).sum(axis=1)
+            if steps is not None:
+                steps.append((row[inner], node[inner]))
+        return node
+
+    def probabilities(self, features: np.ndarray) -> np.ndarray:
+        """Class probabilities for each row of `features`, as Spark's RandomForestClassificationModel:
+        the mean over trees of each reached leaf's normalized class counts."""
+        return self._mean_over_trees(self.node_probabilities[self._leaves(features)])
+
+    def _mean_over_trees(self, per_tree: np.ndarray) -> np.ndarray:
+        votes = per_tree.reshape(-1, self.roots.size, per_tree.shape[-1]).sum(axis=1)
         return votes / votes.sum(axis=1, keepdims=True)
+
+    def explain(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(probabilities as `probabilities` gives them, base rates per class, contributions per
+        row, feature and class), where base rates + the sum of a row's contributions = its
+        probabilities. One walk down the trees gives both."""
+        steps: list[tuple[np.ndarray, np.ndarray]] = []
+        leaves = self._leaves(features, steps)
+        rows, features_count = features.shape
+        classes = self.node_probabilities.shape[1]
+        slots = rows * features_count  # one per (row, feature)
+        contributions = np.zeros((slots, classes))
+        if steps:
+            row, child = (np.concatenate(arrays) for arrays in zip(*steps, strict=True))
+            slot = row * features_count + self.credited_feature[child]
+            change = self.change_from_parent[child]
+            for k in range(classes):  # bincount sums the steps of each slot, faster than np.add.at
+                contributions[:, k] = np.bincount(slot, weights=change[:, k], minlength=slots)
+        base_rates = self.node_probabilities[self.roots].mean(axis=0)
+        return (self._mean_over_trees(self.node_probabilities[leaves]), base_rates,
+                contributions.reshape(rows, features_count, classes) / self.roots.size)
 
 
 class PipelineScorer:
@@ -179,3 +229,30 @@ class PipelineScorer:
 
     def probabilities(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
         return self._forest.probabilities(self.feature_matrix(rows))
+
+    def explain(self, rows: Sequence[Mapping[str, Any]]) -> "Explained":
+        """The rows' probabilities (as `probabilities` gives them) and why, per request field:
+        an indexed column is credited to the field it indexes (Carrier_index to Carrier)."""
+        probabilities, base_rates, contributions = self._forest.explain(self.feature_matrix(rows))
+        return Explained([column for column, _ in self._columns], probabilities, base_rates,
+                         contributions)
+
+    def score(self, rows: Sequence[Mapping[str, Any]], explain: bool = True) -> list[Scored]:
+        """Each row's answer as the response documents hold it: probabilities, and why if `explain`."""
+        if not explain:
+            return [Scored(p) for p in self.probabilities(rows).tolist()]
+        explained = self.explain(rows)
+        return [Scored(p, e) for p, e in zip(explained.probabilities.tolist(), explanation_documents(
+            explained.fields, explained.base_rates, explained.contributions, explained.probabilities),
+            strict=True)]
+
+
+@dataclass(frozen=True)
+class Explained:
+    """Scored rows and their explanation: for every row and class,
+    probabilities[row, class] == base_rates[class] + contributions[row, :, class].sum()."""
+
+    fields: list[str]  # the request field of each contribution
+    probabilities: np.ndarray  # row, class
+    base_rates: np.ndarray  # class: the forest's prediction before any split (its training mix)
+    contributions: np.ndarray  # row, field, class

@@ -119,7 +119,8 @@ def serve_prediction_requests(context: OpExecutionContext, config: PredictionStr
     worker = PredictionStreamWorker(kafka.request_consumer(), scorer, version, database,
                                     context.log, config.progress_interval_seconds,
                                     max_message_bytes=kafka.max_message_bytes,
-                                    challengers=challengers, on_group_joined=joined)
+                                    challengers=challengers, explain=model_store.explain_answers,
+                                    on_group_joined=joined)
     shadowed = f" with challengers {', '.join(v for v, _ in challengers)}" if challengers else ""
     context.log.info(f"Serving model {version}{shadowed} from {kafka.request_topic} "
                      f"(group {kafka.consumer_group}) into {database.name}.{RESPONSES}")

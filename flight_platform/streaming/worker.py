@@ -6,7 +6,8 @@ Delivery is at-least-once into idempotent sinks, which answers each request exac
    oversized one), keyed by their topic/partition/offset. Whatever fails on one record (decoding,
    validation, scoring) makes that record a dead letter; nothing a message holds stops the stream;
 3. score the valid requests in one vectorized call per model: the champion, whose answer is
-   served, and each challenger, whose prediction is only recorded beside it (`Shadow`);
+   served, and each challenger, whose prediction is only recorded beside it (`Shadow`); the same
+   walk down the trees explains each prediction (`PipelineScorer.explain`);
 4. insert answers keyed by request UUID and dead letters by topic:partition:offset (both `_id`);
    a duplicate key means a redelivered message that was already answered: the first answer stands;
 5. only then commit the batch's offsets (those of stored batches go together, every
@@ -37,7 +38,7 @@ from pymongo.database import Database
 from pymongo.errors import BulkWriteError, ConnectionFailure
 
 from flight_platform.clients.mongo import DEAD_LETTERS, DUPLICATE_KEY, RESPONSES
-from flight_platform.core.contract import MAX_MESSAGE_BYTES, InvalidRequest, PredictionRequest
+from flight_platform.core.contract import MAX_MESSAGE_BYTES, InvalidRequest, PredictionRequest, Scored
 from flight_platform.core.scoring import PipelineScorer
 
 POLL_TIMEOUT_MS = 100  # also how quickly a stop request is noticed
@@ -112,7 +113,7 @@ class PredictionStreamWorker:
     def __init__(self, consumer: KafkaConsumer, scorer: PipelineScorer, model_version: str,
                  database: Database, log: logging.Logger, progress_interval_s: float = 15.0,
                  max_message_bytes: int = MAX_MESSAGE_BYTES,
-                 challengers: Sequence[tuple[str, PipelineScorer]] = (),
+                 challengers: Sequence[tuple[str, PipelineScorer]] = (), explain: bool = True,
                  on_group_joined: Callable[[list[TopicPartition]], None] = lambda partitions: None):
         self.consumer = consumer
         self.on_group_joined = on_group_joined
@@ -121,6 +122,7 @@ class PredictionStreamWorker:
         self.scorer = scorer
         self.model_version = model_version
         self.challengers = challengers
+        self.explain = explain
         self.responses = database[RESPONSES]
         self.dead_letters = database[DEAD_LETTERS]
         self.log = log
@@ -201,9 +203,9 @@ class PredictionStreamWorker:
         now = dt.datetime.now(dt.UTC)
         return _Batch(
             records=len(records),
-            answers=[requests[i][1].response(p, self.model_version, now, shadow=[
-                (version, probabilities[i]) for version, probabilities in shadows])
-                for i, p in scored],
+            answers=[requests[i][1].response(champion, self.model_version, now, shadow=[
+                (version, challenger[i]) for version, challenger in shadows])
+                for i, champion in scored],
             dead_letters=dead,
             # Records arrive in offset order per partition, so the last one sets the position.
             next_offsets={TopicPartition(r.topic, r.partition): r.offset + 1 for r in records},
@@ -275,33 +277,32 @@ class PredictionStreamWorker:
             (stored_at - answer["RequestedAt"]).total_seconds() * 1000 for answer in batch.answers
             if answer["RequestedAt"].tzinfo is not None]
 
-    def _score(self, rows: list[dict]) -> tuple[list[tuple[int, list[float]]], list[tuple[int, str]]]:
-        """(index, probabilities) for each row the champion scored and (index, reason) for the
-        rest. The batch is scored in one call; only if that fails is each row tried alone, so one
-        bad row cannot stop the stream."""
+    def _score(self, rows: list[dict]) -> tuple[list[tuple[int, Scored]], list[tuple[int, str]]]:
+        """(index, scored) for each row the champion scored and (index, reason) for the rest. The
+        batch is scored in one call; only if that fails is each row tried alone, so one bad row
+        cannot stop the stream."""
         if not rows:
             return [], []
         try:
-            probabilities = self.scorer.probabilities(rows)
-            return [(i, p.tolist()) for i, p in enumerate(probabilities)], []
+            return list(enumerate(self.scorer.score(rows, self.explain))), []
         except Exception:  # noqa: BLE001 - isolate the culprit below
             scored, failed = [], []
             for i, row in enumerate(rows):
                 try:
-                    scored.append((i, self.scorer.probabilities([row])[0].tolist()))
+                    scored.append((i, self.scorer.score([row], self.explain)[0]))
                 except Exception as error:  # noqa: BLE001 - becomes a dead letter with the reason
                     failed.append((i, f"scoring failed: {type(error).__name__}: {error}"))
             return scored, failed
 
-    def _score_challengers(self, rows: list[dict]) -> list[tuple[str, list[list[float]]]]:
-        """(version, probabilities per row) of each challenger that scored the whole batch. A
-        challenger never costs an answer: one that fails is left out of this batch's documents."""
+    def _score_challengers(self, rows: list[dict]) -> list[tuple[str, list[Scored]]]:
+        """(version, scored per row) of each challenger that scored the whole batch. A challenger
+        never costs an answer: one that fails is left out of this batch's documents."""
         if not rows:
             return []
         shadows = []
         for version, scorer in self.challengers:
             try:
-                shadows.append((version, scorer.probabilities(rows).tolist()))
+                shadows.append((version, scorer.score(rows, self.explain)))
             except Exception as error:  # noqa: BLE001 - the champion's answers are stored anyway
                 self.totals.shadow_failures += 1
                 self.log.warning(f"Challenger {version} failed on a batch of {len(rows)} "

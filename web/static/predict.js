@@ -82,6 +82,54 @@ function bucketRow(bucket, predicted) {
   return row;
 }
 
+const MAX_REASONS = 3;
+const WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"];
+
+// A model input's value in words, from the answer (which repeats the request's fields).
+function describeInput(feature, answer) {
+  const value = answer[feature];
+  switch (feature) {
+    case "DepDelay":
+      if (value > 0) return `Departure delay of ${value} min`;
+      return value < 0 ? `Departure ${-value} min early` : "Departure on time";
+    case "Carrier": return `Carrier ${value}`;
+    case "Origin": return `Departing from ${value}`;
+    case "Dest": return `Arriving at ${value}`;
+    case "Route": return `The route ${value}`;
+    case "Distance": return `A distance of ${value} miles`;
+    case "DayOfMonth": return `Day ${value} of the month`;
+    case "DayOfWeek": return `A ${WEEKDAYS[value - 1]}`;
+    case "DayOfYear": return `Day ${value} of the year`;
+    default: return `${feature} ${value}`;
+  }
+}
+
+// "Departure delay of 45 min: +38 points toward Very late (30+ min)": a contribution to the
+// predicted bucket's probability, in percentage points.
+function reasonText(contribution, answer) {
+  const points = Math.abs(contribution.Contribution) * 100;
+  const size = points >= 1 ? points.toFixed(0) : points.toFixed(1);
+  const direction = contribution.Contribution >= 0 ? `+${size} points toward` : `−${size} points away from`;
+  return `${describeInput(contribution.Feature, answer)}: ${direction} ${answer.PredictionLabel}`;
+}
+
+// The inputs that pushed the predicted bucket's probability most, either way (answers stored
+// before explanations existed have none, and show none).
+function showExplanation(answer) {
+  const box = document.getElementById("explanation");
+  const explanation = answer.Explanation;
+  box.hidden = !explanation;
+  if (!explanation) return;
+  const strongest = explanation.Contributions.filter((c) => Math.abs(c.Contribution) >= 0.0005)
+    .slice(0, MAX_REASONS);
+  document.getElementById("reasons").replaceChildren(
+    ...strongest.map((c) => element("li", c.Contribution >= 0 ? "reason toward" : "reason away",
+                                    reasonText(c, answer))));
+  document.getElementById("base-rate").textContent =
+    `Before looking at this flight, the model gives ${answer.PredictionLabel} ` +
+    `${(explanation.BaseProbability * 100).toFixed(0)}%.`;
+}
+
 // Challenger models score the same request in the shadow of the current one; shown small.
 function showShadow(prediction) {
   const shadow = prediction.Shadow || [];
@@ -100,6 +148,7 @@ function showPrediction(prediction) {
   const scoredAt = document.getElementById("scored-at");
   scoredAt.dateTime = prediction.ScoredAt;
   scoredAt.textContent = new Date(prediction.ScoredAt).toLocaleString();
+  showExplanation(prediction);
   showShadow(prediction);
   predictionBox.hidden = false;
 }
