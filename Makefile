@@ -38,6 +38,7 @@ test: install
 bench: install
 	$(BIN)/python -m benchmarks.materialize
 	$(BIN)/python -m benchmarks.stream
+	$(BIN)/python -m benchmarks.stream --explain-answers off --burst 0
 	$(BIN)/python -m benchmarks.stream --workers 2
 	$(BIN)/python -m benchmarks.shadow
 	$(BIN)/python -m benchmarks.web

@@ -2,7 +2,7 @@
 starts it: request produced to Kafka -> scored by the sensor-launched Dagster run -> response
 document readable in MongoDB.
 
-    .venv/bin/python -m benchmarks.stream [--rates 500,2000] [--seconds 15] [--burst 40000] [--workers 1]
+    .venv/bin/python -m benchmarks.stream [--rates 20,500,2000] [--seconds 15] [--burst 40000] [--workers 1]
         [--sample-every 20] [--explain-answers off]
 
 At rates above 100/s every 20th request is timed, at lower ones every request: a poller asks
@@ -132,7 +132,7 @@ def phase(settings: Settings, count: int, rate: float | None, sample_every: int 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rates", default="500,2000", help="steady request rates per second")
+    parser.add_argument("--rates", default="20,500,2000", help="steady request rates per second")
     parser.add_argument("--seconds", type=float, default=15, help="duration of each steady phase")
     parser.add_argument("--burst", type=int, default=40000, help="requests sent at once at the end")
     parser.add_argument("--workers", type=int, default=1, help="stream workers in the consumer group")

@@ -109,8 +109,10 @@ def test_the_answer_is_shown_as_probability_bars(page):
 def test_the_answer_says_which_inputs_moved_it_most(page):
     prediction = submit_and_wait(page)  # a flight that left 20 minutes late
     label = prediction["PredictionLabel"]
-    contributions = [c for c in prediction["Explanation"]["Contributions"]
-                     if abs(c["Contribution"]) >= 0.0005][:3]
+    explanation = prediction["Explanation"]
+    contributions = [(feature, contribution) for feature, contribution in zip(
+        explanation["Features"], explanation["Contributions"], strict=True)
+        if abs(contribution) >= 0.0005][:3]
 
     def in_words(contribution: float) -> str:
         points = abs(contribution) * 100
@@ -120,12 +122,12 @@ def test_the_answer_says_which_inputs_moved_it_most(page):
     reasons = page.locator("#reasons li")
     expect(reasons).to_have_count(len(contributions))
     assert contributions, "the model's answer for a real flight depends on some input"
-    for reason, contribution in zip(reasons.all(), contributions, strict=True):
-        words = in_words(contribution["Contribution"])
+    for reason, (feature, contribution) in zip(reasons.all(), contributions, strict=True):
+        words = in_words(contribution)
         expect(reason).to_contain_text(words)
-        if contribution["Feature"] == "DepDelay":
+        if feature == "DepDelay":
             expect(reason).to_have_text(f"Departure delay of 20 min: {words}")
-    base = prediction["Explanation"]["BaseProbability"] * 100
+    base = explanation["BaseProbability"] * 100
     expect(page.locator("#base-rate")).to_have_text(
         f"Before looking at this flight, the model gives {label} {base:.0f}%.")
 

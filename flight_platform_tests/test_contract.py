@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from flight_platform.core.contract import (
     SCHEMA_DIR,
@@ -144,16 +145,25 @@ def test_an_explained_answer_names_its_inputs_largest_first_and_adds_up():
                                                 shadow=[("v2", second)])
     explanation = PredictionResponse.model_validate(document).Explanation
     assert document["Prediction"] == 3 and explanation.BaseProbability == 0.25
-    assert [(c.Feature, c.Contribution) for c in explanation.Contributions] == [
-        ("DepDelay", 0.2), ("Carrier", -0.1), ("Route", 0.05)]
-    assert explanation.ContributionsByBucket["Carrier"] == [0.0, 0.0, 0.05, -0.1]
+    assert explanation.Features == ["DepDelay", "Carrier", "Route"]
+    assert explanation.Contributions == [0.2, -0.1, 0.05]
+    assert explanation.ContributionsByBucket[1] == [0.0, 0.0, 0.05, -0.1]  # Carrier's
     for bucket, probability in enumerate(probabilities[0]):
         assert explanation.BaseProbabilities[bucket] + sum(
-            values[bucket] for values in explanation.ContributionsByBucket.values()) == pytest.approx(
+            values[bucket] for values in explanation.ContributionsByBucket) == pytest.approx(
             probability, abs=1e-9)
     shadow = document["Shadow"][0]["Explanation"]
-    assert shadow["BaseProbability"] == 0.25 and shadow["Contributions"][0] == {
-        "Feature": "DepDelay", "Contribution": 0.4}
+    assert shadow["BaseProbability"] == 0.25
+    assert shadow["Features"][0] == "DepDelay" and shadow["Contributions"][0] == 0.4
+
+
+def test_an_explanation_has_one_contribution_per_input():
+    document = parse(valid_message()).response(Scored([0.1, 0.2, 0.6, 0.1], {
+        "BaseProbability": 0.25, "Features": ["DepDelay", "Carrier"], "Contributions": [0.35],
+        "BaseProbabilities": [0.25] * 4, "ContributionsByBucket": [[0.0] * 4, [0.0] * 4]}),
+        "v1", dt.datetime.now(dt.UTC))
+    with pytest.raises(ValidationError, match="differ in length"):
+        PredictionResponse.model_validate(document)
 
 
 def test_answers_stored_without_an_explanation_are_valid():

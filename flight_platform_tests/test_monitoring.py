@@ -49,8 +49,8 @@ def test_answer_rows_hold_the_champion_and_each_challenger():
 
 
 def explained(document: dict, **contributions: float) -> dict:
-    return {**document, "Explanation": {"Contributions": [
-        {"Feature": feature, "Contribution": value} for feature, value in contributions.items()]}}
+    return {**document, "Explanation": {"Features": list(contributions),
+                                        "Contributions": list(contributions.values())}}
 
 
 def test_mean_absolute_contributions_per_version_leave_out_unexplained_answers():

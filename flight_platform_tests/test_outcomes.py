@@ -183,8 +183,8 @@ def test_a_normal_day_is_scored_per_version_and_raises_no_drift(database, settin
     # Which inputs each version leans on: the champion's answers are explained, the hand-made
     # challenger's are not, so it has no row.
     (leaning,) = records(metadata["mean_absolute_contribution_by_version"])
-    expected = pd.DataFrame([{c["Feature"]: abs(c["Contribution"])
-                              for c in d["Explanation"]["Contributions"]} for d in documents]).mean()
+    expected = pd.DataFrame([dict(zip(d["Explanation"]["Features"], map(abs, d["Explanation"][
+        "Contributions"]), strict=True)) for d in documents]).mean()
     assert leaning["ModelVersion"] == champion and leaning["ExplainedAnswers"] == len(documents)
     assert {k: leaning[k] for k in expected.index} == pytest.approx(expected.to_dict(), abs=1e-4)
 

@@ -82,7 +82,7 @@ def test_every_request_gets_one_valid_answer(settings, start_stream, topic, data
         explanation = PredictionResponse.model_validate(answer).Explanation
         for bucket in answer["Probabilities"]:
             added_up = explanation.BaseProbabilities[bucket["Bucket"]] + sum(
-                values[bucket["Bucket"]] for values in explanation.ContributionsByBucket.values())
+                values[bucket["Bucket"]] for values in explanation.ContributionsByBucket)
             assert added_up == pytest.approx(bucket["Probability"], abs=1e-5)
     assert stream.process.poll() is None
 

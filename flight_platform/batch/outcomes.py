@@ -80,7 +80,7 @@ def read_answers(mongo: MongoResource, months: list[str]) -> list[dict]:
     insert of the stream (a second unique index cost it 3x), to save a monthly batch a few seconds."""
     dates = [{"FlightDate": {"$gte": f"{month}-01", "$lte": f"{month}-31"}} for month in months]
     fields = [*monitoring.REQUEST_COLUMNS, "ModelVersion", "Prediction", "Probabilities",
-              "Explanation.Contributions", "Shadow"]
+              "Explanation.Features", "Explanation.Contributions", "Shadow"]
     return list(mongo.get_database()[RESPONSES].find({"$or": dates}, dict.fromkeys(fields, 1)))
 
 

@@ -56,7 +56,7 @@ def _prediction(role: str, scored: Mapping[str, Any]) -> dict[str, Any]:
     explanation = scored.get("Explanation")
     return {"ModelVersion": scored["ModelVersion"], "Role": role, "Prediction": scored["Prediction"],
             "Probabilities": [p["Probability"] for p in by_bucket],
-            "Contributions": {c["Feature"]: c["Contribution"] for c in explanation["Contributions"]}
+            "Contributions": dict(zip(explanation["Features"], explanation["Contributions"], strict=True))
             if explanation else None}
 
 

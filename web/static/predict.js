@@ -106,11 +106,11 @@ function describeInput(feature, answer) {
 
 // "Departure delay of 45 min: +38 points toward Very late (30+ min)": a contribution to the
 // predicted bucket's probability, in percentage points.
-function reasonText(contribution, answer) {
-  const points = Math.abs(contribution.Contribution) * 100;
+function reasonText(feature, contribution, answer) {
+  const points = Math.abs(contribution) * 100;
   const size = points >= 1 ? points.toFixed(0) : points.toFixed(1);
-  const direction = contribution.Contribution >= 0 ? `+${size} points toward` : `−${size} points away from`;
-  return `${describeInput(contribution.Feature, answer)}: ${direction} ${answer.PredictionLabel}`;
+  const direction = contribution >= 0 ? `+${size} points toward` : `−${size} points away from`;
+  return `${describeInput(feature, answer)}: ${direction} ${answer.PredictionLabel}`;
 }
 
 // The inputs that pushed the predicted bucket's probability most, either way (answers stored
@@ -120,11 +120,12 @@ function showExplanation(answer) {
   const explanation = answer.Explanation;
   box.hidden = !explanation;
   if (!explanation) return;
-  const strongest = explanation.Contributions.filter((c) => Math.abs(c.Contribution) >= 0.0005)
-    .slice(0, MAX_REASONS);
-  document.getElementById("reasons").replaceChildren(
-    ...strongest.map((c) => element("li", c.Contribution >= 0 ? "reason toward" : "reason away",
-                                    reasonText(c, answer))));
+  // Features come largest contribution first.
+  const strongest = explanation.Features.map((feature, i) => [feature, explanation.Contributions[i]])
+    .filter(([, contribution]) => Math.abs(contribution) >= 0.0005).slice(0, MAX_REASONS);
+  document.getElementById("reasons").replaceChildren(...strongest.map(([feature, contribution]) =>
+    element("li", contribution >= 0 ? "reason toward" : "reason away",
+            reasonText(feature, contribution, answer))));
   document.getElementById("base-rate").textContent =
     `Before looking at this flight, the model gives ${answer.PredictionLabel} ` +
     `${(explanation.BaseProbability * 100).toFixed(0)}%.`;
