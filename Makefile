@@ -41,6 +41,7 @@ bench: install
 	$(BIN)/python -m benchmarks.stream --explain-answers off --burst 0
 	$(BIN)/python -m benchmarks.stream --workers 2
 	$(BIN)/python -m benchmarks.shadow
+	$(BIN)/python -m benchmarks.serving_under_batch
 	$(BIN)/python -m benchmarks.web
 	$(BIN)/python -m benchmarks.contract
 	$(BIN)/python -m benchmarks.faults

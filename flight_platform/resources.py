@@ -6,7 +6,9 @@ definitions run against the local stack or a cluster by environment alone.
 
 import os
 from pathlib import Path
+from typing import Any
 
+import psutil
 from dagster import ConfigurableResource
 from dagster_pyspark import LazyPySparkResource
 from kafka import KafkaConsumer, KafkaProducer
@@ -43,13 +45,56 @@ def spark_config(settings: Settings) -> dict[str, str]:
     return config
 
 
-def spark_resource(settings: Settings) -> LazyPySparkResource:
+SPARK_DRIVER_CLASS = "org.apache.spark.deploy.SparkSubmit"  # on the local driver JVM's command line
+
+
+class SparkResource(LazyPySparkResource):
+    """A LazyPySparkResource whose driver JVM, where local-mode Spark does all its work, runs at a
+    lower CPU priority than serving (`niceness`, 0-19; 0 shares the CPU equally): on a box shared
+    with the stream and the web app, a retrain takes only the CPU they leave."""
+
+    niceness: int = 19
+    _lowered: bool = PrivateAttr(default=False)
+
+    @property
+    def spark_session(self) -> Any:
+        session = super().spark_session
+        if not self._lowered and self.niceness:
+            for jvm in spark_driver_jvms():
+                lower_priority(jvm, self.niceness)
+            self._lowered = True
+        return session
+
+
+def spark_driver_jvms() -> list[psutil.Process]:
+    """The local Spark driver JVMs this process started (one, shared by every session)."""
+    jvms = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if SPARK_DRIVER_CLASS in child.cmdline():
+                jvms.append(child)
+        except psutil.Error:  # ended since it was listed (a PySpark worker, say)
+            pass
+    return jvms
+
+
+def lower_priority(process: psutil.Process, niceness: int) -> None:
+    """Set every thread of `process` to `niceness`. On Linux a priority belongs to a thread, and a
+    thread starts with its creator's, so the threads the JVM creates later inherit it too."""
+    for thread in process.threads():
+        try:
+            os.setpriority(os.PRIO_PROCESS, thread.id, niceness)
+        except ProcessLookupError:  # the thread ended since it was listed
+            pass
+
+
+def spark_resource(settings: Settings) -> SparkResource:
     """One SparkSession per process, created on first use (assets that never touch Spark start no
     JVM), and shared by every asset and check of a run (the in-process executor keeps them in one
-    process)."""
+    process); its JVM at FLIGHT_PLATFORM_BATCH_NICENESS."""
     # Spark picks its local address from the environment before reading any config.
     os.environ.setdefault("SPARK_LOCAL_IP", settings.spark_driver_host)
-    return LazyPySparkResource(spark_config=spark_config(settings))
+    return SparkResource(spark_config=spark_config(settings), niceness=settings.batch_niceness)
 
 
 class KafkaResource(ConfigurableResource):

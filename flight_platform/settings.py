@@ -44,6 +44,7 @@ class Settings:
     explain_answers: bool
     spark_driver_host: str
     spark_driver_memory: str
+    batch_niceness: int
     spark_class_archive: Path | None  # see flight_platform.local.spark_class_archive
     dagster_storage: str  # "sqlite" or "postgres" (see flight_platform.local.postgres)
     postgres_port: int
@@ -147,6 +148,9 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         # On a cluster this must be an address the executors can reach.
         spark_driver_host=_env("SPARK_DRIVER_HOST", "127.0.0.1"),
         spark_driver_memory=_env("SPARK_DRIVER_MEMORY", "4g"),
+        # The CPU priority of the local Spark driver JVM (0-19, as `nice`): batch work runs beside
+        # the stream and the web app, and only on the CPU they leave. 0: an equal share.
+        batch_niceness=int(_env("BATCH_NICENESS", "19")),
         # Built for the Spark jars of this virtualenv by `make install`; empty: none.
         spark_class_archive=Path(archive) if (archive := _env(
             "SPARK_CLASS_ARCHIVE", str(Path(sys.prefix) / "spark-classes.jsa"))) else None,

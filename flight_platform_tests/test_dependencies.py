@@ -21,6 +21,7 @@ DEPENDENCIES = {
     "pandas": "pandas",
     "kafka-python": "kafka",
     "crc32c": "crc32c",
+    "psutil": "psutil",
     "pymongo": "pymongo",
     "flask": "flask",
     "gunicorn": "gunicorn",

@@ -11,8 +11,8 @@ promotes a version, so a Spark upgrade that changed the saved layout fails loudl
 The same walk explains each answer (`PipelineScorer.explain`): every node of a tree holds the
 class distribution of the training rows that reached it, so a tree's prediction is its root's
 distribution plus, along the path, each split's change of distribution, credited to the split's
-feature (Saabas' decomposition). Averaged over the trees: the forest's base rates plus the sum of
-the contributions is exactly the probability served. A contribution says what the model
+feature (Saabas' decomposition). Averaged over the trees, the forest's base rates plus the sum of
+the contributions is the probability served (to float rounding). A contribution says what the model
 associates with a value, not what causes a delay.
 """
 
