@@ -217,7 +217,7 @@ def test_a_bug_is_a_json_500_that_is_logged_but_not_shown(settings, tmp_path, mo
     def failing_lookup(database):
         raise RuntimeError("internal detail")
 
-    monkeypatch.setattr("web.routes.known_routes", failing_lookup)
+    monkeypatch.setattr("flight_platform.clients.mongo.known_routes", failing_lookup)
     # Not in testing mode, where Flask would re-raise the exception to the test instead.
     client = client_for(dead_endpoints(settings, tmp_path), TESTING=False)
     answer = client.get("/flights/delays/routes")
@@ -233,6 +233,21 @@ def test_an_unknown_route_is_a_422_naming_it(client):
     assert answer.status_code == 422
     assert answer.get_json()["errors"] == {
         "Dest": "No flights from ATL to JFK in the data, so the route's distance is unknown."}
+
+
+def test_a_route_added_by_a_new_month_is_accepted_without_a_restart(client, settings):
+    """The app holds the routes in memory; a POST for a route it does not know reads them again."""
+    form = {**VALID_FORM, "Origin": "JFK", "Dest": "QQQ"}
+    assert client.post(PREDICT, data=form).status_code == 422
+    with MongoClient(settings.mongo_uri) as mongo:
+        routes = mongo[settings.mongo_database][DISTANCES]
+        routes.insert_one({"Origin": "JFK", "Dest": "QQQ", "Distance": 321.0, "Carriers": ["DL"],
+                           "Flights": 1})
+        try:
+            wait_for(lambda: client.post(PREDICT, data=form).status_code == 200, 30,
+                     "the new route accepted")
+        finally:
+            routes.delete_one({"Origin": "JFK", "Dest": "QQQ"})
 
 
 def test_polling_a_malformed_id_is_a_400(client):

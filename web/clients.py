@@ -1,4 +1,5 @@
-"""The web app's Kafka producer and MongoDB database, with failures turned into one error type."""
+"""The web app's Kafka producer, MongoDB database and route table, with failures turned into one
+error type."""
 
 import threading
 
@@ -9,6 +10,7 @@ from pymongo.database import Database
 from flight_platform.clients import kafka, mongo
 from flight_platform.core.contract import PredictionRequest
 from flight_platform.settings import Settings
+from web.route_table import RouteTable
 
 # A person is waiting on the page: fail within seconds rather than Kafka's default minute.
 TIMEOUT_S = 3
@@ -24,6 +26,7 @@ class ServiceClients:
         self._mongo = mongo.create_client(settings.mongo_uri, timeout_ms=TIMEOUT_S * 1000)
         self._producer: KafkaProducer | None = None
         self._producer_lock = threading.Lock()
+        self.route_table = RouteTable(lambda: mongo.known_routes(self.database))
 
     @property
     def database(self) -> Database:

@@ -8,7 +8,7 @@ from flask import Blueprint, current_app, redirect, render_template, request, ur
 from pymongo.errors import PyMongoError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
-from flight_platform.clients.mongo import RESPONSES, get_flight_distance, known_routes
+from flight_platform.clients.mongo import RESPONSES
 from flight_platform.core.contract import (
     FlightQuery,
     InvalidRequest,
@@ -123,7 +123,7 @@ def classify_realtime():
         return _error(400, invalid.errors)
 
     clients = _clients()
-    distance = get_flight_distance(clients.database, query.Origin, query.Dest)
+    distance = clients.route_table.distance(query.Origin, query.Dest)
     if distance is None:
         return _error(422, {"Dest": f"No flights from {query.Origin} to {query.Dest} in the "
                                     "data, so the route's distance is unknown."})
@@ -147,7 +147,7 @@ def classify_realtime_response(request_id: str):
 
 @predictions.get("/flights/delays/routes")
 def routes():
-    return {"routes": known_routes(_clients().database)}
+    return {"routes": _clients().route_table.routes()}
 
 
 @predictions.get("/health")
