@@ -6,11 +6,13 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 
 import pytest
 
 from flight_platform.clients.kafka import create_consumer, create_producer, partition_count
-from flight_platform.settings import REPO_ROOT, load_settings, private_environment
+from flight_platform.local import services
+from flight_platform.settings import REPO_ROOT, free_port, load_settings, private_environment
 
 
 def manager(env: dict, command: str) -> subprocess.CompletedProcess:
@@ -88,6 +90,33 @@ def test_a_port_taken_by_someone_else_is_an_error(env):
         up = manager(env, "up")
     assert up.returncode == 1
     assert "already taken by a process this manager did not start" in up.stderr
+
+
+@dataclass(frozen=True)
+class StubbornServer(services.Service):
+    """Listens on its port and ignores SIGTERM, as a Kafka node stuck in its controlled shutdown."""
+
+    def command(self) -> list[str]:
+        return [self.executable, "-c", "import signal, socket, time\n"
+                "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+                f"server = socket.create_server(({self.host!r}, {self.port}))\n"
+                "time.sleep(600)"]
+
+    def is_healthy(self) -> bool:
+        return services.port_in_use(self.host, self.port)
+
+
+def test_a_service_deaf_to_sigterm_is_killed_and_its_port_free_when_stop_returns(tmp_path,
+                                                                                  monkeypatch):
+    monkeypatch.setattr(services, "SHUTDOWN_TIMEOUT_S", 1.0)
+    settings = load_settings({**os.environ, **private_environment(tmp_path)})
+    server = StubbornServer("stubborn", "127.0.0.1", free_port(), sys.executable, settings)
+    services.start(server)
+
+    assert "without exiting on SIGTERM" in services.stop(server)
+    assert not services.port_in_use(server.host, server.port)
+    assert "started" in services.start(server)  # at once, as a rolling restart does
+    services.stop(server)
 
 
 def test_external_services_are_left_alone(env, tmp_path):

@@ -39,6 +39,7 @@ from flight_platform.settings import Settings, free_port, load_settings
 
 STARTUP_TIMEOUT_S = 60.0  # a Kafka node answers in about 4 s on an idle box, 2 JVMs on 2 cores take longer
 SHUTDOWN_TIMEOUT_S = 30.0  # a Kafka node's controlled shutdown moves its leaderships first
+KILL_TIMEOUT_S = 30.0
 
 
 class ServiceError(RuntimeError):
@@ -348,8 +349,8 @@ def stop(service: Service) -> str:
 
 def stop_all(to_stop: list[Service]) -> dict[str, str]:
     """SIGTERM the services together (a Kafka node shutting down while the others are already gone
-    would wait for a controller quorum), SIGKILL what is left after SHUTDOWN_TIMEOUT_S. Returns a
-    one-line report per service name."""
+    would wait for a controller quorum), SIGKILL what is left after SHUTDOWN_TIMEOUT_S, and return
+    once every one has ended (its port is free again). Returns a one-line report per service name."""
     reports, stopping = {}, {}
     for service in to_stop:
         if service.is_external:
@@ -372,7 +373,17 @@ def stop_all(to_stop: list[Service]) -> dict[str, str]:
     for name, pid in stopping.items():
         os.kill(pid, signal.SIGKILL)
         reports[name] = f"killed (pid {pid}) after {SHUTDOWN_TIMEOUT_S:.0f}s without exiting on SIGTERM"
+    _wait_until_ended(list(stopping.values()))
     return {service.name: reports[service.name] for service in to_stop}
+
+
+def _wait_until_ended(pids: list[int]) -> None:
+    """Until every one of `pids` (sent SIGKILL) has ended: a JVM takes a moment to die."""
+    deadline = time.monotonic() + KILL_TIMEOUT_S
+    while any(alive(pid) for pid in pids):
+        if time.monotonic() > deadline:
+            raise ServiceError(f"processes {pids} still run {KILL_TIMEOUT_S:.0f}s after SIGKILL")
+        time.sleep(0.05)
 
 
 def kill(service: Service) -> str:
@@ -382,8 +393,7 @@ def kill(service: Service) -> str:
     if pid is None:
         return "not running"
     os.kill(pid, signal.SIGKILL)
-    while alive(pid):
-        time.sleep(0.01)
+    _wait_until_ended([pid])
     return f"killed (pid {pid})"
 
 
