@@ -107,6 +107,10 @@ class SteadyLoad:
         with self._lock:
             return list(self.acked)
 
+    def ids_sent_since(self, since_wall: float) -> list[str]:
+        with self._lock:  # the sending thread adds to `acked` meanwhile
+            return [i for i, sent_at in self.acked.items() if sent_at >= since_wall]
+
     def publish(self, request: PredictionRequest) -> str | None:
         """The request's id once the broker acknowledged it, None if it did not. As the web app
         does, the topic is created if it is missing, and a producer whose send failed is replaced."""
@@ -377,8 +381,7 @@ class DrillResult:
 def _serving_again_after(platform: PrivatePlatform, load: SteadyLoad, since_wall: float) -> float:
     """Seconds from `since_wall` until a request the load sent after it is answered."""
     def answered_since() -> bool:
-        ids = [i for i, sent_at in list(load.acked.items()) if sent_at >= since_wall]
-        return answered(platform.database, ids) > 0
+        return answered(platform.database, load.ids_sent_since(since_wall)) > 0
 
     wait_until(answered_since, RECOVERY_TIMEOUT_S, "an answer to a request sent after the fault",
                interval=0.1)
