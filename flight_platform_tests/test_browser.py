@@ -9,12 +9,14 @@ from playwright.sync_api import Page, Route, expect, sync_playwright
 
 from flight_platform.core.features import ARRIVAL_DELAY_LABELS
 from flight_platform_tests.conftest import ARTIFACTS
+from web.answer_watch import MAX_WAIT_S
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update"]
 FORM_PAGE = "/flights/delays/predict_kafka"
 PREDICT = "/flights/delays/predict/classify_realtime"
+CLICKS = 10
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +155,65 @@ def test_challenger_models_are_listed_under_the_answer(page):
         f"Also scored by 2 challenger models. challenger-a predicts {ARRIVAL_DELAY_LABELS[0]}; "
         f"challenger-b predicts {ARRIVAL_DELAY_LABELS[3]}.")
     expect(page.locator("#probabilities tr.predicted")).to_have_count(1)
+
+
+# Times a click to the answer being shown with the page's own clock: Playwright's own waiting
+# polls, and would add its polling period to the figure.
+TIME_CLICK_TO_ANSWER = """() => {
+  window.clickToAnswer = {};
+  document.querySelector("button[type=submit]").addEventListener(
+    "click", () => { window.clickToAnswer.clicked = performance.now(); }, {capture: true, once: true});
+  const box = document.getElementById("prediction");
+  new MutationObserver((_, observer) => {
+    if (!box.hidden) { window.clickToAnswer.shown = performance.now(); observer.disconnect(); }
+  }).observe(box, {attributes: true, attributeFilter: ["hidden"]});
+}"""
+
+
+def click_to_answer_ms(page: Page) -> float:
+    """Fill and submit the form on a fresh page; the milliseconds from the click to the bars."""
+    page.goto(FORM_PAGE)
+    fill_form(page, DepDelay="20", Carrier="DL", FlightDate="2013-12-23", FlightNum="1519",
+              Origin="JFK", Dest="ATL")
+    page.evaluate(TIME_CLICK_TO_ANSWER)
+    page.click("button[type=submit]")
+    expect(page.locator("#probabilities tr")).to_have_count(len(ARRIVAL_DELAY_LABELS), timeout=60_000)
+    timing = page.evaluate("window.clickToAnswer")
+    return timing["shown"] - timing["clicked"]
+
+
+def answer_requests(page: Page) -> list[str]:
+    """The URLs the page asks for answers with, as it asks them."""
+    urls = []
+    page.on("request", lambda r: urls.append(r.url) if f"{PREDICT}/response/" in r.url else None)
+    return urls
+
+
+def record_click_to_answer(name: str, timings_ms: list[float]) -> None:
+    timings = sorted(timings_ms)
+    line = (f"{name}: click -> answer shown in Chromium, {len(timings)} clicks: "
+            f"p50 {timings[len(timings) // 2]:.0f} ms, max {timings[-1]:.0f} ms")
+    print(line)
+    ARTIFACTS.mkdir(exist_ok=True)
+    with open(ARTIFACTS / "click_to_answer.txt", "a") as figures:
+        figures.write(line + "\n")
+
+
+def test_the_page_long_polls_and_shows_the_answer_once_stored(page):
+    asked = answer_requests(page)
+    timings = [click_to_answer_ms(page) for _ in range(CLICKS)]
+    record_click_to_answer("long polling", timings)
+    assert asked and all(url.endswith(f"?wait={MAX_WAIT_S}") for url in asked), asked
+
+
+def test_the_page_falls_back_to_polling_when_long_polls_fail(page):
+    page.route(lambda url: "?wait=" in url, lambda route: route.abort())
+    asked = answer_requests(page)
+    timings = [click_to_answer_ms(page) for _ in range(CLICKS // 2)]
+    record_click_to_answer("polling after a failed long poll", timings)
+    polls = [url for url in asked if "?wait=" not in url]
+    assert polls, "the page polls once its long poll failed"
+    expect(page.locator("#status")).to_have_text("")
 
 
 def test_a_bad_date_shows_the_field_error(page):

@@ -25,10 +25,12 @@ DEPENDENCIES = {
     "pymongo": "pymongo",
     "flask": "flask",
     "gunicorn": "gunicorn",
+    "gevent": "gevent",
     "playwright": "playwright.sync_api",
     "pydantic": "pydantic",
     "numpy": "numpy",
     "hypothesis": "hypothesis",
+    "schemathesis": "schemathesis",
 }
 
 

@@ -4,8 +4,11 @@ bodies, unknown URLs, bugs), the 503 paths against dead ports (and recovery when
 there or a private broker restarts), and one end-to-end request through gunicorn and the running
 stream."""
 
+import concurrent.futures
 import datetime as dt
+import http.client
 import json
+import selectors
 import urllib.parse
 import urllib.request
 import uuid
@@ -23,6 +26,7 @@ from flight_platform.core.model_store import ModelStore
 from flight_platform.local import services
 from flight_platform.settings import free_port
 from flight_platform_tests.conftest import wait_for
+from web.answer_watch import MAX_WAIT_S
 from web.app import MAX_BODY_BYTES, create_app
 from web.clients import ServiceClients, ServiceUnavailable
 
@@ -274,6 +278,46 @@ def test_polling_waits_until_the_answer_is_stored(client, settings):
         microsecond=scored_at.microsecond // 1000 * 1000)  # BSON dates keep milliseconds
 
 
+def store_answer(settings, request: PredictionRequest) -> None:
+    """Store an answer for `request` as the stream does."""
+    with MongoClient(settings.mongo_uri) as mongo:
+        mongo[settings.mongo_database][RESPONSES].insert_one(
+            request.response(Scored([0.1, 0.2, 0.6, 0.1]), "test-version", dt.datetime.now(dt.UTC)))
+
+
+def test_a_long_poll_answers_once_the_answer_is_stored(client, settings):
+    request = PredictionRequest.create(Carrier="DL", FlightDate="2013-01-07", FlightNum="1519",
+                                       Origin="JFK", Dest="ATL", DepDelay=5.0, Distance=760.0)
+    watch = client.application.extensions["service_clients"].answer_watch
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        # Two pages waiting for the same answer, up to the cap (a longer wait is capped).
+        waiting = [pool.submit(client.get, f"{PREDICT}/response/{request.UUID}?wait={wait}")
+                   for wait in ("20", "3600")]
+        wait_for(lambda: watch.waiting() == 2, 10, "both long polls to wait")
+        store_answer(settings, request)
+        bodies = [answer.result(timeout=MAX_WAIT_S).get_json() for answer in waiting]
+    for body in bodies:
+        assert body["status"] == "OK" and body["id"] == request.UUID
+        assert body["prediction"]["PredictionLabel"] == ARRIVAL_DELAY_LABELS[2]
+        assert "_id" not in body["prediction"]
+    assert watch.waiting() == 0
+
+
+def test_a_long_poll_with_no_answer_ends_in_wait(client):
+    request_id = str(uuid.uuid4())
+    watch = client.application.extensions["service_clients"].answer_watch
+    assert client.get(f"{PREDICT}/response/{request_id}?wait=0.2").get_json() == {
+        "status": "WAIT", "id": request_id}
+    assert watch.waiting() == 0
+
+
+@pytest.mark.parametrize("wait", ["-1", "soon", "nan", ""])
+def test_a_malformed_wait_is_a_400_naming_it(client, wait):
+    answer = client.get(f"{PREDICT}/response/{uuid.uuid4()}?wait={wait}")
+    assert answer.status_code == 400
+    assert answer.get_json()["errors"]["wait"].startswith("must be a number of seconds, 0 or more")
+
+
 def test_routes_offer_the_known_routes_and_carriers(client):
     routes = client.get("/flights/delays/routes").get_json()["routes"]
     jfk_atl = next(r for r in routes if (r["Origin"], r["Dest"]) == ("JFK", "ATL"))
@@ -296,6 +340,7 @@ def test_health_reports_both_services(client, offline_client):
 def test_mongo_down_is_a_503_with_a_reason(offline_client):
     for answer in (offline_client.post(PREDICT, data=VALID_FORM),
                    offline_client.get(f"{PREDICT}/response/{uuid.uuid4()}"),
+                   offline_client.get(f"{PREDICT}/response/{uuid.uuid4()}?wait=0.1"),
                    offline_client.get("/flights/delays/routes")):
         assert answer.status_code == 503
         assert answer.get_json()["reason"].startswith("MongoDB is unreachable")
@@ -350,7 +395,7 @@ def test_a_restarted_broker_is_used_again_and_keeps_what_it_acknowledged(setting
 
 def http_json(url: str, form: dict | None = None) -> dict:
     data = urllib.parse.urlencode(form).encode() if form else None
-    with urllib.request.urlopen(url, data=data, timeout=10) as response:
+    with urllib.request.urlopen(url, data=data, timeout=30) as response:
         return json.load(response)
 
 
@@ -365,3 +410,26 @@ def test_a_prediction_end_to_end_through_gunicorn_and_the_stream(live_stack, set
     assert prediction["PredictionLabel"] == ARRIVAL_DELAY_LABELS[prediction["Prediction"]]
     assert prediction["ModelVersion"] == ModelStore(settings.model_store_dir).current_version()
     assert (prediction["Route"], prediction["DayOfWeek"]) == ("JFK-ATL", 1)
+
+
+def test_a_thousand_waiting_pages_do_not_stop_new_posts(live_stack):
+    """Long polls park in the workers without holding them: with 1,000 held, a POST is accepted and
+    its own long poll answered."""
+    host, port = urllib.parse.urlsplit(live_stack).netloc.split(":")
+    waiting_pages = []
+    try:
+        for _ in range(1000):
+            page = http.client.HTTPConnection(host, int(port), timeout=30)
+            page.request("GET", f"{PREDICT}/response/{uuid.uuid4()}?wait={MAX_WAIT_S}")
+            waiting_pages.append(page)
+
+        accepted = http_json(f"{live_stack}{PREDICT}", VALID_FORM)
+        answer = http_json(f"{live_stack}{PREDICT}/response/{accepted['id']}?wait={MAX_WAIT_S}")
+        assert answer["status"] == "OK" and answer["prediction"]["UUID"] == accepted["id"]
+        with selectors.DefaultSelector() as answered:
+            for page in waiting_pages:
+                answered.register(page.sock, selectors.EVENT_READ)
+            assert answered.select(timeout=0) == [], "the waiting pages are still held"
+    finally:
+        for page in waiting_pages:
+            page.close()

@@ -2,6 +2,7 @@
 
 import datetime as dt
 import json
+import math
 from typing import Any
 
 from flask import Blueprint, current_app, redirect, render_template, request, url_for
@@ -16,6 +17,8 @@ from flight_platform.core.contract import (
     canonical_uuid,
     quote,
 )
+from web import openapi
+from web.answer_watch import MAX_WAIT_S
 from web.clients import ServiceClients, ServiceUnavailable
 
 predictions = Blueprint("predictions", __name__)
@@ -132,22 +135,46 @@ def classify_realtime():
     return {"status": "OK", "id": prediction_request.UUID}
 
 
+def _wait_seconds() -> float:
+    """The `wait` query parameter: how long the caller will wait for the answer, capped."""
+    raw = request.args.get("wait", "0")
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = math.nan
+    if not seconds >= 0:
+        raise InvalidRequest({"wait": f"must be a number of seconds, 0 or more, got {quote(raw)}"})
+    return min(seconds, MAX_WAIT_S)
+
+
 @predictions.get("/flights/delays/predict/classify_realtime/response/<request_id>")
 def classify_realtime_response(request_id: str):
+    """The answer, or WAIT. With `?wait=` seconds the request is held until the answer is stored
+    (long polling); without, it answers at once, as the book's page expects."""
     try:
         request_id = canonical_uuid(request_id)
+        wait_s = _wait_seconds()
     except ValueError as error:
-        return _error(400, {"id": str(error)})
-    answer = _clients().database[RESPONSES].find_one({"_id": request_id}, {"_id": 0})
+        return _error(400, error.errors if isinstance(error, InvalidRequest) else {"id": str(error)})
+    clients = _clients()
+    answer = clients.database[RESPONSES].find_one({"_id": request_id})
+    if answer is None and wait_s > 0:
+        answer = clients.answer_watch.wait(request_id, wait_s)
     if answer is None:
         return {"status": "WAIT", "id": request_id}
-    prediction = {k: v.isoformat() if isinstance(v, dt.datetime) else v for k, v in answer.items()}
+    prediction = {k: v.isoformat() if isinstance(v, dt.datetime) else v
+                  for k, v in answer.items() if k != "_id"}
     return {"status": "OK", "id": request_id, "prediction": prediction}
 
 
 @predictions.get("/flights/delays/routes")
 def routes():
     return {"routes": _clients().route_table.routes()}
+
+
+@predictions.get("/openapi.json")
+def openapi_document():
+    return openapi.document()
 
 
 @predictions.get("/health")

@@ -25,15 +25,17 @@ RECONNECT_BACKOFF_MAX_MS = 1000
 HEARTBEAT_INTERVAL_MS = 500
 
 
-def create_producer(bootstrap_servers: str, timeout_ms: int = CLIENT_TIMEOUT_MS) -> KafkaProducer:
-    """An idempotent producer waiting for every in-sync replica. Replace it after a failed send:
+def create_producer(bootstrap_servers: str, timeout_ms: int = CLIENT_TIMEOUT_MS,
+                    linger_ms: int = 0) -> KafkaProducer:
+    """An idempotent producer waiting for every in-sync replica; `linger_ms` holds a send that long
+    for others to share its batch. Replace it after a failed send:
     kafka-python 3.0.12's idempotent producer hangs once a batch expires after it was sent (see
     web.clients.ServiceClients._drop_producer)."""
     return KafkaProducer(
         bootstrap_servers=bootstrap_servers,
         acks="all",
         enable_idempotence=True,  # a retried send is written once
-        linger_ms=0,
+        linger_ms=linger_ms,
         max_block_ms=timeout_ms,  # fail fast when the broker is down instead of blocking 60 s
         request_timeout_ms=timeout_ms,
         # Retries (while a new partition leader is elected, say) end after this: a send is

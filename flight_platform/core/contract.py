@@ -111,7 +111,8 @@ class FlightQuery(BaseModel):
     Carrier: _code(r"^[A-Z0-9]{2,3}$", _EXPECTED["Carrier"], "DL")
     FlightDate: Annotated[str, StringConstraints(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"),
                           AfterValidator(_calendar_date),
-                          Field(description="The flight's date, YYYY-MM-DD", examples=["2013-12-23"])]
+                          Field(description="The flight's date, YYYY-MM-DD", examples=["2013-12-23"],
+                                json_schema_extra={"format": "date"})]
     FlightNum: _code(r"^[0-9]{1,5}$", _EXPECTED["FlightNum"], "1519")
     Origin: AirportCode
     Dest: AirportCode

@@ -166,10 +166,20 @@ def materialize_command(months: list[str], assets: str = "*") -> list[str]:
             "--partition-range", f"{months[0]}...{months[-1]}", "-m", "flight_platform.definitions"]
 
 
+# Chosen with benchmarks/web.py (README): gevent workers took 1.5-2x the POSTs of 2 workers x 4
+# threads and hold 1,000 long polls (threads cannot); 3 workers did worse than 2 on two cores (smaller
+# producer batches), and 1 did as well at 16 clients but not at 64.
+WEB_WORKERS = 2
+WEB_WORKER_CONNECTIONS = 2000  # waiting pages and POSTs in flight, per worker
+
+
 def web_server_command(settings: Settings) -> list[str]:
-    """The web app under gunicorn: a worker per core, threads for requests waiting on Kafka acks."""
+    """The web app under gunicorn's gevent workers: a POST waiting for Kafka's acknowledgement and a
+    page long polling for its answer park a greenlet, not a thread, so a worker holds thousands, and
+    concurrent POSTs share the worker's producer batches."""
     return [str(Path(sys.executable).parent / "gunicorn"),
-            "--bind", f"{settings.web_host}:{settings.web_port}", "--workers", "2", "--threads", "4",
+            "--bind", f"{settings.web_host}:{settings.web_port}", "--worker-class", "gevent",
+            "--workers", str(WEB_WORKERS), "--worker-connections", str(WEB_WORKER_CONNECTIONS),
             "--access-logfile", "-", "web.app:create_app()"]
 
 

@@ -1,8 +1,9 @@
-// Posts the form, then polls for the streaming job's answer. No libraries: the page works offline.
+// Posts the form, then waits for the streaming job's answer. No libraries: the page works offline.
 "use strict";
 
+const LONG_POLL_S = 20; // the response endpoint's cap
 const POLL_INTERVAL_MS = 500;
-const POLL_TIMEOUT_MS = 60000; // a model roll-out restarts the stream; answers wait in Kafka meanwhile
+const ANSWER_TIMEOUT_MS = 60000; // a model roll-out restarts the stream; answers wait in Kafka meanwhile
 
 const main = document.querySelector("main");
 const form = document.getElementById("prediction-form");
@@ -154,27 +155,37 @@ function showPrediction(prediction) {
   predictionBox.hidden = false;
 }
 
-async function poll(id, started) {
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+// Long polling: the response endpoint holds each request until the answer is stored, so the page
+// shows it as soon as it exists. Should a long poll fail (a proxy cutting held requests) or come
+// back early with no answer (a server that does not hold), the page polls every 500 ms instead.
+async function waitForAnswer(id) {
   const url = main.dataset.responseUrl.replace("REQUEST_ID", id);
-  try {
-    const response = await fetch(url);
-    const body = await response.json();
-    if (response.ok && body.status === "OK") {
-      statusLine.textContent = "";
-      showPrediction(body.prediction);
-      form.querySelector("button").disabled = false;
-      return;
+  const started = Date.now();
+  let longPolling = true;
+  while (Date.now() - started < ANSWER_TIMEOUT_MS) {
+    const asked = Date.now();
+    try {
+      const response = await fetch(longPolling ? `${url}?wait=${LONG_POLL_S}` : url);
+      const body = await response.json();
+      if (response.ok && body.status === "OK") {
+        statusLine.textContent = "";
+        showPrediction(body.prediction);
+        form.querySelector("button").disabled = false;
+        return;
+      }
+      if (!response.ok) throw new Error(body.reason || `HTTP ${response.status}`);
+      if (longPolling && Date.now() - asked >= LONG_POLL_S * 500) continue; // held: ask again
+      longPolling = false;
+    } catch (error) {
+      statusLine.textContent = `Still waiting (${error.message}); retrying…`;
+      longPolling = false;
     }
-    if (!response.ok) throw new Error(body.reason || `HTTP ${response.status}`);
-  } catch (error) {
-    statusLine.textContent = `Still waiting (${error.message}); retrying…`;
+    await sleep(POLL_INTERVAL_MS);
   }
-  if (Date.now() - started > POLL_TIMEOUT_MS) {
-    statusLine.textContent = "No answer yet. Is the prediction stream running? Request id: " + id;
-    form.querySelector("button").disabled = false;
-    return;
-  }
-  setTimeout(() => poll(id, started), POLL_INTERVAL_MS);
+  statusLine.textContent = "No answer yet. Is the prediction stream running? Request id: " + id;
+  form.querySelector("button").disabled = false;
 }
 
 form.addEventListener("submit", async (event) => {
@@ -188,7 +199,7 @@ form.addEventListener("submit", async (event) => {
     const body = await response.json();
     if (response.ok) {
       statusLine.textContent = "Waiting for the prediction…";
-      poll(body.id, Date.now());
+      waitForAnswer(body.id);
       return;
     }
     if (body.errors) {
