@@ -166,9 +166,9 @@ def materialize_command(months: list[str], assets: str = "*") -> list[str]:
             "--partition-range", f"{months[0]}...{months[-1]}", "-m", "flight_platform.definitions"]
 
 
-# Chosen with benchmarks/web.py (README): gevent workers took 1.5-2x the POSTs of 2 workers x 4
-# threads and hold 1,000 long polls (threads cannot); 3 workers did worse than 2 on two cores (smaller
-# producer batches), and 1 did as well at 16 clients but not at 64.
+# Chosen with benchmarks/web.py (README): gevent workers took 1.5x (16 clients) to 2.4x (64) the
+# POSTs of 2 workers x 4 threads and hold 1,000 long polls, which threads cannot; on two cores 3
+# workers did worse than 2 (smaller producer batches), and 1 as well at 16 clients but not at 64.
 WEB_WORKERS = 2
 WEB_WORKER_CONNECTIONS = 2000  # waiting pages and POSTs in flight, per worker
 
