@@ -51,6 +51,15 @@ def pytest_configure(config):
     os.environ.update(dagster_environment(load_settings()))
 
 
+def pytest_collection_modifyitems(items):
+    """Every test on the suite's shared services (the `running_services` fixture, directly or through
+    `materialized`, `live_stack`, ...) is marked `services`; tests starting services of their own
+    carry the marker themselves. `-m "not services"` runs the rest without any server."""
+    for item in items:
+        if "running_services" in item.fixturenames:
+            item.add_marker(pytest.mark.services)
+
+
 def pytest_unconfigure(config):
     if _session_dir is not None:
         shutil.rmtree(_session_dir, ignore_errors=True)

@@ -14,6 +14,8 @@ from flight_platform.clients.kafka import create_consumer, create_producer, part
 from flight_platform.local import services
 from flight_platform.settings import REPO_ROOT, free_port, load_settings, private_environment
 
+pytestmark = pytest.mark.services  # each test starts a private broker and Mongo-protocol server
+
 
 def manager(env: dict, command: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "flight_platform.local.services", command], env=env,

@@ -355,6 +355,7 @@ def test_kafka_down_is_a_503_and_nothing_is_published(materialized, settings):
     assert body["reason"].startswith(f"Kafka at {dead_kafka.kafka_bootstrap_servers} is unreachable")
 
 
+@pytest.mark.services  # a private broker and Mongo-protocol server
 def test_the_app_recovers_when_kafka_and_mongo_come_back(settings, tmp_path):
     later = dead_endpoints(settings, tmp_path)
     client = client_for(later)
@@ -372,6 +373,7 @@ def test_the_app_recovers_when_kafka_and_mongo_come_back(settings, tmp_path):
         services.down(later)
 
 
+@pytest.mark.services  # a private broker and Mongo-protocol server
 def test_a_restarted_broker_is_used_again_and_keeps_what_it_acknowledged(settings, tmp_path):
     private = dead_endpoints(settings, tmp_path)  # a private broker, not the session's
     (broker,) = services.kafka_nodes(private)
