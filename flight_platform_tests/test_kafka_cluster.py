@@ -5,12 +5,10 @@ node one by one, loses no acknowledged request, answers none twice, gives the pa
 500) while a partition has no leader, and serving resumes without a person. (How long produces
 and answers stall is printed here and by benchmarks/faults.py, not asserted.)"""
 
-from collections.abc import Iterator
 
 import pytest
 
 from flight_platform.local import drills
-from flight_platform.local.drills import PrivatePlatform
 from flight_platform.settings import free_port
 
 pytestmark = [pytest.mark.services, pytest.mark.faults]
@@ -18,14 +16,11 @@ RATE = 30  # POSTs per second
 NODES = 3
 
 
-@pytest.fixture(scope="module")
-def platform(materialized, settings, tmp_path_factory) -> Iterator[PrivatePlatform]:
-    cluster = ",".join(f"127.0.0.1:{free_port()}" for _ in range(NODES))
-    with PrivatePlatform(tmp_path_factory.mktemp("kafka_cluster"), seed_from=settings, environment={
-            "FLIGHT_PLATFORM_KAFKA_BOOTSTRAP_SERVERS": cluster,
+def platform_environment() -> dict[str, str]:
+    return {"FLIGHT_PLATFORM_KAFKA_BOOTSTRAP_SERVERS": ",".join(
+                f"127.0.0.1:{free_port()}" for _ in range(NODES)),
             "FLIGHT_PLATFORM_REQUEST_TOPIC_REPLICATION_FACTOR": "3",
-            "FLIGHT_PLATFORM_REQUEST_TOPIC_MIN_INSYNC_REPLICAS": "2"}) as platform:
-        yield platform
+            "FLIGHT_PLATFORM_REQUEST_TOPIC_MIN_INSYNC_REPLICAS": "2"}
 
 
 def assert_nothing_lost_nothing_broken(result: drills.DrillResult) -> None:

@@ -7,7 +7,6 @@ benchmarks/faults.py, not asserted here.)"""
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 
 import pytest
 from dagster import DagsterRunStatus, RunsFilter
@@ -18,12 +17,6 @@ from flight_platform.streaming.job import flight_delay_prediction_stream
 
 pytestmark = [pytest.mark.services, pytest.mark.faults]
 RATE = 50  # requests per second: steady, and light enough for two cores shared with everything
-
-
-@pytest.fixture(scope="module")
-def platform(materialized, settings, tmp_path_factory) -> Iterator[PrivatePlatform]:
-    with PrivatePlatform(tmp_path_factory.mktemp("recovery"), seed_from=settings) as platform:
-        yield platform
 
 
 def stream_runs(platform: PrivatePlatform) -> dict[str, DagsterRunStatus]:

@@ -5,14 +5,12 @@ has two cores: these assert correctness, not speed-up; benchmarks/faults.py prin
 
 import json
 import re
-from collections.abc import Iterator
 
 import pytest
 from dagster import DagsterInstance, RunsFilter
 
 from flight_platform.clients.kafka import partition_count
 from flight_platform.local import drills
-from flight_platform.local.drills import PrivatePlatform
 from flight_platform.streaming.job import (
     JOINED_TAG,
     MODEL_VERSION_TAG,
@@ -28,11 +26,8 @@ WORKERS = 2
 ASSIGNED = re.compile(r"assigned partitions (\[[0-9, ]*\]|none)")
 
 
-@pytest.fixture(scope="module")
-def platform(materialized, settings, tmp_path_factory) -> Iterator[PrivatePlatform]:
-    with PrivatePlatform(tmp_path_factory.mktemp("scale_out"), seed_from=settings,
-                         environment={"FLIGHT_PLATFORM_STREAM_WORKERS": str(WORKERS)}) as platform:
-        yield platform
+def platform_environment() -> dict[str, str]:
+    return {"FLIGHT_PLATFORM_STREAM_WORKERS": str(WORKERS)}
 
 
 def assignments(instance: DagsterInstance, run_id: str) -> list[set[int]]:
