@@ -13,7 +13,12 @@ from pymongo import MongoClient
 from pyspark.ml.evaluation import MulticlassClassificationEvaluator
 
 from flight_platform.batch.bts import ON_TIME_COLUMNS
-from flight_platform.batch.model import LABEL, NOT_WORSE, ModelTrainingConfig, confusion_matrix
+from flight_platform.batch.model import (
+    LABEL,
+    NOT_WORSE,
+    ModelTrainingConfig,
+    held_out_confusion_matrix,
+)
 from flight_platform.batch.sources import BUNDLED_MONTHS, MONTH_COLUMN, flight_months
 from flight_platform.clients.mongo import DISTANCES
 from flight_platform.core import monitoring
@@ -128,7 +133,7 @@ def test_held_out_figures_are_sparks_evaluator(settings):
     predicted = np.where((rng.random(2000) < 0.6) & (actual < 3), actual, rng.integers(0, 3, 2000))
     predictions = spark_resource(settings).spark_session.createDataFrame(
         pd.DataFrame({LABEL: actual.astype(float), "prediction": predicted.astype(float)}))
-    matrix = confusion_matrix(predictions)
+    matrix = held_out_confusion_matrix(predictions)
     assert matrix.sum() == 2000 and matrix[:, 3].sum() == 0
     for metric, ours in (("accuracy", monitoring.accuracy(matrix)),
                          ("f1", monitoring.weighted_f1(matrix))):

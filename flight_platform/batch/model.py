@@ -44,10 +44,10 @@ LABEL = "ArrDelayBucket"
 BEATS_BASELINE = "beats_majority_baseline"
 SCORER_PARITY = "serving_scorer_matches_spark"
 NOT_WORSE = "not_worse_than_current_model"
-# What identifies a flight: its held-out membership is a hash of these, so a flight is held out by
-# every model that sees it, and a candidate and the current model are compared on rows neither
-# trained on, whichever months each saw.
-FLIGHT_IDENTITY = ["FlightDate", "Carrier", "FlightNum", "Origin", "Dest", "CRSDepTime"]
+# A flight's held-out membership is a hash of these (its identity in the on-time data, scheduled
+# departure included), so a flight is held out by every model that sees it, and a candidate and the
+# current model are compared on rows neither trained on, whichever months each saw.
+HELD_OUT_HASH_COLUMNS = ["FlightDate", "Carrier", "FlightNum", "Origin", "Dest", "CRSDepTime"]
 
 
 class ModelTrainingConfig(Config):
@@ -95,7 +95,7 @@ def fit_pipeline(train: DataFrame, config: ModelTrainingConfig) -> PipelineModel
 
 def held_out(test_fraction: float):
     """Whether a row is held out: a stable hash of the flight, not a random split."""
-    return F.pmod(F.xxhash64(*FLIGHT_IDENTITY), F.lit(10_000)) < int(test_fraction * 10_000)
+    return F.pmod(F.xxhash64(*HELD_OUT_HASH_COLUMNS), F.lit(10_000)) < int(test_fraction * 10_000)
 
 
 def training_months(features: DataFrame, recent_months: int) -> list[str]:
@@ -103,7 +103,7 @@ def training_months(features: DataFrame, recent_months: int) -> list[str]:
     return months[-recent_months:] if recent_months else months
 
 
-def confusion_matrix(predictions: DataFrame) -> np.ndarray:
+def held_out_confusion_matrix(predictions: DataFrame) -> np.ndarray:
     """Counts of (actual bucket, predicted bucket) in one pass: every held-out figure (accuracy,
     weighted F1, the baseline, the table) is read from it with the live monitoring's functions."""
     matrix = np.zeros((monitoring.BUCKETS, monitoring.BUCKETS), dtype=int)
@@ -117,7 +117,7 @@ def current_model_accuracy(store: ModelStore, test: DataFrame) -> tuple[str, flo
     current = store.current_version()
     if current is None:
         return None
-    return current, monitoring.accuracy(confusion_matrix(
+    return current, monitoring.accuracy(held_out_confusion_matrix(
         PipelineModel.load(str(store.pipeline_dir(current))).transform(test)))
 
 
@@ -197,7 +197,7 @@ def flight_delay_model(context: AssetExecutionContext, config: ModelTrainingConf
     with ThreadPoolExecutor(max_workers=1) as saver:
         saved = saver.submit(save_and_load_scorer)
         predictions = model.transform(test)
-        matrix = confusion_matrix(predictions)
+        matrix = held_out_confusion_matrix(predictions)
         train_labels = {int(r[LABEL]): r["count"] for r in train.groupBy(LABEL).count().collect()}
         current = current_model_accuracy(store, test)
         scorer = saved.result()

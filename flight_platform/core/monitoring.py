@@ -51,7 +51,7 @@ def arrival_delay_bucket(arr_delay: pd.Series) -> pd.Series:
     return pd.Series(buckets, index=arr_delay.index, dtype="Int64").mask(arr_delay.isna())
 
 
-def _prediction(role: str, scored: Mapping[str, Any]) -> dict[str, Any]:
+def _version_columns(role: str, scored: Mapping[str, Any]) -> dict[str, Any]:
     by_bucket = sorted(scored["Probabilities"], key=lambda p: p["Bucket"])
     explanation = scored.get("Explanation")
     return {"ModelVersion": scored["ModelVersion"], "Role": role, "Prediction": scored["Prediction"],
@@ -65,7 +65,7 @@ def answer_rows(documents: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     challenger's shadow prediction of the same request (documents stored before challengers
     existed have no Shadow). Probabilities are listed by bucket."""
     rows = [
-        {**{name: document[name] for name in REQUEST_COLUMNS}, **_prediction(role, scored)}
+        {**{name: document[name] for name in REQUEST_COLUMNS}, **_version_columns(role, scored)}
         for document in documents
         for role, scored in [(CHAMPION, document),
                              *((CHALLENGER, shadow) for shadow in document.get("Shadow") or [])]
