@@ -22,6 +22,7 @@ DEPENDENCIES = {
     "kafka-python": "kafka",
     "crc32c": "crc32c",
     "psutil": "psutil",
+    "matplotlib": "matplotlib.figure",
     "pymongo": "pymongo",
     "flask": "flask",
     "gunicorn": "gunicorn",

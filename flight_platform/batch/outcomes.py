@@ -7,12 +7,9 @@ shadow) is measured on it. Answers stored after that are taken in by materializi
 again (on demand). Its drift check compares the requests served with what the model trained on.
 
 No Spark: a month of flights or answers is a few MB, read with pyarrow, and the answers come
-straight from MongoDB. The charts are SVG images in markdown metadata (data: URIs, which the
-Dagster UI's markdown renderer allows for images), so they show offline, with no chart service.
+straight from MongoDB. The charts are drawn by `outcome_charts`.
 """
 
-import base64
-import html
 import math
 import shutil
 from pathlib import Path
@@ -129,120 +126,6 @@ def confusion_frame(matrices: dict[str, np.ndarray]) -> pd.DataFrame:
         for bucket, label in enumerate(ARRIVAL_DELAY_LABELS)])
 
 
-# Charts: hand-written SVG, shown as markdown images.
-CHART_COLORS = ["#4e79a7", "#e15759", "#59a14f", "#f28e2b", "#b07aa1", "#76b7b2"]
-LEFT, TOP, PLOT_HEIGHT = 48, 16, 220
-NOTHING_TO_CHART = "No answer matched to a flight yet: nothing to chart."
-
-
-def svg_markdown(alt: str, width: int, height: int, elements: list[str], caption: str) -> str:
-    svg = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-           f'font-family="sans-serif" font-size="11">{"".join(elements)}</svg>')
-    return (f"![{alt}](data:image/svg+xml;base64,{base64.b64encode(svg.encode()).decode()})"
-            f"\n\n{caption}")
-
-
-def _text(x: float, y: float, text: str, **attributes: str) -> str:
-    extra = "".join(f' {name.replace("_", "-")}="{value}"' for name, value in attributes.items())
-    return f'<text x="{x:.1f}" y="{y:.1f}"{extra}>{html.escape(text)}</text>'
-
-
-def _line(x1: float, y1: float, x2: float, y2: float, color: str, dashed: bool = False) -> str:
-    dash = ' stroke-dasharray="5,4"' if dashed else ""
-    return f'<line x1="{x1:.1f}" y1="{y1:.1f}" x2="{x2:.1f}" y2="{y2:.1f}" stroke="{color}"{dash}/>'
-
-
-def _y_axis(width: float, top_value: float) -> list[str]:
-    """Grid lines and labels of a 0..top_value y axis over a plot `width` wide."""
-    elements = []
-    for step in range(5):
-        value = top_value * step / 4
-        y = TOP + PLOT_HEIGHT * (1 - step / 4)
-        elements += [_line(LEFT, y, LEFT + width, y, "#dddddd"),
-                     _text(LEFT - 6, y + 4, f"{value:.2f}", text_anchor="end")]
-    return elements
-
-
-def _legend(y: float, entries: list[tuple[str, str]]) -> list[str]:
-    return [element for i, (color, text) in enumerate(entries) for element in (
-        f'<rect x="{LEFT}" y="{y + 16 * i - 9:.1f}" width="10" height="10" fill="{color}"/>',
-        _text(LEFT + 16, y + 16 * i, text))]
-
-
-def accuracy_chart(daily: pd.DataFrame, versions: pd.DataFrame) -> str:
-    """Live accuracy per flight date, a line per version; dashed, the version's offline held-out
-    accuracy."""
-    if daily.empty:
-        return NOTHING_TO_CHART
-    dates = sorted(daily["FlightDate"].unique())
-    width = min(900, max(320, 18 * len(dates)))  # a backfill of many months stays on screen
-    step = width / max(len(dates) - 1, 1)
-    x_of = {date: LEFT + step * i if len(dates) > 1 else LEFT + width / 2
-            for i, date in enumerate(dates)}
-
-    def y_of(value: float) -> float:
-        return TOP + PLOT_HEIGHT * (1 - value)
-
-    elements = _y_axis(width, 1.0)
-    label_every = math.ceil(len(dates) / 12)
-    elements += [_text(x_of[date], TOP + PLOT_HEIGHT + 16, str(date)[5:], text_anchor="middle")
-                 for date in dates[::label_every]]
-    legend = []
-    for i, version in enumerate(versions.itertuples()):
-        color = CHART_COLORS[i % len(CHART_COLORS)]
-        points = daily[daily["ModelVersion"] == version.ModelVersion]
-        path = " ".join(f"{x_of[d]:.1f},{y_of(a):.1f}" for d, a in
-                        zip(points["FlightDate"], points["Accuracy"], strict=True))
-        elements.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="2"/>')
-        elements += [f'<circle cx="{x_of[d]:.1f}" cy="{y_of(a):.1f}" r="3" fill="{color}"/>'
-                     for d, a in zip(points["FlightDate"], points["Accuracy"], strict=True)]
-        offline = version.OfflineAccuracy
-        if not math.isnan(offline):
-            elements.append(_line(LEFT, y_of(offline), LEFT + width, y_of(offline), color, True))
-        legend.append((color, f"{version.ModelVersion} ({version.Roles}): live "
-                              f"{version.Accuracy:.3f}, offline "
-                              + ("unknown (pruned)" if math.isnan(offline) else f"{offline:.3f}")))
-    elements += _legend(TOP + PLOT_HEIGHT + 40, legend)
-    return svg_markdown("Live accuracy per day and model version", LEFT + width + 24,
-                        TOP + PLOT_HEIGHT + 40 + 16 * len(legend),
-                        elements, "Live accuracy per flight date (solid) and each version's "
-                        "offline held-out accuracy (dashed).")
-
-
-def calibration_chart(calibration: pd.DataFrame) -> str:
-    """Observed frequency against mean predicted probability, a point per version and bucket
-    (labelled with the bucket); a calibrated model's points lie on the dashed diagonal."""
-    if calibration.empty:
-        return NOTHING_TO_CHART
-    values = calibration[["MeanPredictedProbability", "ObservedFrequency"]].to_numpy()
-    top_value = max(0.2, math.ceil(values.max() * 5) / 5)  # grid lines at multiples of 0.05
-    size = PLOT_HEIGHT
-
-    def xy(predicted: float, observed: float) -> tuple[float, float]:
-        return LEFT + size * predicted / top_value, TOP + size * (1 - observed / top_value)
-
-    elements = _y_axis(size, top_value)
-    elements += [_text(LEFT + size * step / 4, TOP + size + 16, f"{top_value * step / 4:.2f}",
-                       text_anchor="middle") for step in range(5)]
-    elements += [_line(*xy(0, 0), *xy(top_value, top_value), "#888888", True),
-                 _text(LEFT + size / 2, TOP + size + 32, "mean predicted probability",
-                       text_anchor="middle")]
-    legend = []
-    for i, (version, rows) in enumerate(calibration.groupby("ModelVersion")):
-        color = CHART_COLORS[i % len(CHART_COLORS)]
-        for row in rows.itertuples():
-            x, y = xy(row.MeanPredictedProbability, row.ObservedFrequency)
-            elements += [f'<circle cx="{x:.1f}" cy="{y:.1f}" r="4" fill="{color}"/>',
-                         _text(x + 6, y - 4, str(row.Bucket), fill=color)]
-        legend.append((color, version))
-    elements += _legend(TOP + size + 56, legend)
-    buckets = "; ".join(f"{bucket}: {label}" for bucket, label in enumerate(ARRIVAL_DELAY_LABELS))
-    return svg_markdown("Calibration per model version", LEFT + size + 260,
-                        TOP + size + 56 + 16 * len(legend), elements,
-                        f"Observed frequency (y) against mean predicted probability (x) per "
-                        f"bucket ({buckets}); the dashed diagonal is perfect calibration.")
-
-
 @asset(
     **{**MONTHLY, "group_name": "monitoring"},
     deps=[on_time_performance],
@@ -273,6 +156,10 @@ def prediction_outcomes(context: AssetExecutionContext, mongo: MongoResource,
     for month in months:
         write_month(stored[month_of_row == month], path, month)
 
+    # Imported here: matplotlib costs 0.5 s and 50 MiB, which only the runs that draw should pay
+    # (not the code server, nor the stream's run, which load this module too).
+    from flight_platform.batch import outcome_charts
+
     store = model_store.store()
     versions = monitoring.version_metrics(outcomes)
     versions["OfflineAccuracy"] = [offline_accuracy(store, v) for v in versions["ModelVersion"]]
@@ -294,10 +181,10 @@ def prediction_outcomes(context: AssetExecutionContext, mongo: MongoResource,
         "served_accuracy": _cell(served_accuracy),
         "accuracy_by_version": frame_table(versions),
         "accuracy_by_day": frame_table(daily),
-        "accuracy_by_day_chart": MetadataValue.md(accuracy_chart(daily, versions)),
+        "accuracy_by_day_chart": MetadataValue.md(outcome_charts.accuracy_chart(daily, versions)),
         "confusion_matrix": frame_table(confusion_frame(monitoring.confusion_by_version(outcomes))),
         "calibration": frame_table(calibration),
-        "calibration_chart": MetadataValue.md(calibration_chart(calibration)),
+        "calibration_chart": MetadataValue.md(outcome_charts.calibration_chart(calibration)),
         "mean_absolute_contribution_by_version": frame_table(
             monitoring.mean_absolute_contributions(outcomes)),
     })
