@@ -3,6 +3,7 @@ models and the answer shapes below. The app serves it at /openapi.json; `python 
 rewrites `web/openapi.json` for HTTP client generators, a test keeps that file current, and
 schemathesis checks the live app against the document."""
 
+import functools
 import json
 from pathlib import Path
 from typing import Any, Literal
@@ -93,6 +94,7 @@ REFUSED = _answer("A field is malformed or missing", "Failed")
 UNAVAILABLE = _answer("Kafka or MongoDB is unreachable", "Unavailable")
 
 
+@functools.cache  # served as is: built once per process
 def document() -> dict[str, Any]:
     models = [FlightQuery, PredictionResponse, Accepted, Failed, Unavailable, Waiting, Answered,
               Routes, Health]

@@ -153,9 +153,12 @@ def classify_realtime_response(request_id: str):
     (long polling); without, it answers at once, as the book's page expects."""
     try:
         request_id = canonical_uuid(request_id)
-        wait_s = _wait_seconds()
     except ValueError as error:
-        return _error(400, error.errors if isinstance(error, InvalidRequest) else {"id": str(error)})
+        return _error(400, {"id": str(error)})
+    try:
+        wait_s = _wait_seconds()
+    except InvalidRequest as invalid:
+        return _error(400, invalid.errors)
     clients = _clients()
     answer = clients.database[RESPONSES].find_one({"_id": request_id})
     if answer is None and wait_s > 0:
