@@ -2,6 +2,7 @@
 the model materialized this session. Each test has its own topic and consumer group."""
 
 import json
+import logging
 import random
 import signal
 import threading
@@ -13,13 +14,14 @@ from kafka import KafkaConsumer, TopicPartition
 from pymongo import MongoClient
 
 from flight_platform.batch.model import ModelTrainingConfig
-from flight_platform.clients.kafka import create_producer, ensure_topic
+from flight_platform.clients.kafka import create_consumer, create_producer, ensure_topic
 from flight_platform.clients.mongo import DEAD_LETTERS, RESPONSES, find_by_ids
 from flight_platform.core.contract import PredictionRequest, PredictionResponse
 from flight_platform.core.features import ARRIVAL_DELAY_LABELS
 from flight_platform.core.model_store import ModelStore
 from flight_platform.core.scoring import PipelineScorer
 from flight_platform.local.drills import answered, hostile_messages, send_messages
+from flight_platform.streaming.worker import GroupNotJoined, PredictionStreamWorker
 from flight_platform_tests.conftest import latest_metadata, materialize_in_process, wait_for
 
 ROUTES = [("JFK", "ATL", 760.0, "DL"), ("EWR", "ORD", 719.0, "UA"), ("LGA", "MIA", 1096.0, "AA"),
@@ -267,3 +269,15 @@ def test_challengers_are_scored_beside_the_champion_which_alone_is_served(
                         for v in two_challengers for i in ids)
     assert disagreements > 0, "models that always agree would make this comparison meaningless"
     assert f"challengers {', '.join(two_challengers)}" in stream.log()
+
+
+def test_a_worker_not_in_its_group_in_time_fails_its_run(running_services, settings, topic, database):
+    """A member the broker never lets in (a session timeout under the broker's minimum) stands for
+    kafka-python's member that polls for ever without joining: its run fails at the deadline, for
+    the supervisor to start a fresh one, instead of serving nothing while looking alive."""
+    group = f"never_joins_{topic}"
+    consumer = create_consumer(settings.kafka_bootstrap_servers, group, topic, session_timeout_ms=1000)
+    worker = PredictionStreamWorker(consumer, scorer=None, model_version="none", database=database,
+                                    log=logging.getLogger(__name__), join_deadline_s=3)
+    with pytest.raises(GroupNotJoined, match=group):
+        worker.run(stop_requested=lambda: False)

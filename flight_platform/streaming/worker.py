@@ -49,6 +49,11 @@ COMMIT_INTERVAL_S = 0.2
 COMMIT_TIMEOUT_MS = 5000  # while the broker is down, a commit gives up after this (not 30 s)
 # Waits between attempts while MongoDB or the broker is unreachable: doubling up to the maximum.
 RETRY_FIRST_S, RETRY_MAX_S = 0.5, 5.0
+# kafka-python 3.0.12 can leave a new member polling for ever without joining its group: a
+# replacement started after its predecessor was killed -9 spun at 90% of a core for 10 minutes,
+# never assigned (seen twice in `make test`). A run not in the group by then fails, so that the
+# supervisor starts a fresh one; a healthy join takes the dead member's session timeout (6 s).
+JOIN_DEADLINE_S = 45.0
 OVERSIZED_PAYLOAD_PREFIX = 1024  # bytes of an oversized message kept in its dead letter
 MAX_REASON_CHARS = 1000
 
@@ -109,13 +114,19 @@ def dead_letter(record: ConsumerRecord, reason: str, max_message_bytes: int) -> 
     }
 
 
+class GroupNotJoined(RuntimeError):
+    pass
+
+
 class PredictionStreamWorker:
     def __init__(self, consumer: KafkaConsumer, scorer: PipelineScorer, model_version: str,
                  database: Database, log: logging.Logger, progress_interval_s: float = 15.0,
                  max_message_bytes: int = MAX_MESSAGE_BYTES,
                  challengers: Sequence[tuple[str, PipelineScorer]] = (), explain: bool = True,
-                 on_group_joined: Callable[[list[TopicPartition]], None] = lambda partitions: None):
+                 on_group_joined: Callable[[list[TopicPartition]], None] = lambda partitions: None,
+                 join_deadline_s: float = JOIN_DEADLINE_S):
         self.consumer = consumer
+        self.join_deadline_s = join_deadline_s
         self.on_group_joined = on_group_joined
         self._generation: int | None = None
         self.max_message_bytes = max_message_bytes
@@ -145,10 +156,15 @@ class PredictionStreamWorker:
         committing in one loop."""
         self._stop_requested = stop_requested
         in_flight: deque[tuple[_Batch, Future]] = deque()
+        started = time.monotonic()
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mongo-writer") as writer:
             try:
                 while not stop_requested():
                     records = self.poll()
+                    if self._generation is None and time.monotonic() - started > self.join_deadline_s:
+                        raise GroupNotJoined(f"Not in the consumer group {self.consumer.config['group_id']} "
+                                             f"after {self.join_deadline_s:.0f} s: failing the run, "
+                                             "so that the supervisor starts a fresh one")
                     if records:
                         batch = self.prepare(records)
                         in_flight.append((batch, writer.submit(self.store, batch)))
