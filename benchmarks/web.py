@@ -67,8 +67,9 @@ def one_client(settings: Settings, bodies: list[bytes], seconds: float, answer: 
             while get_json(connection, f"{path}?wait={LONG_POLL_S}")["status"] != "OK":
                 pass
         elif answer == "poll":
-            while time.sleep(BOOK_POLL_INTERVAL_S) or get_json(connection, path)["status"] != "OK":
-                pass
+            time.sleep(BOOK_POLL_INTERVAL_S)
+            while get_json(connection, path)["status"] != "OK":
+                time.sleep(BOOK_POLL_INTERVAL_S)
         latencies.append((time.perf_counter() - started) * 1000)
     connection.close()
 
