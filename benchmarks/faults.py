@@ -35,9 +35,10 @@ import numpy as np
 
 from benchmarks.private_platform import running_platform
 from benchmarks.stream import measure
-from flight_platform.local import drills
-from flight_platform.local.drills import DrillResult, PrivatePlatform
 from flight_platform.settings import free_port
+from flight_platform_dev import drills
+from flight_platform_dev.drills import DrillResult
+from flight_platform_dev.platform import PrivatePlatform
 
 CALM_RATE, CALM_S = 20, 10
 

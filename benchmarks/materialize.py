@@ -13,13 +13,12 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
+import psutil
 from dagster import DagsterEventType, DagsterInstance
 
 from benchmarks.private_platform import private_settings
-from flight_platform.local import services
-from flight_platform.local.derived_bts import write_derived_months
+from flight_platform.local import processes, services
 from flight_platform.local.stack import (
     MONTHLY_ASSETS,
     dagster_environment,
@@ -27,30 +26,23 @@ from flight_platform.local.stack import (
     register_months,
 )
 from flight_platform.settings import REPO_ROOT
-
-PAGE_SIZE = 4096
+from flight_platform_dev.derived_bts import write_derived_months
 
 
 def tree_rss_bytes(root_pid: int) -> int:
     """Resident memory of `root_pid` and all its descendants. A child that shares its parent's
     memory (the JVM starts commands with vfork: until it execs, the child reports the JVM's whole
     size) is not counted twice: it has its parent's exact virtual and resident size."""
-    children: dict[int, list[int]] = {}
     sizes: dict[int, tuple[int, int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    parents: dict[int, int] = {}
+    for pid in processes.tree(root_pid):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError):
+            process = psutil.Process(pid)
+            memory = process.memory_info()
+            sizes[pid], parents[pid] = (memory.vms, memory.rss), process.ppid()
+        except psutil.Error:  # it has just ended
             continue
-        pid = int(stat.parent.name)
-        children.setdefault(int(fields[1]), []).append(pid)
-        sizes[pid] = (int(fields[20]), int(fields[21]) * PAGE_SIZE)  # vsize, rss
-    total, pending = 0, [root_pid]
-    while pending:
-        pid = pending.pop()
-        total += sizes.get(pid, (0, 0))[1]
-        pending += [child for child in children.get(pid, []) if sizes[child] != sizes.get(pid)]
-    return total
+    return sum(rss for pid, (vms, rss) in sizes.items() if sizes.get(parents[pid]) != (vms, rss))
 
 
 class PeakMemory(threading.Thread):

@@ -13,9 +13,9 @@ import numpy as np
 from pymongo import MongoClient
 
 from flight_platform.core.contract import PredictionRequest
-from flight_platform.local import drills
-from flight_platform.local.drills import PrivatePlatform
 from flight_platform.settings import Settings, load_settings, private_environment
+from flight_platform_dev import load
+from flight_platform_dev.platform import PrivatePlatform
 
 
 @contextmanager
@@ -55,7 +55,7 @@ def running_stack() -> Iterator[Settings]:
 
 def request_factory(settings: Settings, seed: int = 1) -> Callable[[], PredictionRequest]:
     with MongoClient(settings.mongo_uri) as mongo:
-        return drills.request_factory(mongo[settings.mongo_database], seed)
+        return load.request_factory(mongo[settings.mongo_database], seed)
 
 
 def percentiles(values_ms: list[float]) -> str:

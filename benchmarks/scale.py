@@ -4,7 +4,7 @@ private services and a scratch data dir per scale.
     .venv/bin/python -m benchmarks.scale [--scales 1 3 10]
 
 Scale k is the bundled 2013 flights plus k-1 derived years (2014, 2015, ...) written to the BTS
-inbox as BTS-format monthly downloads (flight_platform.local.derived_bts), so everything past 1x
+inbox as BTS-format monthly downloads (flight_platform_dev.derived_bts), so everything past 1x
 goes through the real BTS reader. Prints, per scale: rows, each asset's step time, the wall time of
 the CLI run, rows/s, peak memory of the process tree and the model's held-out accuracy.
 Asserts nothing. Goals: 10x in <= 6x the 1x time, peak memory <= 6 GiB.
@@ -16,8 +16,8 @@ from benchmarks.materialize import timed_run
 from benchmarks.private_platform import private_settings
 from flight_platform.core.model_store import ModelStore
 from flight_platform.local import services
-from flight_platform.local.derived_bts import write_derived_months
 from flight_platform.local.stack import dagster_environment, materialize_command, register_months
+from flight_platform_dev.derived_bts import write_derived_months
 
 BUNDLED_ROWS = 336_776
 FIRST_DERIVED_YEAR = 2014

@@ -20,9 +20,11 @@ import numpy as np
 from benchmarks.private_platform import running_platform
 from flight_platform.batch.sources import flight_months
 from flight_platform.clients.mongo import RESPONSES, find_by_ids
-from flight_platform.local.drills import RECOVERY_TIMEOUT_S, answered, wait_until
+from flight_platform.local.processes import wait_until
 from flight_platform.local.stack import materialize_command
 from flight_platform.settings import REPO_ROOT
+from flight_platform_dev.load import answered
+from flight_platform_dev.platform import RECOVERY_TIMEOUT_S
 
 
 def figures(latencies_ms: list[float]) -> str:

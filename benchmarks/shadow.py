@@ -39,15 +39,10 @@ from benchmarks.stream import AnswerPoller, measure
 from flight_platform.clients.mongo import find_by_ids
 from flight_platform.core.model_store import ModelStore
 from flight_platform.core.scoring import PipelineScorer
-from flight_platform.local.drills import (
-    RECOVERY_TIMEOUT_S,
-    PrivatePlatform,
-    copy_of_champion,
-    serving_runs,
-    wait_until,
-)
+from flight_platform.local.processes import wait_until
 from flight_platform.streaming.job import CHALLENGERS_TAG, flight_delay_prediction_stream
 from flight_platform.streaming.supervisor import ALIVE
+from flight_platform_dev.platform import RECOVERY_TIMEOUT_S, PrivatePlatform, copy_of_champion, serving_runs
 
 TIMED_PER_S = 25  # requests timed per second of a phase, at any rate
 WARM_UP_S = 3

@@ -27,8 +27,11 @@ from pymongo import MongoClient
 from benchmarks.private_platform import percentiles, request_factory, running_platform
 from flight_platform.clients.kafka import create_producer
 from flight_platform.clients.mongo import RESPONSES, count_by_ids, find_by_ids
-from flight_platform.local.drills import RECOVERY_TIMEOUT_S, serving_runs, wait_until
+from flight_platform.local.processes import wait_until
+from flight_platform.replay import paced
 from flight_platform.settings import Settings
+from flight_platform_dev.drills import RECOVERY_TIMEOUT_S
+from flight_platform_dev.platform import serving_runs
 
 SAMPLE_EVERY = 20
 TIME_EVERY_REQUEST_UP_TO = 100  # requests per second
@@ -41,13 +44,8 @@ def produce(bootstrap_servers: str, topic: str, messages: list[tuple[str, bytes]
     """In its own process (the measuring process must not compete for the GIL): send the
     messages, paced at `rate` per second (None: as fast as possible); report send times."""
     producer = create_producer(bootstrap_servers)
-    started = time.monotonic()
     times = {}
-    for i, (request_id, payload) in enumerate(messages):
-        if rate:
-            delay = started + i / rate - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
+    for request_id, payload in paced(messages, rate):
         times[request_id] = time.time()
         producer.send(topic, payload, key=request_id.encode())
     producer.flush()

@@ -16,7 +16,9 @@ import operator
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
+from typing import TypeVar
 
 import numpy as np
 import pyarrow.compute as pc
@@ -50,6 +52,8 @@ UNKNOWN_ROUTE = "route not in origin_dest_distances"
 
 NOTHING_TO_REPLAY = 2  # exit codes
 SERVICE_FAILED = 1
+
+T = TypeVar("T")
 
 ACK_TIMEOUT_S = 60  # for the broker to acknowledge every request sent
 POLL_INTERVAL_S = 0.2
@@ -177,6 +181,20 @@ def flight_queries(database: Database, flights: list[dict]) -> tuple[list[tuple[
     return queries, skipped
 
 
+def paced(items: Iterable[T], rate: float | None) -> Iterator[T]:
+    """`items`, each one handed out at its turn at `rate` per second from the first (None or 0: as
+    soon as it is asked for). The turns are fixed from the start, so a slow send is caught up on
+    rather than slowing the rate. The replay, the drills' steady load and the benchmarks send
+    requests through it."""
+    started = time.monotonic()
+    for sent, item in enumerate(items):
+        if rate:
+            delay = started + sent / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        yield item
+
+
 def send_requests(settings: Settings, queries: list[tuple[FlightQuery, float]], rate: float,
                   progress: bool) -> list[str]:
     """Publish a request per query at `rate` per second (0: as fast as possible); the ids of the
@@ -187,14 +205,8 @@ def send_requests(settings: Settings, queries: list[tuple[FlightQuery, float]], 
         # As the web app does: the broker does not create topics by itself.
         ensure_request_topic(settings)
         producer = create_producer(servers)
-        started = time.monotonic()
         request_ids, acknowledgements = [], []
-        for sent, (query, distance) in enumerate(tqdm(queries, desc="sent", unit="req",
-                                                      disable=not progress)):
-            if rate:
-                delay = started + sent / rate - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
+        for query, distance in paced(tqdm(queries, desc="sent", unit="req", disable=not progress), rate):
             # Made as it is sent, as the web app makes it on a POST: RequestedAt is the send time.
             request = PredictionRequest.create(**query.model_dump(), Distance=distance)
             acknowledgements.append(producer.send(settings.request_topic, request.to_message(),

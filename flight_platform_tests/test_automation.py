@@ -8,9 +8,9 @@ import pytest
 from dagster import AssetKey
 
 from flight_platform.core.model_store import ModelStore
-from flight_platform.local import drills
-from flight_platform.local.drills import PrivatePlatform
 from flight_platform.local.stack import MONTHLY_ASSETS
+from flight_platform_dev import drills
+from flight_platform_dev.platform import PrivatePlatform
 
 # A stack start, an ingest, automation, a retrain and a roll-out: more than the default 600 s limit
 # on a slow two-core box.

@@ -24,8 +24,8 @@ from flight_platform.clients.mongo import DISTANCES
 from flight_platform.core import monitoring
 from flight_platform.core.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
 from flight_platform.core.model_store import ModelStore
-from flight_platform.local.derived_bts import write_bts_csv
 from flight_platform.resources import WarehouseResource, build_resources, spark_resource
+from flight_platform_dev.derived_bts import write_bts_csv
 from flight_platform_tests.conftest import ASSETS, latest_metadata, materialize_in_process
 
 MONTHLY = ASSETS[:3]

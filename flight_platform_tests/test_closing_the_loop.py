@@ -14,9 +14,9 @@ from dagster import AssetKey, DagsterInstance
 from flight_platform.batch.outcomes import DRIFT_CHECK, OUTCOMES
 from flight_platform.clients.mongo import RESPONSES
 from flight_platform.core.model_store import ModelStore
-from flight_platform.local import drills
-from flight_platform.local.drills import PrivatePlatform
+from flight_platform.local.processes import wait_until
 from flight_platform.replay import Selection, replay_day
+from flight_platform_dev.platform import PrivatePlatform, rolled_out
 from flight_platform_tests.conftest import run_cli
 
 pytestmark = [pytest.mark.services, pytest.mark.faults, pytest.mark.timeout(1200)]
@@ -75,8 +75,8 @@ def test_a_replayed_day_is_judged_per_model_and_late_departures_raise_drift(plat
     assert store.challengers() == [small, year_model]
     assert "2013-06" not in store.read_info(window_model)["months"]
     with platform.instance() as instance:
-        drills.wait_until(lambda: drills.rolled_out(instance, window_model, 1), 300,
-                          "the promoted model and its challengers to be rolled out")
+        wait_until(lambda: rolled_out(instance, window_model, 1), 300,
+                   "the promoted model and its challengers to be rolled out")
         # Only the replayed day is judged: the stack's start-up probe (a random 2013 date, answered
         # by the models serving then) may have landed in June too.
         platform.database[RESPONSES].delete_many({})

@@ -23,17 +23,13 @@ from pymongo import MongoClient
 
 from flight_platform.core.model_store import ModelStore
 from flight_platform.definitions import build_definitions
+from flight_platform.local import processes
 from flight_platform.local.postgres import (
     dagster_storage,
     dagster_yaml,
     postgres_server,
 )
-from flight_platform.local.stack import (
-    dagster_environment,
-    start_process,
-    stop_process,
-    wait_until_answering,
-)
+from flight_platform.local.stack import dagster_environment, start_server, wait_until_answering
 from flight_platform.settings import free_port, load_settings
 from flight_platform.streaming.job import MODEL_VERSION_TAG, flight_delay_prediction_stream
 from flight_platform_tests.conftest import BIN, run_cli, wait_for
@@ -138,11 +134,11 @@ def test_webserver_and_daemon_on_postgres(materialized, settings, searchable_tmp
             assert isinstance(instance.run_storage, PostgresRunStorage)
             partitions = session_partitions(asset, instance)
         running.callback(mongo.drop_database, env["FLIGHT_PLATFORM_MONGO_DATABASE"])
-        webserver = start_process([BIN / "dagster-webserver", "-w", "workspace.yaml",
-                            "-h", "127.0.0.1", "-p", str(port)], env)
-        running.callback(stop_process, webserver)
-        daemon = start_process([BIN / "dagster-daemon", "run", "-w", "workspace.yaml"], env)
-        running.callback(stop_process, daemon)  # stopped first, with the code server and runs it started
+        webserver = start_server([BIN / "dagster-webserver", "-w", "workspace.yaml",
+                                  "-h", "127.0.0.1", "-p", str(port)], env)
+        running.callback(processes.stop, webserver)
+        daemon = start_server([BIN / "dagster-daemon", "run", "-w", "workspace.yaml"], env)
+        running.callback(processes.stop, daemon)  # stopped first, with the code server and runs it started
 
         # (1) A materialization by the CLI, recorded in Postgres, seen through the webserver.
         # Every partition (in one run): the asset's check compares its routes with all the flights.

@@ -8,8 +8,8 @@ import pytest
 from dagster import RunRequest, SensorResult, SkipReason, build_sensor_context, instance_for_test
 
 from flight_platform.batch.inbox import bts_inbox_sensor
-from flight_platform.local.derived_bts import bts_file_name, derived_month, write_bts_csv
 from flight_platform.resources import WarehouseResource
+from flight_platform_dev.derived_bts import bts_file_name, derived_month, write_bts_csv
 
 
 @pytest.fixture

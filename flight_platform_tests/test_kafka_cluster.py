@@ -8,8 +8,9 @@ and answers stall is printed here and by benchmarks/faults.py, not asserted.)"""
 
 import pytest
 
-from flight_platform.local import drills
+from flight_platform.local import services
 from flight_platform.settings import free_port
+from flight_platform_dev import drills
 
 pytestmark = [pytest.mark.services, pytest.mark.faults]
 RATE = 30  # POSTs per second
@@ -33,7 +34,7 @@ def test_the_request_topic_is_replicated_on_every_node(platform):
     leaders = drills.partition_leaders(platform.settings)
     assert sorted(leaders) == list(range(platform.settings.request_topic_partitions))
     assert drills.fully_replicated(platform.settings)
-    assert len(drills.services.kafka_nodes(platform.settings)) == NODES
+    assert len(services.kafka_nodes(platform.settings)) == NODES
 
 
 def test_killing_a_partition_leader_loses_nothing(platform, capsys):

@@ -5,9 +5,11 @@ Layout section matches the tree."""
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
+import setuptools
 
 REPO_ROOT = Path(__file__).parents[1]
 
@@ -43,7 +45,7 @@ def readme_layout() -> str:
 
 def test_the_readme_layout_names_every_module_and_top_level_folder():
     named = set(re.findall(r"[\w.]+/?", readme_layout()))
-    modules = [path for package in ("flight_platform", "web")
+    modules = [path for package in ("flight_platform", "web", "flight_platform_dev")
                for path in (REPO_ROOT / package).rglob("*.py") if path.name != "__init__.py"]
     missing = [str(path.relative_to(REPO_ROOT)) for path in modules if path.name not in named]
     folders = {path.split("/")[0] for path in tracked_files()
@@ -57,3 +59,20 @@ def test_the_readme_layout_names_nothing_that_is_gone():
     named = set(re.findall(r"\w+\.(?:py|json)\b", layout))
     existing = {Path(path).name for path in tracked_files()}
     assert named - existing == set(), f"README's Layout names {named - existing}, not in the tree"
+
+
+def test_the_wheel_ships_the_product_and_not_the_development_harness():
+    """The packages `pip install .` ships, found as setuptools finds them from pyproject.toml."""
+    find = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    shipped = setuptools.find_packages(where=REPO_ROOT, include=find["include"])
+    assert {"flight_platform", "flight_platform.local", "web"} <= set(shipped)
+    assert {package.split(".")[0] for package in shipped} == {"flight_platform", "web"}
+    assert (REPO_ROOT / "flight_platform_dev" / "__init__.py").is_file()
+
+
+def test_the_product_never_imports_the_development_harness():
+    importing = [str(path.relative_to(REPO_ROOT)) for package in ("flight_platform", "web")
+                 for path in (REPO_ROOT / package).rglob("*.py")
+                 if re.search(r"^\s*(from|import) (flight_platform_dev|flight_platform_tests|benchmarks)\b",
+                              path.read_text(), re.MULTILINE)]
+    assert importing == []

@@ -1,6 +1,6 @@
 """Faults on a whole running stack, as `make run` runs it (services, `dagster dev` with its daemon and
 the supervising sensor, gunicorn): a second private platform seeded with this session's model and
-routes, hit by the drills of flight_platform.local.drills under a steady load. Every request the
+routes, hit by the drills of flight_platform_dev.drills under a steady load. Every request the
 broker acknowledged is answered once; serving resumes by itself. (How fast is printed by
 benchmarks/faults.py, not asserted here.)"""
 
@@ -11,9 +11,12 @@ import urllib.request
 import pytest
 from dagster import DagsterRunStatus, RunsFilter
 
-from flight_platform.local import drills
-from flight_platform.local.drills import PrivatePlatform
+from flight_platform.local import services
+from flight_platform.local.processes import wait_until
 from flight_platform.streaming.job import flight_delay_prediction_stream
+from flight_platform_dev import drills
+from flight_platform_dev.load import answered
+from flight_platform_dev.platform import RECOVERY_TIMEOUT_S, PrivatePlatform
 
 pytestmark = [pytest.mark.services, pytest.mark.faults]
 RATE = 50  # requests per second: steady, and light enough for two cores shared with everything
@@ -78,15 +81,15 @@ def post_prediction(platform: PrivatePlatform) -> tuple[int, dict]:
 
 def test_the_broker_down_gives_503s_then_the_app_recovers_by_itself(platform):
     assert post_prediction(platform)[0] == 200
-    (broker,) = drills.services.kafka_nodes(platform.settings)
-    drills.services.stop(broker)
+    (broker,) = services.kafka_nodes(platform.settings)
+    services.stop(broker)
     try:
         status, body = post_prediction(platform)
         assert status == 503 and body["status"] == "UNAVAILABLE", body
     finally:
-        drills.services.start(broker)
-    _, accepted = drills.wait_until(lambda: (answer := post_prediction(platform))[0] == 200 and answer,
-                                    drills.RECOVERY_TIMEOUT_S, "the web app to accept again")
-    drills.wait_until(lambda: drills.answered(platform.database, [accepted["id"]]),
-                      drills.RECOVERY_TIMEOUT_S, "the stream to answer after the broker restart")
+        services.start(broker)
+    _, accepted = wait_until(lambda: (answer := post_prediction(platform))[0] == 200 and answer,
+                             RECOVERY_TIMEOUT_S, "the web app to accept again")
+    wait_until(lambda: answered(platform.database, [accepted["id"]]),
+               RECOVERY_TIMEOUT_S, "the stream to answer after the broker restart")
 

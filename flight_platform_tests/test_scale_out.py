@@ -10,7 +10,6 @@ import pytest
 from dagster import DagsterInstance, RunsFilter
 
 from flight_platform.clients.kafka import partition_count
-from flight_platform.local import drills
 from flight_platform.streaming.job import (
     JOINED_TAG,
     MODEL_VERSION_TAG,
@@ -18,6 +17,8 @@ from flight_platform.streaming.job import (
     WORKER_TAG,
     flight_delay_prediction_stream,
 )
+from flight_platform_dev import drills
+from flight_platform_dev.platform import serving_run, serving_runs
 from flight_platform_tests.conftest import wait_for
 
 pytestmark = [pytest.mark.services, pytest.mark.faults]
@@ -48,7 +49,7 @@ def test_the_workers_share_the_partitions_of_one_group(platform):
         settings.request_topic_partitions)
     with platform.instance() as instance:
         def shared() -> bool:
-            serving = drills.serving_runs(instance)
+            serving = serving_runs(instance)
             latest = [assignments(instance, run.run_id)[-1:] for run in serving]
             if len(serving) != WORKERS or not all(latest):
                 return False
@@ -57,13 +58,13 @@ def test_the_workers_share_the_partitions_of_one_group(platform):
                 sum(map(len, held)) == settings.request_topic_partitions)
 
         wait_for(shared, 120, "two workers holding every partition once between them")
-        assert sorted(run.tags[SLOT_TAG] for run in drills.serving_runs(instance)) == ["0", "1"]
-        assert len({run.tags[WORKER_TAG] for run in drills.serving_runs(instance)}) == WORKERS
+        assert sorted(run.tags[SLOT_TAG] for run in serving_runs(instance)) == ["0", "1"]
+        assert len({run.tags[WORKER_TAG] for run in serving_runs(instance)}) == WORKERS
 
 
 def test_promote_model_rolls_out_blue_green_losing_nothing(platform, capsys):
     with platform.instance() as instance:
-        previous = drills.serving_run(instance).tags[MODEL_VERSION_TAG]
+        previous = serving_run(instance).tags[MODEL_VERSION_TAG]
         result, version = drills.drill_rollout(platform, RATE)
         with capsys.disabled():
             print(f"\nroll-out: {result}")
@@ -89,4 +90,4 @@ def test_losing_a_worker_loses_nothing_and_the_supervisor_restores_it(platform, 
         with capsys.disabled():
             print(f"\nworker loss: {result}")
         assert result.sent > 0 and result.lost == 0 and result.duplicated == 0, result
-        assert len(drills.serving_runs(instance)) == WORKERS
+        assert len(serving_runs(instance)) == WORKERS

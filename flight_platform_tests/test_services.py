@@ -12,6 +12,7 @@ import pytest
 
 from flight_platform.clients.kafka import create_consumer, create_producer, partition_count
 from flight_platform.local import services
+from flight_platform.local.processes import alive
 from flight_platform.settings import REPO_ROOT, free_port, load_settings, private_environment
 
 pytestmark = pytest.mark.services  # each test starts a private broker and Mongo-protocol server
@@ -32,14 +33,6 @@ def env(tmp_path):
 def pids(tmp_path) -> dict[str, int]:
     return {name: int((tmp_path / "services" / f"{name}.pid").read_text())
             for name in ("kafka-1", "mongo")}
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_up_status_down(env, tmp_path):

@@ -1,5 +1,5 @@
 """Spark's driver JVM maps the classes it loads from the archive `make install` recorded
-(flight_platform.local.spark_class_archive). A missing or stale archive would not fail anything,
+(flight_platform_dev.spark_class_archive). A missing or stale archive would not fail anything,
 only cost seconds on every run, so this checks that the JVM really reads classes from it."""
 
 import json

@@ -8,10 +8,10 @@ import pytest
 from pymongo import MongoClient
 
 from flight_platform.clients.mongo import DISTANCES
-from flight_platform.local.spark_cluster import spark_cluster
 from flight_platform.local.stack import dagster_environment
 from flight_platform.resources import build_resources
 from flight_platform.settings import Settings, load_settings
+from flight_platform_dev.spark_cluster import spark_cluster
 from flight_platform_tests.conftest import materialize_all, wait_for
 
 PARQUET_TABLES = ["on_time_performance", "flight_delay_features"]

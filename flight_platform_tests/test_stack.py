@@ -6,9 +6,9 @@ from dagster import AssetMaterialization, DagsterInstance
 
 from flight_platform.batch.sources import BUNDLED_MONTHS, flight_months
 from flight_platform.core.model_store import ModelStore
-from flight_platform.local.derived_bts import write_derived_months
 from flight_platform.local.stack import MONTHLY_ASSETS, register_months, unmaterialized
 from flight_platform.settings import load_settings, private_environment
+from flight_platform_dev.derived_bts import write_derived_months
 
 
 def private_settings(tmp_path):

@@ -4,6 +4,7 @@ the model materialized this session. Each test has its own topic and consumer gr
 import json
 import logging
 import random
+import re
 import signal
 import threading
 import time
@@ -20,9 +21,15 @@ from flight_platform.core.contract import PredictionRequest, PredictionResponse
 from flight_platform.core.features import ARRIVAL_DELAY_LABELS
 from flight_platform.core.model_store import ModelStore
 from flight_platform.core.scoring import PipelineScorer
-from flight_platform.local.drills import answered, hostile_messages, send_messages
 from flight_platform.streaming.worker import GroupNotJoined, PredictionStreamWorker
-from flight_platform_tests.conftest import latest_metadata, materialize_in_process, wait_for
+from flight_platform_dev.load import answered, hostile_messages, send_messages
+from flight_platform_dev.platform import PlatformProcess
+from flight_platform_tests.conftest import (
+    latest_metadata,
+    materialize_in_process,
+    wait_for,
+    wait_until_serving,
+)
 
 ROUTES = [("JFK", "ATL", 760.0, "DL"), ("EWR", "ORD", 719.0, "UA"), ("LGA", "MIA", 1096.0, "AA"),
           ("JFK", "LAX", 2475.0, "B6")]
@@ -48,6 +55,13 @@ def make_request(rng: random.Random, **overrides) -> PredictionRequest:
                   DepDelay=float(rng.randint(-10, 120)), Distance=distance)
     fields.update(overrides)
     return PredictionRequest.create(**fields)
+
+
+def stream_totals(stream: PlatformProcess) -> dict[str, int]:
+    """The worker's totals, as logged when it stopped cleanly."""
+    found = re.search(r"Stopped cleanly.*StreamTotals\(([^)]*)\)", stream.log())
+    assert found, f"the stream did not stop cleanly:\n{stream.log()[-3000:]}"
+    return {name: int(value) for name, value in (item.split("=") for item in found.group(1).split(", "))}
 
 
 def produce(settings, topic: str, payloads: list[bytes]):
@@ -179,7 +193,7 @@ def produce_until(settings, topic: str, rng: random.Random, per_second: float,
 def test_a_worker_stopped_mid_stream_loses_nothing_and_answers_nothing_twice(
         settings, start_stream, topic, database, stop_signal):
     first = start_stream(request_topic=topic, consumer_group=f"group_{topic}")
-    first.wait_until_serving()
+    wait_until_serving(first)
     # Requests keep arriving until the worker is gone, however fast or slow it is to stop.
     worker_stopped, sent = threading.Event(), []
     producer = threading.Thread(target=produce_until, args=(
@@ -205,7 +219,7 @@ def test_a_worker_stopped_mid_stream_loses_nothing_and_answers_nothing_twice(
     ids = list(sent)
     wait_for(lambda: answered(database, ids) == len(ids), 120, "every answer after the restart")
     second.stop(signal.SIGTERM)
-    replay = second.totals()
+    replay = stream_totals(second)
     # The restarted worker got every record after the committed offsets, once...
     assert replay["records"] == len(ids) - committed
     # ...recognized each answer stored but not committed as already answered, not answering it again...

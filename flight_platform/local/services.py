@@ -19,9 +19,7 @@ import argparse
 import base64
 import ipaddress
 import json
-import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -35,11 +33,11 @@ from pathlib import Path
 from pymongo.uri_parser import parse_uri
 
 from flight_platform.clients import kafka, mongo
+from flight_platform.local import processes
 from flight_platform.settings import Settings, free_port, load_settings
 
 STARTUP_TIMEOUT_S = 60.0  # a Kafka node answers in about 4 s on an idle box, 2 JVMs on 2 cores take longer
 SHUTDOWN_TIMEOUT_S = 30.0  # a Kafka node's controlled shutdown moves its leaderships first
-KILL_TIMEOUT_S = 30.0
 
 
 class ServiceError(RuntimeError):
@@ -276,12 +274,9 @@ def running_pid(service: Service) -> int | None:
         pid = int(service.pid_file.read_text())
     except (FileNotFoundError, ValueError):
         return None
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except FileNotFoundError:
-        return None
     # Guards against a recycled pid: it must still be our command.
-    return pid if service.identity.encode() in cmdline else None
+    command = processes.command_line(pid)
+    return pid if command is not None and service.identity in command else None
 
 
 def start(service: Service) -> str:
@@ -302,25 +297,21 @@ def start_all(to_start: list[Service]) -> dict[str, str]:
         else:
             started.append((service, _launch(service)))
     began = time.monotonic()
-    waiting = list(started)
-    while waiting:
-        for service, process in list(waiting):
-            if process.poll() is not None:
-                service.pid_file.unlink(missing_ok=True)
-                for other, _ in started:
-                    stop(other)
-                raise ServiceError(f"{service.name} exited with code {process.returncode} while "
-                                   f"starting; see {service.log_file}")
-            if service.is_healthy():
-                waiting.remove((service, process))
-                reports[service.name] = (f"started (pid {process.pid}) at {service.endpoint} in "
-                                         f"{time.monotonic() - began:.1f}s")
-        if waiting and time.monotonic() - began > STARTUP_TIMEOUT_S:
-            for other, _ in started:
-                stop(other)
-            raise ServiceError(f"{', '.join(s.name for s, _ in waiting)} did not answer within "
-                               f"{STARTUP_TIMEOUT_S:.0f}s; see {waiting[0][0].log_file}")
-        time.sleep(0.1)
+
+    def answering(service: Service, process: subprocess.Popen) -> bool:
+        if service.name not in reports and service.is_healthy():
+            reports[service.name] = (f"started (pid {process.pid}) at {service.endpoint} in "
+                                     f"{time.monotonic() - began:.1f}s")
+        return service.name in reports
+
+    try:
+        for service, process in started:
+            processes.wait_until(lambda s=service, p=process: answering(s, p), STARTUP_TIMEOUT_S,
+                                 f"{service.name} to answer; see {service.log_file}", interval=0.1,
+                                 process=process)
+    except (RuntimeError, TimeoutError) as error:
+        stop_all([service for service, _ in started])
+        raise ServiceError(str(error)) from None
     for service, _ in started:
         service.prepare()
     return {service.name: reports[service.name] for service in to_start}
@@ -333,12 +324,7 @@ def _launch(service: Service) -> subprocess.Popen:
             f"start. Stop it, or point FLIGHT_PLATFORM_* settings at another port.")
     service.settings.services_dir.mkdir(parents=True, exist_ok=True)
     service.initialize()
-    with open(service.log_file, "ab") as log:
-        process = subprocess.Popen(
-            service.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            cwd=service.settings.services_dir,
-            start_new_session=True,  # a Ctrl-C meant for the caller must not kill it behind our back
-        )
+    process = processes.start(service.command(), service.log_file, cwd=service.settings.services_dir)
     service.pid_file.write_text(str(process.pid))
     return process
 
@@ -348,9 +334,9 @@ def stop(service: Service) -> str:
 
 
 def stop_all(to_stop: list[Service]) -> dict[str, str]:
-    """SIGTERM the services together (a Kafka node shutting down while the others are already gone
-    would wait for a controller quorum), SIGKILL what is left after SHUTDOWN_TIMEOUT_S, and return
-    once every one has ended (its port is free again). Returns a one-line report per service name."""
+    """SIGTERM the services together, SIGKILL what is left after SHUTDOWN_TIMEOUT_S, and
+    return once every one has ended (its port is free again). Returns a one-line report per
+    service name."""
     reports, stopping = {}, {}
     for service in to_stop:
         if service.is_external:
@@ -360,30 +346,13 @@ def stop_all(to_stop: list[Service]) -> dict[str, str]:
         service.pid_file.unlink(missing_ok=True)
         if pid is None:
             reports[service.name] = "not running"
-            continue
-        os.kill(pid, signal.SIGTERM)
-        stopping[service.name] = pid
-    deadline = time.monotonic() + SHUTDOWN_TIMEOUT_S
-    while stopping and time.monotonic() < deadline:
-        for name, pid in list(stopping.items()):
-            if not alive(pid):
-                reports[name] = f"stopped (pid {pid})"
-                del stopping[name]
-        time.sleep(0.05)
+        else:
+            stopping[service.name] = pid
+    killed = processes.terminate(list(stopping.values()), SHUTDOWN_TIMEOUT_S)
     for name, pid in stopping.items():
-        os.kill(pid, signal.SIGKILL)
-        reports[name] = f"killed (pid {pid}) after {SHUTDOWN_TIMEOUT_S:.0f}s without exiting on SIGTERM"
-    _wait_until_ended(list(stopping.values()))
+        reports[name] = (f"killed (pid {pid}) after {SHUTDOWN_TIMEOUT_S:.0f}s without exiting on "
+                         f"SIGTERM" if pid in killed else f"stopped (pid {pid})")
     return {service.name: reports[service.name] for service in to_stop}
-
-
-def _wait_until_ended(pids: list[int]) -> None:
-    """Until every one of `pids` (sent SIGKILL) has ended: a JVM takes a moment to die."""
-    deadline = time.monotonic() + KILL_TIMEOUT_S
-    while any(alive(pid) for pid in pids):
-        if time.monotonic() > deadline:
-            raise ServiceError(f"processes {pids} still run {KILL_TIMEOUT_S:.0f}s after SIGKILL")
-        time.sleep(0.05)
 
 
 def kill(service: Service) -> str:
@@ -392,29 +361,8 @@ def kill(service: Service) -> str:
     service.pid_file.unlink(missing_ok=True)
     if pid is None:
         return "not running"
-    os.kill(pid, signal.SIGKILL)
-    _wait_until_ended([pid])
+    processes.kill([pid])
     return f"killed (pid {pid})"
-
-
-def alive(pid: int) -> bool:
-    """Whether any thread of `pid` still runs. A killed JVM's main thread is a zombie before its
-    other threads have ended, and its sockets close only with the last of them."""
-    try:
-        os.waitpid(pid, os.WNOHANG)  # reap it if it is our child (tests start services in-process)
-    except ChildProcessError:
-        pass
-    try:
-        tasks = list(Path(f"/proc/{pid}/task").iterdir())
-    except FileNotFoundError:
-        return False
-    for task in tasks:
-        try:
-            if (task / "stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X"):
-                return True
-        except (FileNotFoundError, ProcessLookupError):
-            continue  # that thread has just ended
-    return False
 
 
 def describe(service: Service) -> tuple[bool, str]:

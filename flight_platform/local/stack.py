@@ -20,21 +20,20 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
 
 from flight_platform.batch.sources import flight_months, month_sources
 from flight_platform.core.model_store import ModelStore
-from flight_platform.local import services
+from flight_platform.local import processes, services
 from flight_platform.local.postgres import dagster_storage
 from flight_platform.settings import REPO_ROOT, Settings, load_settings
 from flight_platform.streaming.job import flight_delay_prediction_stream
 from flight_platform.streaming.supervisor import ALIVE, FINISHED
 
 READY_TIMEOUT_S = 120.0
-STOP_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 30.0  # for the streaming run to end once canceled
 
 
 class _Stop(Exception):
@@ -45,41 +44,13 @@ def _raise_stop(signum, _frame):
     raise _Stop(signal.Signals(signum).name)
 
 
-def wait_until_answering(url: str, process: subprocess.Popen,
-                         timeout: float = READY_TIMEOUT_S) -> None:
-    """Wait until `url` answers 2xx; RuntimeError if `process` exits or `timeout` passes first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{process.args[0]} exited with code {process.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise RuntimeError(f"{url} did not answer within {timeout:.0f}s")
+def start_server(command: list, env: dict) -> subprocess.Popen:
+    return processes.start(command, env=env, cwd=REPO_ROOT)
 
 
-def start_process(command: list, env: dict) -> subprocess.Popen:
-    # Its own process group, so stopping it also reaches what it spawned (dagster dev's code
-    # server and the streaming run worker would otherwise outlive it).
-    return subprocess.Popen(command, env=env, cwd=REPO_ROOT, start_new_session=True)
-
-
-def stop_process(process: subprocess.Popen) -> None:
-    """SIGTERM the whole group (the streaming run finishes and commits its batch), then SIGKILL
-    whatever is left after STOP_TIMEOUT_S."""
-    deadline = time.monotonic() + STOP_TIMEOUT_S
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        while time.monotonic() < deadline:
-            process.poll()
-            os.killpg(process.pid, 0)  # raises once every process of the group has exited
-            time.sleep(0.2)
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.wait()
+def wait_until_answering(url: str, server: subprocess.Popen, timeout: float = READY_TIMEOUT_S) -> None:
+    processes.wait_until(lambda: processes.answers(url), timeout, f"{url} to answer", interval=0.5,
+                         process=server)
 
 
 def _cancel_stream_runs(settings: Settings) -> None:
@@ -91,10 +62,9 @@ def _cancel_stream_runs(settings: Settings) -> None:
                                             statuses=[DagsterRunStatus.STARTED]))
         for run in runs:
             instance.run_coordinator.cancel_run(run.run_id)
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        while time.monotonic() < deadline and any(
-                instance.get_run_by_id(run.run_id).status not in FINISHED for run in runs):
-            time.sleep(0.5)
+        processes.wait_until(lambda: all(instance.get_run_by_id(run.run_id).status in FINISHED
+                                         for run in runs), STOP_TIMEOUT_S,
+                             "the streaming run to end", interval=0.5)
 
 
 def settle_abandoned_runs(settings: Settings) -> list[str]:
@@ -194,7 +164,7 @@ def serve(settings: Settings, env: dict[str, str], materialize: bool) -> None:
     bin_dir = Path(sys.executable).parent
     dagster_url = f"http://127.0.0.1:{settings.dagster_port}"
     web_url = f"http://{settings.web_host}:{settings.web_port}"
-    processes: list[subprocess.Popen] = []
+    servers: list[subprocess.Popen] = []
     dagster = None
     try:
         services.up(settings)
@@ -209,11 +179,11 @@ def serve(settings: Settings, env: dict[str, str], materialize: bool) -> None:
         elif materialize:
             print(f"Every asset is materialized for {len(months)} months: not materializing again.",
                   flush=True)
-        web = start_process(web_server_command(settings), env)
-        processes.append(web)
-        dagster = start_process([bin_dir / "dagster", "dev", "-w", "workspace.yaml", "-h",
+        web = start_server(web_server_command(settings), env)
+        servers.append(web)
+        dagster = start_server([bin_dir / "dagster", "dev", "-w", "workspace.yaml", "-h",
                                  "127.0.0.1", "-p", str(settings.dagster_port)], env)
-        processes.append(dagster)
+        servers.append(dagster)
         wait_until_answering(f"{web_url}/health", web)
         wait_until_answering(f"{dagster_url}/server_info", dagster)
         print(f"\nflight_platform is up:\n"
@@ -222,7 +192,7 @@ def serve(settings: Settings, env: dict[str, str], materialize: bool) -> None:
               f"  Kafka {settings.kafka_bootstrap_servers}, MongoDB {settings.mongo_uri}\n"
               f"The sensor prediction_stream_supervisor starts the streaming job within a minute.\n"
               f"Press Ctrl-C to stop everything.\n", flush=True)
-        while all(p.poll() is None for p in processes):
+        while all(server.poll() is None for server in servers):
             time.sleep(0.5)
         print("A server exited; stopping the rest.", file=sys.stderr)
     finally:
@@ -234,8 +204,8 @@ def serve(settings: Settings, env: dict[str, str], materialize: bool) -> None:
             except Exception as error:  # noqa: BLE001 - the SIGTERM below still stops it cleanly
                 print(f"Could not terminate the streaming run through Dagster ({error}); "
                       f"stopping it by signal.", file=sys.stderr)
-        for process in reversed(processes):
-            stop_process(process)
+        for server in reversed(servers):
+            processes.stop(server)
         services.down(settings)
 
 
@@ -259,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         run(settings, materialize=not args.no_materialize)
     except _Stop as stop:
         print(f"Stopped ({stop}).")
-    except (RuntimeError, subprocess.CalledProcessError, services.ServiceError) as error:
+    except (RuntimeError, TimeoutError, subprocess.CalledProcessError, services.ServiceError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0

@@ -4,7 +4,7 @@ its delays jittered deterministically from a seed. Written as the CSV files BTS 
 header names, quoted fields, hhmm times, 1.00/0.00 flags, the trailing comma), so the ingest reads
 them exactly as real downloads.
 
-    python -m flight_platform.local.derived_bts --out data/bts --years 2014 2015 [--months 1 2]
+    python -m flight_platform_dev.derived_bts --out data/bts --years 2014 2015 [--months 1 2]
 """
 
 import argparse
@@ -87,7 +87,7 @@ def write_derived_months(out_dir: Path, years: list[int], months: list[int], see
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m flight_platform.local.derived_bts",
+    parser = argparse.ArgumentParser(prog="python -m flight_platform_dev.derived_bts",
                                      description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="folder to write into (data/bts)")

@@ -13,7 +13,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -21,12 +20,13 @@ from pathlib import Path
 
 import pyspark
 
+from flight_platform.local import processes
 from flight_platform.settings import free_port
 
 SPARK_HOME = Path(pyspark.__file__).parent
 HOST = "127.0.0.1"
 READY_TIMEOUT_S = 90.0
-STOP_TIMEOUT_S = 20.0
+STOP_TIMEOUT_S = 20.0  # SIGTERM -> SIGKILL; the worker kills its executors on the way out
 
 
 class SparkCluster:
@@ -93,32 +93,12 @@ def _spark_class(main_class: str, *args: str) -> list[str]:
 def _start(command: list[str], log_file: Path) -> subprocess.Popen:
     env = {**os.environ, "SPARK_HOME": str(SPARK_HOME), "SPARK_LOCAL_IP": HOST,
            "PYSPARK_PYTHON": sys.executable}
-    with open(log_file, "ab") as log:
-        # spark-class execs the JVM, so this is the daemon's own pid.
-        return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-
-
-def _stop(process: subprocess.Popen) -> None:
-    """SIGTERM (the worker kills its executors on the way out), SIGKILL after STOP_TIMEOUT_S."""
-    process.terminate()
-    try:
-        process.wait(STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    return processes.start(command, log_file, env=env)  # spark-class execs the JVM: the daemon's pid
 
 
 def _wait_until(condition, process: subprocess.Popen, log_file: Path, what: str) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{what}: the process exited with code {process.returncode}; "
-                               f"see {log_file}")
-        if condition():
-            return
-        time.sleep(0.5)
-    raise RuntimeError(f"{what}: not done within {READY_TIMEOUT_S:.0f}s; see {log_file}")
+    processes.wait_until(condition, READY_TIMEOUT_S, f"{what} (see {log_file})", interval=0.5,
+                         process=process)
 
 
 @contextmanager
@@ -133,14 +113,15 @@ def spark_cluster(root: Path, cores: int = 1, memory: str = "2g") -> Iterator[Sp
         master = _start(_spark_class("master.Master", "--host", HOST,
                                      "--port", str(cluster.master_port),
                                      "--webui-port", str(cluster.master_ui_port)), master_log)
-        running.callback(_stop, master)
+        running.callback(processes.stop, master, STOP_TIMEOUT_S)
         _wait_until(cluster.master_answers, master, master_log, "the Spark master starting")
         worker_log = cluster.log_file("worker")
         worker = _start(_spark_class("worker.Worker", cluster.master_url, "--host", HOST,
                                      "--cores", str(cores), "--memory", memory,
                                      "--webui-port", str(cluster.worker_ui_port),
                                      "--work-dir", str(cluster.work_dir)), worker_log)
-        running.callback(_stop, worker)  # callbacks run last-in first-out: the worker stops first
+        # Callbacks run last-in first-out: the worker stops first.
+        running.callback(processes.stop, worker, STOP_TIMEOUT_S)
         _wait_until(lambda: cluster.alive_workers() >= 1, worker, worker_log,
                     "the Spark worker registering with the master")
         yield cluster

