@@ -6,7 +6,7 @@ not when this module is imported, so tests and tools choose their endpoints firs
 
 import dagster as dg
 
-from flight_platform.batch import distances, ingest, model, outcomes, training_features
+from flight_platform.batch import distances, drift, ingest, model, outcomes, training_features
 from flight_platform.batch.inbox import bts_inbox_sensor
 from flight_platform.resources import build_resources
 from flight_platform.settings import Settings, load_settings
@@ -34,7 +34,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             outcomes.prediction_outcomes,
         ],
         asset_checks=[
-            outcomes.drift_check(settings.drift_psi_threshold),
+            drift.drift_check(settings.drift_psi_threshold),
         ],
         jobs=[flight_delay_prediction_stream, promote_model, manage_challengers],
         sensors=[prediction_stream_supervisor, bts_inbox_sensor, automation],

@@ -22,12 +22,12 @@ from typing import TypeVar
 
 import numpy as np
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from kafka.errors import KafkaError
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
 from tqdm import tqdm
 
+from flight_platform import warehouse
 from flight_platform.clients.kafka import close_in_background, create_producer, ensure_request_topic
 from flight_platform.clients.mongo import (
     RESPONSES,
@@ -38,11 +38,6 @@ from flight_platform.clients.mongo import (
 from flight_platform.core.contract import FlightQuery, InvalidRequest, PredictionRequest
 from flight_platform.settings import Settings, load_settings
 
-# Where the on_time_performance asset writes a month (flight_platform.batch: the warehouse's
-# `<table>.parquet` directory, one `FlightMonth=YYYY-MM` directory per month). Not imported from
-# there because the batch modules load Dagster and Spark.
-TABLE_DIRECTORY = "on_time_performance.parquet"
-MONTH_DIRECTORY = "FlightMonth={:%Y-%m}"
 # Scheduled departure order, ties broken so that a limit always picks the same flights.
 DEPARTURE_ORDER = ["CRSDepTime", "Carrier", "FlightNum", "Origin", "Dest"]
 COLUMNS = list(dict.fromkeys([*FlightQuery.model_fields, *DEPARTURE_ORDER]))
@@ -145,12 +140,13 @@ def day_flights(settings: Settings, flight_date: dt.date, selection: Selection,
                 limit: int | None = None) -> list[dict]:
     """The flights of `flight_date` that `selection` picks, in scheduled departure order, the first
     `limit` of them. ReplayError if that month is not in the warehouse."""
-    month = settings.warehouse_dir / TABLE_DIRECTORY / MONTH_DIRECTORY.format(flight_date)
-    if not month.is_dir():
-        raise ReplayError(f"No on_time_performance data for {flight_date:%Y-%m} (no {month}): "
+    month, root = f"{flight_date:%Y-%m}", str(settings.warehouse_dir)
+    if not (directory := warehouse.month_path(root, warehouse.ON_TIME_PERFORMANCE, month)).is_dir():
+        raise ReplayError(f"No {warehouse.ON_TIME_PERFORMANCE} data for {month} (no {directory}): "
                           "materialize that month first (`make run`, or the Dagster UI).",
                           NOTHING_TO_REPLAY)
-    flights = pq.read_table(month, columns=COLUMNS, filters=selection.filter(flight_date))
+    flights = warehouse.read_months(root, warehouse.ON_TIME_PERFORMANCE, [month], COLUMNS,
+                                    selection.filter(flight_date))
     flights = flights.sort_by([(column, "ascending") for column in DEPARTURE_ORDER])
     return flights.slice(0, limit).to_pylist()
 

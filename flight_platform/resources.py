@@ -8,7 +8,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import psutil
+import pyarrow as pa
 from dagster import ConfigurableResource
 from dagster_pyspark import LazyPySparkResource
 from kafka import KafkaConsumer, KafkaProducer
@@ -16,6 +18,7 @@ from pydantic import PrivateAttr
 from pymongo import MongoClient
 from pymongo.database import Database
 
+from flight_platform import warehouse
 from flight_platform.clients import kafka, mongo
 from flight_platform.core.model_store import ModelStore
 from flight_platform.settings import Settings
@@ -149,7 +152,14 @@ class WarehouseResource(ConfigurableResource):
     bts_dir: str
 
     def table_path(self, table: str) -> str:
-        return f"{self.root.rstrip('/')}/{table}.parquet"
+        return warehouse.table_path(self.root, table)
+
+    def read_months(self, table: str, months: list[str], columns: list[str]) -> pd.DataFrame:
+        """`columns` of the rows of `months` of `table`, read with pyarrow (no Spark)."""
+        return warehouse.read_months(self.root, table, months, columns).to_pandas()
+
+    def write_month(self, table: str, month: str, rows: pa.Table) -> None:
+        warehouse.write_month(self.root, table, month, rows)
 
 
 class ModelStoreResource(ConfigurableResource):

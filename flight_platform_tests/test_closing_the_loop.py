@@ -11,11 +11,12 @@ import re
 import pytest
 from dagster import AssetKey, DagsterInstance
 
-from flight_platform.batch.outcomes import DRIFT_CHECK, OUTCOMES
+from flight_platform.batch.drift import DRIFT_CHECK
 from flight_platform.clients.mongo import RESPONSES
 from flight_platform.core.model_store import ModelStore
 from flight_platform.local.processes import wait_until
 from flight_platform.replay import Selection, replay_day
+from flight_platform.warehouse import PREDICTION_OUTCOMES
 from flight_platform_dev.platform import PrivatePlatform, rolled_out
 from flight_platform_tests.conftest import run_cli
 
@@ -49,7 +50,7 @@ def train(platform: PrivatePlatform, **config) -> str:
 
 def outcomes(instance: DagsterInstance, month: str) -> tuple[dict, object]:
     """The latest prediction_outcomes metadata of `month` and its drift check's evaluation."""
-    event = instance.get_latest_materialization_event(AssetKey(OUTCOMES))
+    event = instance.get_latest_materialization_event(AssetKey(PREDICTION_OUTCOMES))
     assert event.asset_materialization.partition == month
     (check,) = [e.dagster_event.event_specific_data for e in instance.all_logs(event.run_id)
                 if e.dagster_event and e.dagster_event.event_type_value == "ASSET_CHECK_EVALUATION"]
@@ -84,7 +85,7 @@ def test_a_replayed_day_is_judged_per_model_and_late_departures_raise_drift(plat
         day = replay_day(platform.settings, NORMAL_DAY, rate=0, wait_s=300)
         assert day.sent > 900 and day.answered == day.sent, day.report()
         assert set(day.model_versions) == {window_model}
-        dagster(platform, "asset", "materialize", "--select", OUTCOMES, "--partition", "2013-06")
+        dagster(platform, "asset", "materialize", "--select", PREDICTION_OUTCOMES, "--partition", "2013-06")
         metadata, drift = outcomes(instance, "2013-06")
         versions = by_version(metadata)
         with capsys.disabled():
@@ -104,7 +105,7 @@ def test_a_replayed_day_is_judged_per_model_and_late_departures_raise_drift(plat
         late = [replay_day(platform.settings, dt.date(2013, 7, d), Selection(min_dep_delay=60),
                            rate=0, wait_s=300) for d in range(1, 11)]
         assert sum(r.answered for r in late) >= 300
-        dagster(platform, "asset", "materialize", "--select", OUTCOMES, "--partition", "2013-07")
+        dagster(platform, "asset", "materialize", "--select", PREDICTION_OUTCOMES, "--partition", "2013-07")
         _, alarm = outcomes(instance, "2013-07")
         with capsys.disabled():
             print(f"drift, July 1-10 departures over 60 min late: {alarm.description}")

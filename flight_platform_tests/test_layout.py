@@ -18,7 +18,8 @@ HEAVY = ("dagster", "pyspark")
 
 @pytest.mark.parametrize("module", ["web.app", "flight_platform.core.contract",
                                     "flight_platform.core.scoring", "flight_platform.core.model_store",
-                                    "flight_platform.clients.kafka", "flight_platform.clients.mongo"])
+                                    "flight_platform.clients.kafka", "flight_platform.clients.mongo",
+                                    "flight_platform.warehouse", "flight_platform.replay"])
 def test_importing_loads_neither_dagster_nor_spark(module):
     probe = (f"import sys, {module}\n"
              f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {set(HEAVY)!r}))")

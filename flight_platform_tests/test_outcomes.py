@@ -30,14 +30,16 @@ from dagster import (
 )
 from pymongo import MongoClient
 
-from flight_platform.batch.outcomes import DRIFT_CHECK, OUTCOMES, drift_check, prediction_outcomes
-from flight_platform.batch.sources import BUNDLED_MONTHS, MONTH_COLUMN, flight_months
+from flight_platform.batch.drift import DRIFT_CHECK, drift_check
+from flight_platform.batch.outcomes import prediction_outcomes
+from flight_platform.batch.sources import BUNDLED_MONTHS, flight_months
 from flight_platform.clients.mongo import RESPONSES
 from flight_platform.core.contract import PredictionRequest, Scored
 from flight_platform.core.model_store import ModelStore
 from flight_platform.core.scoring import PipelineScorer
 from flight_platform.definitions import build_definitions
 from flight_platform.resources import ModelStoreResource, MongoResource, build_resources
+from flight_platform.warehouse import MONTH_COLUMN, PREDICTION_OUTCOMES
 
 pytestmark = pytest.mark.services
 
@@ -106,7 +108,7 @@ def materialize_outcomes(settings, database, store: ModelStore):
                  "model_store": ModelStoreResource(root=str(store.root))}
     result = materialize([prediction_outcomes, drift_check(settings.drift_psi_threshold)],
                          partition_key=MONTH, resources=resources, instance=DagsterInstance.get())
-    (materialization,) = result.asset_materializations_for_node(OUTCOMES)
+    (materialization,) = result.asset_materializations_for_node(PREDICTION_OUTCOMES)
     (check,) = result.get_asset_check_evaluations()
     return ({key: value.value for key, value in materialization.metadata.items()}, check)
 
@@ -121,7 +123,7 @@ def psi_figures(check) -> dict[str, float]:
 
 def test_every_month_is_materialized_with_the_rest(materialized):
     instance = DagsterInstance.get()
-    assert instance.get_materialized_partitions(AssetKey(OUTCOMES)) >= set(BUNDLED_MONTHS)
+    assert instance.get_materialized_partitions(AssetKey(PREDICTION_OUTCOMES)) >= set(BUNDLED_MONTHS)
 
 
 def test_a_month_of_on_time_data_triggers_its_outcomes(settings):
@@ -129,11 +131,11 @@ def test_a_month_of_on_time_data_triggers_its_outcomes(settings):
         instance.add_dynamic_partitions(flight_months.name, [MONTH])
         defs = build_definitions(settings)
         first = evaluate_automation_conditions(defs, instance)
-        assert first.get_requested_partitions(AssetKey(OUTCOMES)) == set()
+        assert first.get_requested_partitions(AssetKey(PREDICTION_OUTCOMES)) == set()
         instance.report_runless_asset_event(
             AssetMaterialization("on_time_performance", partition=MONTH))
         landed = evaluate_automation_conditions(defs, instance, cursor=first.cursor)
-        assert landed.get_requested_partitions(AssetKey(OUTCOMES)) == {MONTH}
+        assert landed.get_requested_partitions(AssetKey(PREDICTION_OUTCOMES)) == {MONTH}
 
 
 def test_a_normal_day_is_scored_per_version_and_raises_no_drift(database, settings, model_store,
@@ -193,7 +195,7 @@ def test_a_normal_day_is_scored_per_version_and_raises_no_drift(database, settin
         ElementTree.fromstring(base64.b64decode(image))  # a well-formed SVG document
 
     # The rows are stored: one per answer and version, in the month's partition.
-    table = pq.read_table(Path(build_resources(settings)["warehouse"].table_path(OUTCOMES))
+    table = pq.read_table(Path(build_resources(settings)["warehouse"].table_path(PREDICTION_OUTCOMES))
                           / f"{MONTH_COLUMN}={MONTH}").to_pandas()
     assert len(table) == metadata["dagster/row_count"] == 2 * len(documents)
     assert (table["Outcome"] == "matched").sum() == 2 * len(arrived)

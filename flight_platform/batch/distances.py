@@ -23,10 +23,11 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from flight_platform.batch.ingest import on_time_performance
-from flight_platform.batch.sources import MONTH_COLUMN, MONTHLY
+from flight_platform.batch.sources import MONTHLY
 from flight_platform.batch.tables import read_months
 from flight_platform.clients.mongo import DISTANCE_PARTIALS, DISTANCES, ensure_index
 from flight_platform.resources import MongoResource, WarehouseResource
+from flight_platform.warehouse import MONTH_COLUMN, ON_TIME_PERFORMANCE
 
 ONE_PER_ROUTE = "one_document_per_route"
 
@@ -99,6 +100,7 @@ def one_document_per_route(collection: Collection, routes_flown: int) -> AssetCh
 
 
 @asset(
+    name=DISTANCES,  # the MongoDB collection it writes
     **MONTHLY,
     deps=[on_time_performance],
     automation_condition=AutomationCondition.eager(),
@@ -107,14 +109,14 @@ def one_document_per_route(collection: Collection, routes_flown: int) -> AssetCh
     "mean Distance, the carriers flying it and the flight count, under a unique (Origin, Dest) "
     "index. Incremental per month: a month's partial sums are replaced and only its routes rebuilt.",
     check_specs=[AssetCheckSpec(
-        ONE_PER_ROUTE, asset="origin_dest_distances", blocking=True,
+        ONE_PER_ROUTE, asset=DISTANCES, blocking=True,
         description="Exactly one document per route, and as many as distinct (Origin, Dest) pairs "
         "in on_time_performance.")],
 )
 def origin_dest_distances(context: AssetExecutionContext, spark: LazyPySparkResource,
                           warehouse: WarehouseResource, mongo: MongoResource) -> MaterializeResult:
     months = context.partition_keys
-    flights_path = warehouse.table_path("on_time_performance")
+    flights_path = warehouse.table_path(ON_TIME_PERFORMANCE)
     partials = month_partials(read_months(spark.spark_session, flights_path, months))
     database = mongo.get_database()
     ensure_index(database, DISTANCES)

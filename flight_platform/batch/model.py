@@ -14,9 +14,6 @@ from dagster import (
     Config,
     MaterializeResult,
     MetadataValue,
-    TableColumn,
-    TableRecord,
-    TableSchema,
     asset,
 )
 from dagster_pyspark import LazyPySparkResource
@@ -26,7 +23,7 @@ from pyspark.ml.feature import Bucketizer, StringIndexer, VectorAssembler
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from flight_platform.batch.sources import MONTH_COLUMN
+from flight_platform.batch.metadata import confusion_frame, frame_table
 from flight_platform.batch.tables import months_held
 from flight_platform.batch.training_features import flight_delay_features
 from flight_platform.core import monitoring
@@ -39,6 +36,9 @@ from flight_platform.core.features import (
 from flight_platform.core.model_store import ModelStore
 from flight_platform.core.scoring import PipelineScorer
 from flight_platform.resources import ModelStoreResource, WarehouseResource
+from flight_platform.warehouse import FLIGHT_DELAY_FEATURES, MONTH_COLUMN
+
+FLIGHT_DELAY_MODEL = "flight_delay_model"
 
 LABEL = "ArrDelayBucket"
 BEATS_BASELINE = "beats_majority_baseline"
@@ -134,18 +134,8 @@ def scorer_parity(scorer: PipelineScorer, predictions: DataFrame, rows: int) -> 
             "max_probability_difference": max_difference}
 
 
-def confusion_table(matrix: np.ndarray) -> MetadataValue:
-    columns = [f"predicted {i}" for i in range(len(ARRIVAL_DELAY_LABELS))]
-    return MetadataValue.table(
-        [TableRecord({"actual": f"{i} {label}",
-                      **{column: int(matrix[i, j]) for j, column in enumerate(columns)}})
-         for i, label in enumerate(ARRIVAL_DELAY_LABELS)],
-        schema=TableSchema([TableColumn("actual", "string"),
-                            *[TableColumn(c, "int") for c in columns]]),
-    )
-
-
 @asset(
+    name=FLIGHT_DELAY_MODEL,
     deps=[flight_delay_features],
     # Unpartitioned, but part of a single-run backfill: `make run` materializes every month and the
     # model in one run (one Spark start).
@@ -160,12 +150,12 @@ def confusion_table(matrix: np.ndarray) -> MetadataValue:
     "moves to it only if all three checks pass. A sound candidate that is only less accurate than "
     "the current model becomes a challenger, scored beside it on live requests.",
     check_specs=[
-        AssetCheckSpec(BEATS_BASELINE, asset="flight_delay_model", blocking=True,
+        AssetCheckSpec(BEATS_BASELINE, asset=FLIGHT_DELAY_MODEL, blocking=True,
                        description="Held-out accuracy beats always predicting the majority class."),
-        AssetCheckSpec(SCORER_PARITY, asset="flight_delay_model", blocking=True,
+        AssetCheckSpec(SCORER_PARITY, asset=FLIGHT_DELAY_MODEL, blocking=True,
                        description="The streaming scorer reproduces Spark's predictions and "
                        "probabilities on held-out rows."),
-        AssetCheckSpec(NOT_WORSE, asset="flight_delay_model", blocking=True,
+        AssetCheckSpec(NOT_WORSE, asset=FLIGHT_DELAY_MODEL, blocking=True,
                        description="On the same held-out rows, the candidate is not less accurate "
                        "than the current model (beyond a tolerance), so unattended retraining "
                        "never replaces a better model with a worse one."),
@@ -174,7 +164,7 @@ def confusion_table(matrix: np.ndarray) -> MetadataValue:
 def flight_delay_model(context: AssetExecutionContext, config: ModelTrainingConfig,
                        spark: LazyPySparkResource, warehouse: WarehouseResource,
                        model_store: ModelStoreResource) -> MaterializeResult:
-    features = spark.spark_session.read.parquet(warehouse.table_path("flight_delay_features"))
+    features = spark.spark_session.read.parquet(warehouse.table_path(FLIGHT_DELAY_FEATURES))
     months = training_months(features, config.recent_months)
     # Cached: both sets come from one read of the table.
     labelled = (Bucketizer(splits=ARRIVAL_DELAY_SPLITS, inputCol="ArrDelay", outputCol=LABEL)
@@ -260,7 +250,7 @@ def flight_delay_model(context: AssetExecutionContext, config: ModelTrainingConf
             "accuracy": accuracy,
             "weighted_f1": weighted_f1,
             "majority_baseline_accuracy": baseline,
-            "confusion_matrix": confusion_table(matrix),
+            "confusion_matrix": frame_table(confusion_frame(matrix)),
             "train_rows": info["train_rows"],
             "test_rows": test_rows,
             "training_seconds": info["training_seconds"],

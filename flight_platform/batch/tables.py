@@ -14,7 +14,7 @@ from dagster import (
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from flight_platform.batch.sources import MONTH_COLUMN
+from flight_platform.warehouse import MONTH_COLUMN, month_of
 
 PREVIEW_ROWS = 5
 NOT_NULL = "required_columns_not_null"
@@ -87,10 +87,9 @@ def read_months(spark: SparkSession, path: str, months: Sequence[str],
 
 
 def months_held(table: DataFrame) -> list[str]:
-    """The months a monthly table read whole holds, from its directory names (FlightMonth=...):
-    listed when the table was opened, so no Spark job scans it for them."""
-    return sorted({part.split("=", 1)[1] for file in table.inputFiles()
-                   for part in file.split("/") if part.startswith(f"{MONTH_COLUMN}=")})
+    """The months a monthly table read whole holds, from its month directories' names: listed when
+    the table was opened, so no Spark job scans it for them."""
+    return sorted({month for file in table.inputFiles() if (month := month_of(file)) is not None})
 
 
 def not_null_spec(table_name: str, columns: Sequence[str]) -> AssetCheckSpec:

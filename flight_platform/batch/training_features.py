@@ -9,10 +9,11 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from flight_platform.batch.ingest import on_time_performance
-from flight_platform.batch.sources import MONTH_COLUMN, MONTHLY, days_of_months
+from flight_platform.batch.sources import MONTHLY, days_of_months
 from flight_platform.batch.tables import inspect_written, not_null_spec, read_months, write_months
 from flight_platform.core.features import date_features, route
 from flight_platform.resources import WarehouseResource
+from flight_platform.warehouse import FLIGHT_DELAY_FEATURES, MONTH_COLUMN, ON_TIME_PERFORMANCE
 
 # The book's feature table: model inputs, the label (ArrDelay) and what identifies a flight.
 FEATURE_TABLE_COLUMNS = [
@@ -40,6 +41,7 @@ def routes(spark: SparkSession, pairs: list[tuple[str, str]]) -> DataFrame:
 
 
 @asset(
+    name=FLIGHT_DELAY_FEATURES,
     **MONTHLY,
     deps=[on_time_performance],
     # A month's features follow its on-time data as soon as it lands.
@@ -48,13 +50,13 @@ def routes(spark: SparkSession, pairs: list[tuple[str, str]]) -> DataFrame:
     description="Training features (the book's columns) for every flight that arrived, per month: "
     "cancelled and diverted flights have no arrival delay to learn from and are left out. Date "
     "features and Route come from flight_platform.core.features, the code the web app uses.",
-    check_specs=[not_null_spec("flight_delay_features", FEATURE_TABLE_COLUMNS)],
+    check_specs=[not_null_spec(FLIGHT_DELAY_FEATURES, FEATURE_TABLE_COLUMNS)],
 )
 def flight_delay_features(context: AssetExecutionContext, spark: LazyPySparkResource,
                           warehouse: WarehouseResource) -> MaterializeResult:
     session = spark.spark_session
     months = context.partition_keys
-    flights = read_months(session, warehouse.table_path("on_time_performance"), months)
+    flights = read_months(session, warehouse.table_path(ON_TIME_PERFORMANCE), months)
     has_arrived = (~F.col("Cancelled") & ~F.col("Diverted")
                    & F.col("ArrDelay").isNotNull() & F.col("DepDelay").isNotNull())
     # One pass for the routes flown (the Route lookup) and for what is left out, and why.
@@ -71,7 +73,7 @@ def flight_delay_features(context: AssetExecutionContext, spark: LazyPySparkReso
         .join(F.broadcast(routes(session, pairs)), ["Origin", "Dest"])
         .select(*FEATURE_TABLE_COLUMNS, MONTH_COLUMN)
     )
-    path = warehouse.table_path("flight_delay_features")
+    path = warehouse.table_path(FLIGHT_DELAY_FEATURES)
     write_months(features, path)
     written = inspect_written(read_months(session, path, months), path, FEATURE_TABLE_COLUMNS)
     dropped = {column: sum(r[column] or 0 for r in by_route)

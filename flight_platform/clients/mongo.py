@@ -68,6 +68,14 @@ def get_flight_distance(database: Database, origin: str, dest: str) -> float | N
     return route["Distance"] if route else None
 
 
+def find_answers_for_months(database: Database, months: list[str], fields: list[str]) -> list[dict]:
+    """`fields` of every stored answer for a flight of `months` ('YYYY-MM'). A scan: an index on
+    FlightDate would slow every insert of the stream (a second unique index cost it 3x), to save a
+    monthly batch a few seconds."""
+    dates = [{"FlightDate": {"$gte": f"{month}-01", "$lte": f"{month}-31"}} for month in months]
+    return list(database[RESPONSES].find({"$or": dates}, dict.fromkeys(fields, 1)))
+
+
 def known_routes(database: Database) -> list[dict]:
     """Every route with its carriers, for the form's suggestions."""
     return list(database[DISTANCES].find(

@@ -24,7 +24,11 @@ from pathlib import Path
 
 from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
 
+from flight_platform.batch.distances import origin_dest_distances
+from flight_platform.batch.ingest import on_time_performance
+from flight_platform.batch.model import flight_delay_model
 from flight_platform.batch.sources import flight_months, month_sources
+from flight_platform.batch.training_features import flight_delay_features
 from flight_platform.core.model_store import ModelStore
 from flight_platform.local import processes, services
 from flight_platform.local.postgres import dagster_storage
@@ -104,7 +108,8 @@ def dagster_environment(settings: Settings) -> dict[str, str]:
     return {**os.environ, "DAGSTER_HOME": str(settings.dagster_home)}
 
 
-MONTHLY_ASSETS = ["on_time_performance", "flight_delay_features", "origin_dest_distances"]
+MONTHLY_ASSETS = [asset.key.to_user_string()
+                  for asset in (on_time_performance, flight_delay_features, origin_dest_distances)]
 
 
 def register_months(settings: Settings) -> list[str]:
@@ -125,7 +130,7 @@ def unmaterialized(settings: Settings, months: list[str]) -> list[str]:
                    for month in sorted(set(months) - instance.get_materialized_partitions(
                        AssetKey(asset)))]
     if ModelStore(settings.model_store_dir).current_version() is None:
-        missing.append("flight_delay_model")
+        missing.append(flight_delay_model.key.to_user_string())
     return missing
 
 
