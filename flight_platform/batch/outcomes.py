@@ -101,8 +101,9 @@ def prediction_outcomes(context: AssetExecutionContext, mongo: MongoResource,
     daily = monitoring.daily_accuracy(outcomes)
     calibration = monitoring.calibration(outcomes)
     served_accuracy = monitoring.accuracy(served_matrix)
-    confusion = pd.concat([confusion_frame(matrix).assign(ModelVersion=version)
-                           for version, matrix in monitoring.confusion_by_version(outcomes).items()])
+    confusion = pd.DataFrame([{"ModelVersion": version, **row}
+                              for version, matrix in monitoring.confusion_by_version(outcomes).items()
+                              for row in confusion_frame(matrix).to_dict("records")])
     return MaterializeResult(metadata={
         "dagster/row_count": len(outcomes),
         "path": MetadataValue.path(warehouse.table_path(PREDICTION_OUTCOMES)),
@@ -114,7 +115,7 @@ def prediction_outcomes(context: AssetExecutionContext, mongo: MongoResource,
         "accuracy_by_version": frame_table(versions),
         "accuracy_by_day": frame_table(daily),
         "accuracy_by_day_chart": MetadataValue.md(outcome_charts.accuracy_chart(daily, versions)),
-        "confusion_matrix": frame_table(confusion[["ModelVersion", *confusion.columns[:-1]]]),
+        "confusion_matrix": frame_table(confusion),
         "calibration": frame_table(calibration),
         "calibration_chart": MetadataValue.md(outcome_charts.calibration_chart(calibration)),
         "mean_absolute_contribution_by_version": frame_table(
