@@ -1,5 +1,5 @@
 """Wall time and peak memory of a full materialization, on private services and a scratch data
-dir, with the `dagster` CLI exactly as CI and `make run` run it.
+dir, with `dg launch` exactly as CI and `make run` run it.
 
     .venv/bin/python -m benchmarks.materialize
 
@@ -69,7 +69,7 @@ def step_seconds(instance: DagsterInstance, run_id: str) -> dict[str, float]:
 
 
 def timed_run(command: list[str], env: dict[str, str], settings) -> tuple[float, float, dict]:
-    """Run a `dagster` CLI command; (wall seconds, peak memory bytes, step seconds of its run)."""
+    """Run a `dg launch` command; (wall seconds, peak memory bytes, step seconds of its run)."""
     started = time.monotonic()
     process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE)
@@ -100,7 +100,7 @@ def main() -> None:
                                   env, settings)
         finally:
             services.down(settings)
-    print(f"\nFull materialization (the dagster CLI as make run and CI run it), 336,776 rows, "
+    print(f"\nFull materialization (dg launch as make run and CI run it), 336,776 rows, "
           f"{len(months)} months")
     full_wall, full_peak, full_steps = full
     for step, seconds in full_steps.items():

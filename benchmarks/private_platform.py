@@ -31,7 +31,7 @@ def private_settings() -> Iterator[Settings]:
 @contextmanager
 def running_platform() -> Iterator[PrivatePlatform]:
     """A private stack started as `make run` starts it (services, materialization, gunicorn,
-    `dagster dev` whose sensor launches the streaming run), until the stream answers a request."""
+    `dg dev` whose sensor launches the streaming run), until the stream answers a request."""
     scratch = Path(tempfile.mkdtemp(prefix="flight_platform_bench_"))
     platform = PrivatePlatform(scratch)
     print(f"Starting a private stack (log: {platform.log_dir / 'stack.log'}); this takes a "

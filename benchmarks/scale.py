@@ -47,7 +47,7 @@ def main() -> None:
     parser.add_argument("--scales", type=int, nargs="+", default=[1, 3, 10])
     results = [measure(scale) for scale in parser.parse_args().scales]
     base = results[0]["wall"]
-    print("\nFull materialization by scale (the dagster CLI as make run runs it)")
+    print("\nFull materialization by scale (dg launch as make run runs it)")
     print(f"{'scale':>5} {'rows':>10} {'months':>6} {'wall s':>7} {'x 1st':>6} {'rows/s':>8} "
           f"{'peak GiB':>8} {'accuracy':>8}")
     for r in results:

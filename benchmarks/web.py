@@ -125,7 +125,8 @@ def role(process: psutil.Process, benchmark: list[str]) -> str:
     for part, name in [("gunicorn", "web app"), ("kafka.Kafka", "broker"),
                        ("secantus", "mongo server"),
                        # Dagster's run worker, where the streaming job runs
-                       ("multiprocessing.spawn", "stream run"), ("dagster", "dagster")]:
+                       ("multiprocessing.spawn", "stream run"), ("dagster", "dagster"),
+                       ("bin/dg ", "dagster")]:
         if part in command:
             return name
     return "clients" if process.cmdline() == benchmark else "other"

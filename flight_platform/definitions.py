@@ -1,4 +1,4 @@
-"""The single Dagster entry point, loaded by workspace.yaml and the `dagster` CLI.
+"""The single Dagster entry point, loaded by workspace.yaml and Dagster's CLI (`dg`).
 
 `defs` is built lazily (`@definitions`): settings are read when Dagster loads the code location,
 not when this module is imported, so tests and tools choose their endpoints first.

@@ -50,9 +50,9 @@ class PlatformProcess:
 
     @classmethod
     def stream(cls, env: dict[str, str], log_path: Path) -> "PlatformProcess":
-        """The streaming job run for real with `dagster job execute`."""
-        return cls([str(BIN / "dagster"), "job", "execute", "-m", "flight_platform.definitions",
-                    "-j", flight_delay_prediction_stream.name], env, log_path)
+        """The streaming job run for real with `dg launch --job`, in this process."""
+        return cls([str(BIN / "dg"), "launch", "--job", flight_delay_prediction_stream.name,
+                    "-m", "flight_platform.definitions"], env, log_path)
 
     def log(self) -> str:
         with open(self.log_path, "rb") as log:
@@ -184,8 +184,8 @@ def launch_promote_model(platform: PrivatePlatform, version: str) -> None:
     """Run the promote_model job as an operator would launch it (here with the CLI)."""
     config = platform.log_dir / "promote_model.json"
     config.write_text(json.dumps({"ops": {"promote_version": {"config": {"version": version}}}}))
-    subprocess.run([str(Path(sys.executable).parent / "dagster"), "job", "execute", "-m",
-                    "flight_platform.definitions", "-j", "promote_model", "-c", str(config)],
+    subprocess.run([str(BIN / "dg"), "launch", "--job", "promote_model", "-c", str(config),
+                    "-m", "flight_platform.definitions"],
                    cwd=REPO_ROOT, env=platform.env, check=True, capture_output=True, timeout=300)
 
 

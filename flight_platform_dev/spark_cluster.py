@@ -1,7 +1,7 @@
 """A Spark standalone cluster on loopback: one master and one worker, from the pip-installed pyspark.
 
     with spark_cluster(Path("/tmp/cluster")) as cluster:
-        env = {**os.environ, **cluster.driver_environment()}   # then run the `dagster` CLI with env
+        env = {**os.environ, **cluster.driver_environment()}   # then run `dg launch` with env
 
 It shows the platform running on a real cluster by settings alone (FLIGHT_PLATFORM_SPARK_MASTER):
 the driver stays in the Dagster run, the executors run in the worker's JVMs. On one machine the

@@ -1,6 +1,6 @@
 """A private platform for the test session: its own ports, data dir and Dagster home.
 
-The environment is set before collection: the code, and the `dagster` CLI processes the tests start,
+The environment is set before collection: the code, and the `dg` CLI processes the tests start,
 read their settings from it, so a running default stack (ports 9092/27017/3000/5000, data/) and a
 test run never collide.
 """
@@ -133,17 +133,17 @@ def run_cli(*args: str, timeout: float = 600, env: dict[str, str] | None = None
 
 def materialize_all(settings: Settings, env: dict[str, str] | None = None
                     ) -> subprocess.CompletedProcess:
-    """Register the months the sources hold, then materialize everything with the `dagster` CLI,
+    """Register the months the sources hold, then materialize everything with `dg launch`,
     as `make run` does (`env`: another platform's environment)."""
     return run_cli(*materialize_command(register_months(settings)), env=env)
 
 
 @pytest.fixture(scope="session")
 def materialized(running_services, settings) -> dict[str, subprocess.CompletedProcess]:
-    """The whole asset graph, materialized with the `dagster` CLI as CI and `make run` do: every
+    """The whole asset graph, materialized with `dg launch` as CI and `make run` do: every
     bundled month and the model in one run."""
     results = {
-        "validate": run_cli("dagster", "definitions", "validate", "-m", "flight_platform.definitions"),
+        "validate": run_cli("dg", "check", "defs"),
         "materialize": materialize_all(settings),
     }
     for name, result in results.items():

@@ -1,7 +1,7 @@
 """The loop closed end to end on a whole private stack, as `make run` runs it: a model trained on a
 window of months that leaves June out is promoted with the promote_model job and rolled out, two
 challengers are scored beside it, a real June day is replayed through Kafka with
-`flight_platform.replay`, and `prediction_outcomes` (materialized with the dagster CLI) judges
+`flight_platform.replay`, and `prediction_outcomes` (materialized with `dg launch`) judges
 every version on what the flights really did. A replay of late departures raises the drift alarm."""
 
 import datetime as dt
@@ -25,12 +25,13 @@ WINDOW = 6  # months: July to December 2013
 NORMAL_DAY = dt.date(2013, 6, 21)  # departure delays close to the year's (see test_outcomes)
 
 
-def dagster(platform: PrivatePlatform, *args: str, config: dict | None = None) -> None:
+def launch(platform: PrivatePlatform, *args: str, config: dict | None = None) -> None:
+    """`dg launch` against the platform, as an operator runs a job or a materialization."""
     if config is not None:
         path = platform.log_dir / "run_config.json"
         path.write_text(json.dumps(config))
         args = (*args, "-c", str(path))
-    result = run_cli("dagster", *args, "-m", "flight_platform.definitions", env=platform.env)
+    result = run_cli("dg", "launch", *args, "-m", "flight_platform.definitions", env=platform.env)
     assert result.returncode == 0, result.stderr[-3000:]
 
 
@@ -42,8 +43,8 @@ def train(platform: PrivatePlatform, **config) -> str:
     path.write_text(json.dumps({"ops": {"flight_delay_model": {"config": {
         "recent_months": WINDOW, **config}}}}))
     # A candidate kept as a challenger fails its blocking check: the command exits non-zero.
-    run_cli("dagster", "asset", "materialize", "-m", "flight_platform.definitions", "--select",
-            "flight_delay_model", "-c", str(path), env=platform.env)
+    run_cli("dg", "launch", "--assets", "flight_delay_model", "-c", str(path),
+            "-m", "flight_platform.definitions", env=platform.env)
     (version,) = set(store.versions()) - before
     return version
 
@@ -68,9 +69,9 @@ def test_a_replayed_day_is_judged_per_model_and_late_departures_raise_drift(plat
     small = train(platform, num_trees=3, max_depth=4)
     assert store.challengers()[-1] == small  # sound but weaker: a challenger by itself
     window_model = train(platform)
-    dagster(platform, "job", "execute", "-j", "promote_model",
+    launch(platform, "--job", "promote_model",
             config={"ops": {"promote_version": {"config": {"version": window_model}}}})
-    dagster(platform, "job", "execute", "-j", "manage_challengers", config={"ops": {
+    launch(platform, "--job", "manage_challengers", config={"ops": {
         "update_challengers": {"config": {"add": [year_model], "remove": []}}}})
     assert store.current_version() == window_model
     assert store.challengers() == [small, year_model]
@@ -85,7 +86,7 @@ def test_a_replayed_day_is_judged_per_model_and_late_departures_raise_drift(plat
         day = replay_day(platform.settings, NORMAL_DAY, rate=0, wait_s=300)
         assert day.sent > 900 and day.answered == day.sent, day.report()
         assert set(day.model_versions) == {window_model}
-        dagster(platform, "asset", "materialize", "--select", PREDICTION_OUTCOMES, "--partition", "2013-06")
+        launch(platform, "--assets", PREDICTION_OUTCOMES, "--partition", "2013-06")
         metadata, drift = outcomes(instance, "2013-06")
         versions = by_version(metadata)
         with capsys.disabled():
@@ -105,7 +106,7 @@ def test_a_replayed_day_is_judged_per_model_and_late_departures_raise_drift(plat
         late = [replay_day(platform.settings, dt.date(2013, 7, d), Selection(min_dep_delay=60),
                            rate=0, wait_s=300) for d in range(1, 11)]
         assert sum(r.answered for r in late) >= 300
-        dagster(platform, "asset", "materialize", "--select", PREDICTION_OUTCOMES, "--partition", "2013-07")
+        launch(platform, "--assets", PREDICTION_OUTCOMES, "--partition", "2013-07")
         _, alarm = outcomes(instance, "2013-07")
         with capsys.disabled():
             print(f"drift, July 1-10 departures over 60 min late: {alarm.description}")

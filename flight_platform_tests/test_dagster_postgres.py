@@ -96,7 +96,7 @@ def searchable_tmp_dir() -> Iterator[Path]:
 def test_make_run_storage_setting_chooses_sqlite_or_postgres(searchable_tmp_dir):
     environ = {**os.environ, "FLIGHT_PLATFORM_DATA_DIR": str(searchable_tmp_dir)}
     settings = load_settings(environ)
-    dagster_environment(settings)  # writes the repo's dagster.yaml into DAGSTER_HOME, as make run does
+    dagster_environment(settings)  # writes the project's dagster.yaml into DAGSTER_HOME, as make run does
     with dagster_storage(settings), \
             DagsterInstance.from_config(str(settings.dagster_home)) as instance:
         assert type(instance.run_storage).__name__ == "SqliteRunStorage"  # not public API
@@ -143,7 +143,7 @@ def test_webserver_and_daemon_on_postgres(materialized, settings, searchable_tmp
         # (1) A materialization by the CLI, recorded in Postgres, seen through the webserver.
         # Every partition (in one run): the asset's check compares its routes with all the flights.
         partition_range = ["--partition-range", f"{partitions[0]}...{partitions[-1]}"] if partitions else []
-        result = run_cli("dagster", "asset", "materialize", "--select", CHEAP_ASSET,
+        result = run_cli("dg", "launch", "--assets", CHEAP_ASSET,
                          "-m", "flight_platform.definitions", *partition_range, env=env)
         assert result.returncode == 0, result.stderr[-5000:]
         wait_until_answering(f"{url}/server_info", webserver)

@@ -1,4 +1,4 @@
-"""Faults on a whole running stack, as `make run` runs it (services, `dagster dev` with its daemon and
+"""Faults on a whole running stack, as `make run` runs it (services, `dg dev` with its daemon and
 the supervising sensor, gunicorn): a second private platform seeded with this session's model and
 routes, hit by the drills of flight_platform_dev.drills under a steady load. Every request the
 broker acknowledged is answered once; serving resumes by itself. (How fast is printed by

@@ -1,4 +1,4 @@
-"""The streaming job for real: `dagster job execute` against the broker, the Mongo-protocol server and
+"""The streaming job for real: `dg launch --job` against the broker, the Mongo-protocol server and
 the model materialized this session. Each test has its own topic and consumer group."""
 
 import json

@@ -22,11 +22,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from flight_platform.settings import REPO_ROOT, Settings
+from flight_platform.settings import Settings
 
 POSTGRES_BIN = Path("/usr/lib/postgresql/15/bin")
 SERVER_USER = "postgres"  # only when the caller is root
 START_TIMEOUT_S = 60
+INSTANCE_SETTINGS = Path(__file__).with_name("dagster.yaml")  # copied into DAGSTER_HOME
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ def postgres_server(root: Path, port: int, database: str = "dagster") -> Iterato
 
 
 def dagster_yaml(server: PostgresServer) -> str:
-    """The project's instance settings (the repo's dagster.yaml) with Dagster's storage on `server`.
+    """The project's instance settings (INSTANCE_SETTINGS) with Dagster's storage on `server`.
     No password: the server trusts loopback connections."""
     storage = {"postgres": {"postgres_db": {
         "hostname": server.host, "port": server.port, "db_name": server.database,
@@ -123,7 +124,7 @@ def dagster_yaml(server: PostgresServer) -> str:
         # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3; dagster-postgres brings psycopg2.
         "scheme": "postgresql+psycopg2"}}}
     # JSON is YAML: appended as one flow-style mapping, the repo's file and comments stay as they are.
-    return ((REPO_ROOT / "dagster.yaml").read_text()
+    return (INSTANCE_SETTINGS.read_text()
             + f"# Added by flight_platform.local.postgres: runs, events and schedules in PostgreSQL.\n"
             f"storage: {json.dumps(storage)}\n")
 

@@ -1,6 +1,7 @@
 """Starting, waiting for and stopping processes, on psutil: what the service manager, the stack and
 the development harness (flight_platform_dev) share."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -110,18 +111,46 @@ def terminate(pids: Sequence[int], timeout: float = STOP_TIMEOUT_S) -> set[int]:
     return set(left)
 
 
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
 def stop(process: subprocess.Popen, timeout: float = STOP_TIMEOUT_S) -> bool:
-    """SIGTERM `process` and everything it started (its group, and any that left it), SIGKILL
-    what is left after `timeout`. Returns whether anything had to be killed."""
-    killed = terminate(tree(process.pid), timeout)
+    """SIGTERM `process`, its process group and any descendant that left the group; SIGKILL what is
+    left after `timeout`. The group (`start` makes one) also holds what its members start while
+    they stop, such as a code server `dg dev` restarts. Returns whether anything had to be killed."""
+    others = tree(process.pid)
+
+    def ended() -> bool:
+        process.poll()  # reaps it: a zombie still counts as a member of its group
+        return not _group_alive(process.pid) and not any(alive(pid) for pid in others)
+
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    _signal(others, signal.SIGTERM)
+    try:
+        wait_until(ended, timeout, f"{process.args[0]} to stop", interval=0.05)
+        killed = False
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        _signal(others, signal.SIGKILL)
+        wait_until(ended, KILL_TIMEOUT_S, f"{process.args[0]} to end after SIGKILL", interval=0.05)
+        killed = True
     process.wait()
-    return bool(killed)
+    return killed
 
 
 def hard_kill(process: subprocess.Popen, *also: int) -> int:
     """kill -9 `process`, everything it started and the pids `also`, as a power cut would;
     returns how many processes were killed."""
     pids = [*tree(process.pid), *also]
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)  # and whatever its group started meanwhile
     kill(pids)
     process.wait()
     return len(pids)

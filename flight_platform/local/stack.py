@@ -5,10 +5,10 @@
 1. starts Apache Kafka and the MongoDB-protocol server (`flight_platform.local.services`),
    and settles the runs a stack that died without stopping (a power cut, kill -9) left unfinished;
 2. registers the months the sources hold as partitions and, unless every month and a model are
-   already materialized, materializes every asset with the `dagster` CLI (one run over all
-   months), so the UI shows the run; `--no-materialize` serves
+   already materialized, materializes every asset with Dagster's CLI (`dg launch`, one run over
+   all months), so the UI shows the run; `--no-materialize` serves
    what is there. New or changed BTS downloads are the inbox sensor's, once Dagster is up;
-3. serves the Dagster UI (`dagster dev`, whose daemon runs the sensor that starts the streaming
+3. serves the Dagster UI (`dg dev`, whose daemon runs the sensor that starts the streaming
    job) and the web app under gunicorn, a production WSGI server;
 4. on Ctrl-C or SIGTERM, stops all of it, services included.
 """
@@ -31,7 +31,7 @@ from flight_platform.batch.sources import flight_months, month_sources
 from flight_platform.batch.training_features import flight_delay_features
 from flight_platform.core.model_store import ModelStore
 from flight_platform.local import processes, services
-from flight_platform.local.postgres import dagster_storage
+from flight_platform.local.postgres import INSTANCE_SETTINGS, dagster_storage
 from flight_platform.settings import REPO_ROOT, Settings, load_settings
 from flight_platform.streaming.job import flight_delay_prediction_stream
 from flight_platform.streaming.supervisor import ALIVE, FINISHED
@@ -101,11 +101,12 @@ def refuse_if_serving(settings: Settings) -> None:
 
 
 def dagster_environment(settings: Settings) -> dict[str, str]:
-    """The environment for `dagster` commands: DAGSTER_HOME under the data dir, with the project's
-    instance settings (dagster.yaml) in it."""
+    """The environment for Dagster's commands: DAGSTER_HOME under the data dir, with the project's
+    instance settings (dagster.yaml) in it, and this virtualenv as the active one (`dg` warns when
+    the project's .venv is not)."""
     settings.dagster_home.mkdir(parents=True, exist_ok=True)
-    shutil.copy(REPO_ROOT / "dagster.yaml", settings.dagster_home / "dagster.yaml")
-    return {**os.environ, "DAGSTER_HOME": str(settings.dagster_home)}
+    shutil.copy(INSTANCE_SETTINGS, settings.dagster_home / "dagster.yaml")
+    return {**os.environ, "DAGSTER_HOME": str(settings.dagster_home), "VIRTUAL_ENV": sys.prefix}
 
 
 MONTHLY_ASSETS = [asset.key.to_user_string()
@@ -135,9 +136,9 @@ def unmaterialized(settings: Settings, months: list[str]) -> list[str]:
 
 
 def materialize_command(months: list[str], assets: str = "*") -> list[str]:
-    """The `dagster` CLI materializing `assets` (all of them by default) for `months`, as `make run`
+    """Dagster's CLI materializing `assets` (all of them by default) for `months`, as `make run`
     and CI do: one run, one Spark start (every asset has a single-run backfill policy)."""
-    return [str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "--select", assets,
+    return [str(Path(sys.executable).parent / "dg"), "launch", "--assets", assets,
             "--partition-range", f"{months[0]}...{months[-1]}", "-m", "flight_platform.definitions"]
 
 
@@ -186,8 +187,10 @@ def serve(settings: Settings, env: dict[str, str], materialize: bool) -> None:
                   flush=True)
         web = start_server(web_server_command(settings), env)
         servers.append(web)
-        dagster = start_server([bin_dir / "dagster", "dev", "-w", "workspace.yaml", "-h",
-                                 "127.0.0.1", "-p", str(settings.dagster_port)], env)
+        # The webserver's and daemon's own warnings and errors; sensors, automation and runs
+        # report in the UI (a line every few seconds here would bury what needs a person).
+        dagster = start_server([bin_dir / "dg", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1",
+                                "-p", str(settings.dagster_port), "--log-level", "warning"], env)
         servers.append(dagster)
         wait_until_answering(f"{web_url}/health", web)
         wait_until_answering(f"{dagster_url}/server_info", dagster)

@@ -1,5 +1,5 @@
 """Operator jobs that choose what the stream serves: promote a version to champion, add or remove
-challengers. Launched from the Dagster UI's launchpad (or `dagster job execute -c`); each only
+challengers. Launched from the Dagster UI's launchpad (or `dg launch --job <name> -c <config>`); each only
 rewrites the model store's small `current` / `challengers` files, and the stream supervisor rolls
 the change out on its next tick.
 """
