@@ -26,9 +26,9 @@ from flight_platform.streaming.job import (
     flight_delay_prediction_stream,
 )
 from flight_platform.streaming.supervisor import ALIVE
+from flight_platform_dev.dagster_runs import BIN
 from flight_platform_dev.load import SteadyLoad, WebLoad, request_factory, seconds_until_serving
 
-BIN = Path(sys.executable).parent
 STACK_UP_TIMEOUT_S = 600  # a first start materializes every asset
 RECOVERY_TIMEOUT_S = 180
 

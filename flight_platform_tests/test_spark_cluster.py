@@ -8,11 +8,12 @@ import pytest
 from pymongo import MongoClient
 
 from flight_platform.clients.mongo import DISTANCES
+from flight_platform.local.processes import wait_until
 from flight_platform.local.stack import dagster_environment
 from flight_platform.resources import build_resources
 from flight_platform.settings import Settings, load_settings
+from flight_platform_dev.dagster_runs import materialize_all
 from flight_platform_dev.spark_cluster import spark_cluster
-from flight_platform_tests.conftest import materialize_all, wait_for
 
 PARQUET_TABLES = ["on_time_performance", "flight_delay_features"]
 
@@ -48,7 +49,7 @@ def test_materialize_everything_on_a_spark_standalone_cluster(materialized, sett
 
             # The cluster did the work: the master ran the application, and its executor, in the
             # worker, logged the tasks it finished.
-            application = wait_for(
+            application = wait_until(
                 lambda: next((app for app in cluster.master_state()["completedapps"]
                               if app["name"] == "flight_platform"), None),
                 timeout=60, what="the master to list the finished flight_platform application")

@@ -21,15 +21,11 @@ from flight_platform.core.contract import PredictionRequest, PredictionResponse
 from flight_platform.core.features import ARRIVAL_DELAY_LABELS
 from flight_platform.core.model_store import ModelStore
 from flight_platform.core.scoring import PipelineScorer
+from flight_platform.local.processes import wait_until
 from flight_platform.streaming.worker import GroupNotJoined, PredictionStreamWorker
+from flight_platform_dev.dagster_runs import latest_metadata, materialize_in_process
 from flight_platform_dev.load import answered, hostile_messages, send_messages
 from flight_platform_dev.platform import PlatformProcess
-from flight_platform_tests.conftest import (
-    latest_metadata,
-    materialize_in_process,
-    wait_for,
-    wait_until_serving,
-)
 
 ROUTES = [("JFK", "ATL", 760.0, "DL"), ("EWR", "ORD", 719.0, "UA"), ("LGA", "MIA", 1096.0, "AA"),
           ("JFK", "LAX", 2475.0, "B6")]
@@ -85,7 +81,7 @@ def test_every_request_gets_one_valid_answer(settings, start_stream, topic, data
     stream = start_stream(request_topic=topic, consumer_group=f"group_{topic}")
     produce(settings, topic, [r.to_message() for r in requests])
 
-    wait_for(lambda: answered(database, ids) == len(ids), 120, "every answer")
+    wait_until(lambda: answered(database, ids) == len(ids), 120, "every answer")
     version = current_model(settings)
     for answer in find_by_ids(database[RESPONSES], ids):
         assert answer["Prediction"] in range(4)
@@ -110,7 +106,7 @@ def test_answers_are_stored_unexplained_when_explanations_are_off(settings, star
     start_stream(request_topic=topic, consumer_group=f"group_{topic}", explain_answers="false")
     produce(settings, topic, [r.to_message() for r in requests])
 
-    wait_for(lambda: answered(database, ids) == len(ids), 120, "every answer")
+    wait_until(lambda: answered(database, ids) == len(ids), 120, "every answer")
     assert all("Explanation" not in answer for answer in find_by_ids(database[RESPONSES], ids))
 
 
@@ -130,8 +126,8 @@ def test_malformed_messages_are_dead_lettered_and_the_stream_goes_on(settings, s
     start_stream(request_topic=topic, consumer_group=f"group_{topic}")
     produce(settings, topic, payloads)
 
-    wait_for(lambda: answered(database, [r.UUID for r in good]) == len(good), 120, "good answers")
-    letters = wait_for(lambda: (found := list(database[DEAD_LETTERS].find({"Topic": topic})))
+    wait_until(lambda: answered(database, [r.UUID for r in good]) == len(good), 120, "good answers")
+    letters = wait_until(lambda: (found := list(database[DEAD_LETTERS].find({"Topic": topic})))
                        and len(found) == len(bad) and found, 30, "dead letters")
     by_payload = {letter["Payload"]: letter["Reason"] for letter in letters}
     for payload, reason in bad.items():
@@ -148,8 +144,8 @@ def test_hostile_messages_are_dead_lettered_and_the_run_goes_on(settings, start_
     stream = start_stream(request_topic=topic, consumer_group=f"group_{topic}")
     send_messages(settings.kafka_bootstrap_servers, topic, payloads)
 
-    wait_for(lambda: answered(database, [r.UUID for r in good]) == len(good), 120, "good answers")
-    letters = wait_for(lambda: (found := list(database[DEAD_LETTERS].find({"Topic": topic})))
+    wait_until(lambda: answered(database, [r.UUID for r in good]) == len(good), 120, "good answers")
+    letters = wait_until(lambda: (found := list(database[DEAD_LETTERS].find({"Topic": topic})))
                        and len(found) == len(hostile) and found, 30, "a dead letter per hostile message")
     assert stream.process.poll() is None, "the run ended"
     for letter in letters:
@@ -193,13 +189,13 @@ def produce_until(settings, topic: str, rng: random.Random, per_second: float,
 def test_a_worker_stopped_mid_stream_loses_nothing_and_answers_nothing_twice(
         settings, start_stream, topic, database, stop_signal):
     first = start_stream(request_topic=topic, consumer_group=f"group_{topic}")
-    wait_until_serving(first)
+    first.wait_for_log("Serving model", 120, "the stream to start")
     # Requests keep arriving until the worker is gone, however fast or slow it is to stop.
     worker_stopped, sent = threading.Event(), []
     producer = threading.Thread(target=produce_until, args=(
         settings, topic, random.Random(3), 300, worker_stopped, sent, 300))
     producer.start()
-    wait_for(lambda: answered(database, list(sent)) > 300, 60, "the stream to be busy")
+    wait_until(lambda: answered(database, list(sent)) > 300, 60, "the stream to be busy")
     exit_code = first.stop(stop_signal)
     sent_before_stop = list(sent)
     worker_stopped.set()
@@ -217,7 +213,7 @@ def test_a_worker_stopped_mid_stream_loses_nothing_and_answers_nothing_twice(
     second = start_stream(request_topic=topic, consumer_group=f"group_{topic}")
     producer.join()
     ids = list(sent)
-    wait_for(lambda: answered(database, ids) == len(ids), 120, "every answer after the restart")
+    wait_until(lambda: answered(database, ids) == len(ids), 120, "every answer after the restart")
     second.stop(signal.SIGTERM)
     replay = stream_totals(second)
     # The restarted worker got every record after the committed offsets, once...
@@ -261,7 +257,7 @@ def test_challengers_are_scored_beside_the_champion_which_alone_is_served(
     ids = [r.UUID for r in requests]
     stream = start_stream(request_topic=topic, consumer_group=f"group_{topic}")
     produce(settings, topic, [r.to_message() for r in requests])
-    wait_for(lambda: answered(database, ids) == len(ids), 120, "every answer")
+    wait_until(lambda: answered(database, ids) == len(ids), 120, "every answer")
 
     champion = store.current_version()
     scorers = {v: PipelineScorer.load(store.pipeline_dir(v)) for v in [champion, *two_challengers]}

@@ -24,8 +24,8 @@ from flight_platform.core.contract import PredictionRequest, Scored
 from flight_platform.core.features import ARRIVAL_DELAY_LABELS
 from flight_platform.core.model_store import ModelStore
 from flight_platform.local import services
+from flight_platform.local.processes import wait_until
 from flight_platform.settings import free_port
-from flight_platform_tests.conftest import wait_for
 from web.answer_watch import MAX_WAIT_S
 from web.app import MAX_BODY_BYTES, create_app
 from web.clients import ServiceClients, ServiceUnavailable
@@ -80,7 +80,7 @@ def published(settings, topic: str, request_id: str, timeout: float = 30) -> Pre
                         return record
             return None
 
-        record = wait_for(find, timeout, f"request {request_id} on {topic}", interval=0)
+        record = wait_until(find, timeout, f"request {request_id} on {topic}", interval=0)
         return PredictionRequest.from_message(record.value)
     finally:
         consumer.close()
@@ -248,7 +248,7 @@ def test_a_route_added_by_a_new_month_is_accepted_without_a_restart(client, sett
         routes.insert_one({"Origin": "JFK", "Dest": "QQQ", "Distance": 321.0, "Carriers": ["DL"],
                            "Flights": 1})
         try:
-            wait_for(lambda: client.post(PREDICT, data=form).status_code == 200, 30,
+            wait_until(lambda: client.post(PREDICT, data=form).status_code == 200, 30,
                      "the new route accepted")
         finally:
             routes.delete_one({"Origin": "JFK", "Dest": "QQQ"})
@@ -293,7 +293,7 @@ def test_a_long_poll_answers_once_the_answer_is_stored(client, settings):
         # Two pages waiting for the same answer, up to the cap (a longer wait is capped).
         waiting = [pool.submit(client.get, f"{PREDICT}/response/{request.UUID}?wait={wait}")
                    for wait in ("20", "3600")]
-        wait_for(lambda: watch.waiting() == 2, 10, "both long polls to wait")
+        wait_until(lambda: watch.waiting() == 2, 10, "both long polls to wait")
         store_answer(settings, request)
         bodies = [answer.result(timeout=MAX_WAIT_S).get_json() for answer in waiting]
     for body in bodies:
@@ -405,7 +405,7 @@ def test_a_prediction_end_to_end_through_gunicorn_and_the_stream(live_stack, set
     accepted = http_json(f"{live_stack}{PREDICT}", VALID_FORM)
     assert accepted["status"] == "OK"
 
-    answer = wait_for(lambda: (body := http_json(f"{live_stack}{PREDICT}/response/{accepted['id']}"))
+    answer = wait_until(lambda: (body := http_json(f"{live_stack}{PREDICT}/response/{accepted['id']}"))
                       ["status"] == "OK" and body, 60, "the prediction", interval=0.1)
     prediction = answer["prediction"]
     assert prediction["UUID"] == accepted["id"]
