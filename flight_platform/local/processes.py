@@ -86,10 +86,8 @@ def answers(url: str) -> bool:
 
 def _signal(pids: Sequence[int], sig: signal.Signals) -> None:
     for pid in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
 
 
 def kill(pids: Sequence[int]) -> None:
@@ -104,9 +102,10 @@ def terminate(pids: Sequence[int], timeout: float = STOP_TIMEOUT_S) -> set[int]:
     wait for a controller quorum; a server's workers would be orphaned), SIGKILL what is left after
     `timeout`, and return once every one has ended. Returns the pids that had to be killed."""
     _signal(pids, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while (left := [pid for pid in pids if alive(pid)]) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    with contextlib.suppress(TimeoutError):
+        wait_until(lambda: not any(alive(pid) for pid in pids), timeout,
+                   f"processes {list(pids)} to end after SIGTERM", interval=0.05)
+    left = [pid for pid in pids if alive(pid)]
     kill(left)
     return set(left)
 
