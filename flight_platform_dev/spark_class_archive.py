@@ -20,8 +20,8 @@ from dagster import AssetKey, DagsterInstance, materialize
 from dagster_pyspark import LazyPySparkResource
 from pyspark import SparkContext
 
-from flight_platform.batch.model import FLIGHT_DELAY_MODEL
 from flight_platform.batch.sources import flight_months
+from flight_platform.core.model_store import FLIGHT_DELAY_MODEL
 from flight_platform.definitions import build_definitions
 from flight_platform.resources import build_resources, spark_config
 from flight_platform.settings import load_settings, private_environment

@@ -33,12 +33,10 @@ from flight_platform.core.features import (
     CATEGORICAL_FEATURES,
     NUMERIC_FEATURES,
 )
-from flight_platform.core.model_store import ModelStore
+from flight_platform.core.model_store import FLIGHT_DELAY_MODEL, ModelStore
 from flight_platform.core.scoring import PipelineScorer
 from flight_platform.resources import ModelStoreResource, WarehouseResource
 from flight_platform.warehouse import FLIGHT_DELAY_FEATURES, MONTH_COLUMN
-
-FLIGHT_DELAY_MODEL = "flight_delay_model"
 
 LABEL = "ArrDelayBucket"
 BEATS_BASELINE = "beats_majority_baseline"

@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+FLIGHT_DELAY_MODEL = "flight_delay_model"  # the asset saving versions here takes this name
 PIPELINE_DIR = "spark_pipeline"
 
 

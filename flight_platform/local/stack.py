@@ -24,17 +24,15 @@ from pathlib import Path
 
 from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
 
-from flight_platform.batch.distances import origin_dest_distances
-from flight_platform.batch.ingest import on_time_performance
-from flight_platform.batch.model import flight_delay_model
 from flight_platform.batch.sources import flight_months, month_sources
-from flight_platform.batch.training_features import flight_delay_features
-from flight_platform.core.model_store import ModelStore
+from flight_platform.clients.mongo import DISTANCES
+from flight_platform.core.model_store import FLIGHT_DELAY_MODEL, ModelStore
 from flight_platform.local import processes, services
 from flight_platform.local.postgres import INSTANCE_SETTINGS, dagster_storage
 from flight_platform.settings import REPO_ROOT, Settings, load_settings
 from flight_platform.streaming.job import flight_delay_prediction_stream
 from flight_platform.streaming.supervisor import ALIVE, FINISHED
+from flight_platform.warehouse import FLIGHT_DELAY_FEATURES, ON_TIME_PERFORMANCE
 
 READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 30.0  # for the streaming run to end once canceled
@@ -109,8 +107,8 @@ def dagster_environment(settings: Settings) -> dict[str, str]:
     return {**os.environ, "DAGSTER_HOME": str(settings.dagster_home), "VIRTUAL_ENV": sys.prefix}
 
 
-MONTHLY_ASSETS = [asset.key.to_user_string()
-                  for asset in (on_time_performance, flight_delay_features, origin_dest_distances)]
+# By the names the assets take (importing the asset modules would load Spark into this process).
+MONTHLY_ASSETS = [ON_TIME_PERFORMANCE, FLIGHT_DELAY_FEATURES, DISTANCES]
 
 
 def register_months(settings: Settings) -> list[str]:
@@ -131,7 +129,7 @@ def unmaterialized(settings: Settings, months: list[str]) -> list[str]:
                    for month in sorted(set(months) - instance.get_materialized_partitions(
                        AssetKey(asset)))]
     if ModelStore(settings.model_store_dir).current_version() is None:
-        missing.append(flight_delay_model.key.to_user_string())
+        missing.append(FLIGHT_DELAY_MODEL)
     return missing
 
 
