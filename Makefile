@@ -23,8 +23,6 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	@scripts/check_prerequisites $(PYTHON)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
-	$(BIN)/python -m flight_platform_dev.spark_class_archive 2>$(VENV)/spark-classes.log \
-	  || { tail -n 40 $(VENV)/spark-classes.log; exit 1; }
 	@touch $@
 
 run: install

@@ -6,7 +6,6 @@ definitions run against the local stack or a cluster by environment alone.
 
 import os
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import psutil
@@ -17,87 +16,47 @@ from kafka import KafkaConsumer, KafkaProducer
 from pydantic import PrivateAttr
 from pymongo import MongoClient
 from pymongo.database import Database
+from pyspark.sql import SparkSession
 
 from flight_platform import warehouse
-from flight_platform.clients import kafka, mongo
+from flight_platform.clients import kafka, mongo, spark
 from flight_platform.core.model_store import ModelStore
 from flight_platform.settings import Settings
 
 
-def spark_config(settings: Settings) -> dict[str, str]:
-    """Spark for a small box: driver on loopback, no UI, few shuffle partitions, Arrow transfers;
-    the driver JVM maps the classes the assets use from an archive (built by `make install`)."""
-    config = {
-        "spark.master": settings.spark_master,
-        "spark.app.name": "flight_platform",
-        "spark.driver.memory": settings.spark_driver_memory,
-        "spark.driver.host": settings.spark_driver_host,
-        "spark.driver.bindAddress": settings.spark_driver_host,
-        "spark.ui.enabled": "false",
-        "spark.ui.showConsoleProgress": "false",
-        "spark.log.level": "WARN",
-        "spark.sql.shuffle.partitions": "4",
-        "spark.default.parallelism": "2",
-        "spark.sql.session.timeZone": "UTC",
-        # Also avoids Spark 4's ANSI cast overflow on NaN when converting pandas frames.
-        "spark.sql.execution.arrow.pyspark.enabled": "true",
-    }
-    archive = settings.spark_class_archive
-    if archive and archive.exists():
-        config["spark.driver.extraJavaOptions"] = f"-XX:SharedArchiveFile={archive}"
-    return config
-
-
-SPARK_DRIVER_CLASS = "org.apache.spark.deploy.SparkSubmit"  # on the local driver JVM's command line
-
-
 class SparkResource(LazyPySparkResource):
-    """A LazyPySparkResource whose driver JVM, where local-mode Spark does all its work, runs at a
-    lower CPU priority than serving (`niceness`, 0-19; 0 shares the CPU equally): on a box shared
-    with the stream and the web app, a retrain takes only the CPU they leave."""
+    """A Spark Connect session on the long-lived server `spark_config["spark.remote"]` names,
+    created on first use (assets that never touch Spark open none), shared by every asset and
+    check of the run (the in-process executor keeps them in one process: each run has a session of
+    its own) and released on the server when the run ends.
+
+    Opening it also lowers the run's process to `niceness` (0-19; 0 leaves it alone): a Spark run
+    is batch work, and on a box shared with the stream and the web app it takes only the CPU they
+    leave (the server runs at the same niceness, set by the service manager)."""
 
     niceness: int = 19
-    _lowered: bool = PrivateAttr(default=False)
 
     @property
-    def spark_session(self) -> Any:
-        session = super().spark_session
-        if not self._lowered and self.niceness:
-            for jvm in spark_driver_jvms():
-                lower_priority(jvm, self.niceness)
-            self._lowered = True
-        return session
+    def spark_session(self) -> SparkSession:
+        if self._spark_session is None:
+            if self.niceness:
+                lower_priority(psutil.Process(), self.niceness)
+            super().spark_session.client.set_retry_policies([spark.retry_policy()])
+        return self._spark_session
 
-
-def spark_driver_jvms() -> list[psutil.Process]:
-    """The local Spark driver JVMs this process started (one, shared by every session)."""
-    jvms = []
-    for child in psutil.Process().children(recursive=True):
-        try:
-            if SPARK_DRIVER_CLASS in child.cmdline():
-                jvms.append(child)
-        except psutil.Error:  # ended since it was listed (a PySpark worker, say)
-            pass
-    return jvms
+    def teardown_after_execution(self, context) -> None:
+        if self._spark_session is not None:
+            self._spark_session.stop()  # the server drops the session's views, configs and data
 
 
 def lower_priority(process: psutil.Process, niceness: int) -> None:
     """Set every thread of `process` to `niceness`. On Linux a priority belongs to a thread, and a
-    thread starts with its creator's, so the threads the JVM creates later inherit it too."""
+    thread starts with its creator's, so the threads the process creates later inherit it too."""
     for thread in process.threads():
         try:
             os.setpriority(os.PRIO_PROCESS, thread.id, niceness)
         except ProcessLookupError:  # the thread ended since it was listed
             pass
-
-
-def spark_resource(settings: Settings) -> SparkResource:
-    """One SparkSession per process, created on first use (assets that never touch Spark start no
-    JVM), and shared by every asset and check of a run (the in-process executor keeps them in one
-    process); its JVM at FLIGHT_PLATFORM_BATCH_NICENESS."""
-    # Spark picks its local address from the environment before reading any config.
-    os.environ.setdefault("SPARK_LOCAL_IP", settings.spark_driver_host)
-    return SparkResource(spark_config=spark_config(settings), niceness=settings.batch_niceness)
 
 
 class KafkaResource(ConfigurableResource):
@@ -178,7 +137,8 @@ class ModelStoreResource(ConfigurableResource):
 
 def build_resources(settings: Settings) -> dict[str, ConfigurableResource]:
     return {
-        "spark": spark_resource(settings),
+        "spark": SparkResource(spark_config={"spark.remote": settings.spark_remote},
+                               niceness=settings.batch_niceness),
         "kafka": KafkaResource(
             bootstrap_servers=settings.kafka_bootstrap_servers,
             request_topic=settings.request_topic,

@@ -36,7 +36,8 @@ class Settings:
     max_message_bytes: int
     mongo_uri: str
     mongo_database: str
-    spark_master: str
+    spark_remote: str  # the Spark Connect server the batch runs work on
+    spark_master: str  # where that server runs Spark: local mode, or a cluster's master
     retrain_cron: str
     drift_psi_threshold: float
     promotion_tolerance: float
@@ -45,7 +46,6 @@ class Settings:
     spark_driver_host: str
     spark_driver_memory: str
     batch_niceness: int
-    spark_class_archive: Path | None  # see flight_platform_dev.spark_class_archive
     dagster_storage: str  # "sqlite" or "postgres" (see flight_platform.local.postgres)
     postgres_port: int
     web_host: str
@@ -100,6 +100,7 @@ def private_environment(data_dir: Path) -> dict[str, str]:
         "FLIGHT_PLATFORM_DATA_DIR": str(data_dir),
         "FLIGHT_PLATFORM_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
         "FLIGHT_PLATFORM_MONGO_URI": f"mongodb://127.0.0.1:{free_port()}/?directConnection=true",
+        "FLIGHT_PLATFORM_SPARK_REMOTE": f"sc://127.0.0.1:{free_port()}",
         "FLIGHT_PLATFORM_WEB_PORT": str(free_port()),
         "FLIGHT_PLATFORM_DAGSTER_PORT": str(free_port()),
     }
@@ -133,6 +134,9 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         max_message_bytes=int(_env("MAX_MESSAGE_BYTES", str(MAX_MESSAGE_BYTES))),
         mongo_uri=_env("MONGO_URI", "mongodb://127.0.0.1:27017/?directConnection=true"),
         mongo_database=_env("MONGO_DATABASE", "agile_data_science"),
+        # A long-lived Spark Connect server (flight_platform.local.services starts one on loopback)
+        # holds the Spark driver; each batch run is a thin client with a session of its own.
+        spark_remote=_env("SPARK_REMOTE", "sc://127.0.0.1:15002"),
         spark_master=_env("SPARK_MASTER", "local[2]"),
         # The model retrains on new months at most once per tick of this cron (see batch.model).
         retrain_cron=_env("RETRAIN_CRON", "0 * * * *"),
@@ -145,15 +149,13 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         # Every answer carries each input's contribution to it (see core.scoring); "false" stores
         # answers without, as the stream benchmark does to measure what explaining costs.
         explain_answers=_env("EXPLAIN_ANSWERS", "true").lower() == "true",
-        # On a cluster this must be an address the executors can reach.
+        # The Spark Connect server's driver: on a cluster, an address the executors can reach.
         spark_driver_host=_env("SPARK_DRIVER_HOST", "127.0.0.1"),
         spark_driver_memory=_env("SPARK_DRIVER_MEMORY", "4g"),
-        # The CPU priority of the local Spark driver JVM (0-19, as `nice`): batch work runs beside
-        # the stream and the web app, and only on the CPU they leave. 0: an equal share.
+        # The CPU priority of batch work, the Spark Connect server and the batch runs (0-19, as
+        # `nice`): it runs beside the stream and the web app, and only on the CPU they leave.
+        # 0: an equal share.
         batch_niceness=int(_env("BATCH_NICENESS", "19")),
-        # Built for the Spark jars of this virtualenv by `make install`; empty: none.
-        spark_class_archive=Path(archive) if (archive := _env(
-            "SPARK_CLASS_ARCHIVE", str(Path(sys.prefix) / "spark-classes.jsa"))) else None,
         dagster_storage=_env("DAGSTER_STORAGE", "sqlite"),
         postgres_port=int(_env("POSTGRES_PORT", "5433")),  # beside a system PostgreSQL's 5432
         web_host=_env("WEB_HOST", "127.0.0.1"),

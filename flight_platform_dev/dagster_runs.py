@@ -9,7 +9,7 @@ from dagster import AssetKey, DagsterInstance, materialize
 
 from flight_platform.definitions import build_definitions
 from flight_platform.local.stack import materialize_command, register_months
-from flight_platform.resources import build_resources
+from flight_platform.resources import SparkResource, build_resources
 from flight_platform.settings import REPO_ROOT, Settings, load_settings
 
 BIN = Path(sys.executable).parent
@@ -34,13 +34,14 @@ def materialize_all(settings: Settings, env: dict[str, str] | None = None
 def materialize_in_process(selection: list[str], partition_key: str | None = None, instance=None,
                            run_config=None, **resource_overrides):
     """Materialize `selection` in this process, against the platform the environment's settings
-    name."""
+    name. This process keeps its CPU priority (a run process lowers its own)."""
     settings = load_settings()
     defs = build_definitions(settings)
+    keeping_priority = SparkResource(spark_config={"spark.remote": settings.spark_remote}, niceness=0)
     return materialize(
         [*(defs.get_assets_def(AssetKey(a)) for a in ASSETS), *defs.asset_checks],
         selection=selection, partition_key=partition_key, run_config=run_config,
-        resources={**build_resources(settings), **resource_overrides},
+        resources={**build_resources(settings), "spark": keeping_priority, **resource_overrides},
         instance=instance or DagsterInstance.get(), raise_on_error=False,
     )
 

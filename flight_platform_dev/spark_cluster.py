@@ -1,11 +1,11 @@
 """A Spark standalone cluster on loopback: one master and one worker, from the pip-installed pyspark.
 
     with spark_cluster(Path("/tmp/cluster")) as cluster:
-        env = {**os.environ, **cluster.driver_environment()}   # then run `dg launch` with env
+        env = {**os.environ, **cluster.driver_environment()}   # then start the Spark server with env
 
 It shows the platform running on a real cluster by settings alone (FLIGHT_PLATFORM_SPARK_MASTER):
-the driver stays in the Dagster run, the executors run in the worker's JVMs. On one machine the
-executors read and write the warehouse and model store on the local filesystem the driver uses;
+the driver stays in the Spark Connect server, the executors run in the worker's JVMs. On one machine
+the executors read and write the warehouse and model store on the local filesystem the driver uses;
 on several machines those paths must be on storage every node sees (see README).
 """
 
@@ -18,12 +18,10 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-import pyspark
-
 from flight_platform.local import processes
+from flight_platform.local.services import SPARK_HOME
 from flight_platform.settings import free_port
 
-SPARK_HOME = Path(pyspark.__file__).parent
 HOST = "127.0.0.1"
 READY_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 20.0  # SIGTERM -> SIGKILL; the worker kills its executors on the way out
@@ -60,7 +58,7 @@ class SparkCluster:
             return json.load(page)
 
     def driver_environment(self) -> dict[str, str]:
-        """What a driver process (a `dagster` command) needs in its environment to run here."""
+        """What the driver (the Spark Connect server) needs in its environment to run here."""
         return {
             "FLIGHT_PLATFORM_SPARK_MASTER": self.master_url,
             # spark-submit reads spark-defaults.conf from here: the executors' size.

@@ -11,6 +11,7 @@ import pytest
 from dagster import AssetKey, DagsterInstance, instance_for_test
 from pymongo import MongoClient
 from pyspark.ml.evaluation import MulticlassClassificationEvaluator
+from pyspark.sql import SparkSession
 
 from flight_platform.batch.bts import ON_TIME_COLUMNS
 from flight_platform.batch.model import (
@@ -24,7 +25,7 @@ from flight_platform.clients.mongo import DISTANCES
 from flight_platform.core import monitoring
 from flight_platform.core.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
 from flight_platform.core.model_store import ModelStore
-from flight_platform.resources import WarehouseResource, build_resources, spark_resource
+from flight_platform.resources import WarehouseResource, build_resources
 from flight_platform.warehouse import MONTH_COLUMN
 from flight_platform_dev.dagster_runs import ASSETS, latest_metadata, materialize_in_process
 from flight_platform_dev.derived_bts import write_bts_csv
@@ -128,13 +129,13 @@ def test_model_beats_the_majority_baseline(materialized, settings):
     assert metadata["promoted"] is True and metadata["model_version"] == version
 
 
-def test_held_out_figures_are_sparks_evaluator(settings):
+def test_held_out_figures_are_sparks_evaluator(running_services, settings):
     """The model's accuracy and weighted F1 come from one confusion-matrix query: they must be what
     Spark's evaluator says, including for a bucket that is never predicted (no precision)."""
     rng = np.random.default_rng(3)
     actual = rng.integers(0, 4, 2000)
     predicted = np.where((rng.random(2000) < 0.6) & (actual < 3), actual, rng.integers(0, 3, 2000))
-    predictions = spark_resource(settings).spark_session.createDataFrame(
+    predictions = SparkSession.builder.remote(settings.spark_remote).getOrCreate().createDataFrame(
         pd.DataFrame({LABEL: actual.astype(float), "prediction": predicted.astype(float)}))
     matrix = held_out_confusion_matrix(predictions)
     assert matrix.sum() == 2000 and matrix[:, 3].sum() == 0

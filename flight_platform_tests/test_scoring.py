@@ -1,7 +1,6 @@
 """The streaming scorer gives exactly what Spark's `PipelineModel.transform` gives, on real rows
 built the way the web app builds requests, and on carriers/airports/routes the model never saw."""
 
-import os
 import random
 
 import numpy as np
@@ -9,20 +8,23 @@ import pytest
 from pyspark.ml import Pipeline, PipelineModel
 from pyspark.ml.classification import RandomForestClassifier
 from pyspark.ml.feature import StringIndexer, VectorAssembler
+from pyspark.sql import SparkSession
 
 from flight_platform.core.contract import PredictionRequest
 from flight_platform.core.features import ARRIVAL_DELAY_LABELS, CATEGORICAL_FEATURES, NUMERIC_FEATURES
 from flight_platform.core.model_store import ModelStore
 from flight_platform.core.scoring import PipelineScorer, UnsupportedModel, _Forest
-from flight_platform.resources import build_resources, spark_driver_jvms, spark_resource
+from flight_platform.resources import build_resources
 
 SAMPLE_ROWS = 3000
 
 
 @pytest.fixture(scope="module")
-def spark(settings):
-    # The platform's own Spark settings; getOrCreate shares the session's in-process JVM.
-    return spark_resource(settings).spark_session
+def spark(running_services, settings):
+    """A session on the suite's Spark Connect server."""
+    session = SparkSession.builder.remote(settings.spark_remote).create()
+    yield session
+    session.stop()
 
 
 @pytest.fixture(scope="module")
@@ -181,12 +183,3 @@ def test_a_one_tree_forest_is_explained_as_worked_out_by_hand():
     # AA stops at the first split: DepDelay is never asked, so it gets nothing.
     assert explained.contributions[2] == pytest.approx(np.array(
         [[0, 0, 0, 0], [0.5, -0.25, -0.125, -0.125]]))
-
-
-def test_the_spark_jvm_runs_below_serving(spark, settings):
-    """The driver JVM, where local-mode Spark works, yields the CPU to the stream and the web app;
-    threads it started after its priority was lowered (those that ran this module's jobs) too."""
-    (jvm,) = spark_driver_jvms()
-    assert settings.batch_niceness == 19
-    assert {os.getpriority(os.PRIO_PROCESS, thread.id) for thread in jvm.threads()} == {19}
-    assert os.getpriority(os.PRIO_PROCESS, 0) == 0  # this Python process keeps its priority

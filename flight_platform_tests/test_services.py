@@ -8,6 +8,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+import psutil
 import pytest
 
 from flight_platform.clients.kafka import create_consumer, create_producer, partition_count
@@ -32,7 +33,7 @@ def env(tmp_path):
 
 def pids(tmp_path) -> dict[str, int]:
     return {name: int((tmp_path / "services" / f"{name}.pid").read_text())
-            for name in ("kafka-1", "mongo")}
+            for name in ("kafka-1", "mongo", "spark")}
 
 
 def test_up_status_down(env, tmp_path):
@@ -40,13 +41,14 @@ def test_up_status_down(env, tmp_path):
 
     up = manager(env, "up")
     assert up.returncode == 0, up.stderr
-    assert "kafka-1 started" in up.stdout and "mongo   started" in up.stdout
+    for name in ("kafka-1", "mongo  ", "spark  "):
+        assert f"{name} started" in up.stdout
     started = pids(tmp_path)
     assert all(alive(pid) for pid in started.values())
 
     status = manager(env, "status")
     assert status.returncode == 0
-    assert status.stdout.count(": healthy") == 2
+    assert status.stdout.count(": healthy") == 3
 
     down = manager(env, "down")
     assert down.returncode == 0
@@ -54,11 +56,37 @@ def test_up_status_down(env, tmp_path):
     assert manager(env, "status").returncode == 3
 
 
+def test_batch_work_runs_below_serving(env, tmp_path):
+    """The Spark server's JVM, where Spark works, and a batch run's process once it opens its Spark
+    session yield the CPU to the stream and the web app, every thread of them; the broker and
+    the Mongo-protocol server, which serving waits on, do not."""
+    assert manager(env, "up").returncode == 0
+    started = pids(tmp_path)
+    assert load_settings(env).batch_niceness == 19
+
+    def priorities(pid: int) -> set[int]:
+        return {os.getpriority(os.PRIO_PROCESS, t.id) for t in psutil.Process(pid).threads()}
+
+    assert priorities(started["spark"]) == {19}
+    assert priorities(started["kafka-1"]) == priorities(started["mongo"]) == {0}
+    probe = ("import os, psutil\n"
+             "from flight_platform.resources import build_resources\n"
+             "from flight_platform.settings import load_settings\n"
+             "before = os.getpriority(os.PRIO_PROCESS, 0)\n"
+             "assert build_resources(load_settings())['spark'].spark_session.range(3).count() == 3\n"
+             "print(before, sorted({os.getpriority(os.PRIO_PROCESS, t.id) "
+             "for t in psutil.Process().threads()}))")
+    run = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.splitlines()[-1] == "0 [19]"
+
+
 def test_refuses_to_start_a_second_copy(env, tmp_path):
     assert manager(env, "up").returncode == 0
     first = pids(tmp_path)
     again = manager(env, "up")
-    assert again.stdout.count("already running") == 2
+    assert again.stdout.count("already running") == 3
     assert pids(tmp_path) == first
     brokers = subprocess.run(["pgrep", "-f", str(tmp_path / "services" / "kafka-1")],
                              capture_output=True, text=True).stdout.split()
@@ -117,9 +145,10 @@ def test_a_service_deaf_to_sigterm_is_killed_and_its_port_free_when_stop_returns
 def test_external_services_are_left_alone(env, tmp_path):
     env["FLIGHT_PLATFORM_KAFKA_BOOTSTRAP_SERVERS"] = "kafka.example.internal:9092"
     env["FLIGHT_PLATFORM_MONGO_URI"] = "mongodb://mongo-0.example.internal:27017/?replicaSet=rs0"
+    env["FLIGHT_PLATFORM_SPARK_REMOTE"] = "sc://spark-connect.example.internal:15002"
     up = manager(env, "up")
     assert up.returncode == 0
-    assert up.stdout.count("external") == 2
+    assert up.stdout.count("external") == 3
     assert not (tmp_path / "services").exists()
 
 

@@ -1,5 +1,6 @@
-"""The whole asset graph on a real Spark standalone cluster (a master and a worker on loopback), set
-by FLIGHT_PLATFORM_SPARK_MASTER alone, gives what the session's local-mode materialization gave."""
+"""The whole asset graph on a real Spark standalone cluster (a master and a worker on loopback): a
+Spark Connect server whose driver is the cluster's client, set by FLIGHT_PLATFORM_SPARK_MASTER alone,
+gives what the session's local-mode materialization gave."""
 
 import os
 
@@ -8,10 +9,11 @@ import pytest
 from pymongo import MongoClient
 
 from flight_platform.clients.mongo import DISTANCES
+from flight_platform.local import services
 from flight_platform.local.processes import wait_until
 from flight_platform.local.stack import dagster_environment
 from flight_platform.resources import build_resources
-from flight_platform.settings import Settings, load_settings
+from flight_platform.settings import Settings, free_port, load_settings
 from flight_platform_dev.dagster_runs import materialize_all
 from flight_platform_dev.spark_cluster import spark_cluster
 
@@ -29,26 +31,34 @@ def distances(client: MongoClient, settings: Settings) -> list[dict]:
 
 @pytest.mark.cluster
 @pytest.mark.services
-def test_materialize_everything_on_a_spark_standalone_cluster(materialized, settings, tmp_path):
+def test_materialize_everything_on_a_spark_standalone_cluster(materialized, settings, tmp_path,
+                                                              monkeypatch):
     with spark_cluster(tmp_path / "spark") as cluster, MongoClient(settings.mongo_uri) as client:
-        # Its own warehouse, model store, Mongo database and Dagster instance; the session's
-        # Kafka and Mongo servers. The executors are other processes writing the warehouse and
-        # model store paths: on one machine they share the driver's local filesystem.
+        # Its own warehouse, model store, Mongo database, Dagster instance and Spark Connect server
+        # (the cluster's driver); the session's Kafka and Mongo servers. The executors are other
+        # processes writing the warehouse and model store paths: on one machine they share the
+        # driver's local filesystem.
+        for name, value in cluster.driver_environment().items():
+            monkeypatch.setenv(name, value)  # the Spark server's (spark-submit reads SPARK_CONF_DIR)
         overrides = {
             "FLIGHT_PLATFORM_DATA_DIR": str(tmp_path / "data"),
             "FLIGHT_PLATFORM_MODEL_DIR": str(tmp_path / "data" / "models"),
             "FLIGHT_PLATFORM_MONGO_DATABASE": f"{settings.mongo_database}_on_cluster",
+            "FLIGHT_PLATFORM_SPARK_REMOTE": f"sc://127.0.0.1:{free_port()}",
             **cluster.driver_environment(),
         }
         on_cluster = load_settings({**os.environ, **overrides})
         env = {**dagster_environment(on_cluster), **overrides}
+        spark_server = services.spark_server(on_cluster)
         try:
+            services.start(spark_server)
             # As the session's `materialized` fixture does, in this platform's instance.
             result = materialize_all(on_cluster, env)
             assert result.returncode == 0, result.stderr[-5000:]
+            services.stop(spark_server)
 
-            # The cluster did the work: the master ran the application, and its executor, in the
-            # worker, logged the tasks it finished.
+            # The cluster did the work: the master ran the server's application, and its
+            # executor, in the worker, logged the tasks it finished.
             application = wait_until(
                 lambda: next((app for app in cluster.master_state()["completedapps"]
                               if app["name"] == "flight_platform"), None),
@@ -71,4 +81,5 @@ def test_materialize_everything_on_a_spark_standalone_cluster(materialized, sett
             assert info["accuracy"] > info["majority_baseline_accuracy"]
             assert info["scorer_parity"]["prediction_mismatches"] == 0
         finally:
+            services.stop(spark_server)
             client.drop_database(on_cluster.mongo_database)

@@ -15,7 +15,6 @@ from dagster import (
     MetadataValue,
     asset,
 )
-from dagster_pyspark import LazyPySparkResource
 from pymongo import ReplaceOne
 from pymongo.collection import Collection
 from pymongo.database import Database
@@ -26,7 +25,7 @@ from flight_platform.batch.ingest import on_time_performance
 from flight_platform.batch.sources import MONTHLY
 from flight_platform.batch.tables import read_months
 from flight_platform.clients.mongo import DISTANCE_PARTIALS, DISTANCES, ensure_index
-from flight_platform.resources import MongoResource, WarehouseResource
+from flight_platform.resources import MongoResource, SparkResource, WarehouseResource
 from flight_platform.warehouse import MONTH_COLUMN, ON_TIME_PERFORMANCE
 
 ONE_PER_ROUTE = "one_document_per_route"
@@ -113,7 +112,7 @@ def one_document_per_route(collection: Collection, routes_flown: int) -> AssetCh
         description="Exactly one document per route, and as many as distinct (Origin, Dest) pairs "
         "in on_time_performance.")],
 )
-def origin_dest_distances(context: AssetExecutionContext, spark: LazyPySparkResource,
+def origin_dest_distances(context: AssetExecutionContext, spark: SparkResource,
                           warehouse: WarehouseResource, mongo: MongoResource) -> MaterializeResult:
     months = context.partition_keys
     flights_path = warehouse.table_path(ON_TIME_PERFORMANCE)

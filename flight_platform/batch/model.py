@@ -1,7 +1,6 @@
 """Stage 3: the Spark ML arrival-delay classifier, versioned and promoted only when it is good."""
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 import numpy as np
@@ -16,7 +15,6 @@ from dagster import (
     MetadataValue,
     asset,
 )
-from dagster_pyspark import LazyPySparkResource
 from pyspark.ml import PipelineModel
 from pyspark.ml.classification import RandomForestClassifier
 from pyspark.ml.feature import Bucketizer, StringIndexer, VectorAssembler
@@ -35,7 +33,7 @@ from flight_platform.core.features import (
 )
 from flight_platform.core.model_store import FLIGHT_DELAY_MODEL, ModelStore
 from flight_platform.core.scoring import PipelineScorer
-from flight_platform.resources import ModelStoreResource, WarehouseResource
+from flight_platform.resources import ModelStoreResource, SparkResource, WarehouseResource
 from flight_platform.warehouse import FLIGHT_DELAY_FEATURES, MONTH_COLUMN
 
 LABEL = "ArrDelayBucket"
@@ -83,11 +81,10 @@ def fit_pipeline(train: DataFrame, config: ModelTrainingConfig) -> PipelineModel
         inputCols=NUMERIC_FEATURES + [f"{c}_index" for c in CATEGORICAL_FEATURES],
         outputCol="features")
     # The forest reads its input twice (split candidates, then binning): assembled once, kept.
-    assembled = assembler.transform(indexer.transform(train)).select("features", LABEL).cache()
+    assembled = assembler.transform(indexer.transform(train)).select("features", LABEL).localCheckpoint()
     forest = RandomForestClassifier(featuresCol="features", labelCol=LABEL,
                                     numTrees=config.num_trees, maxDepth=config.max_depth,
                                     maxBins=max_bins, seed=config.seed).fit(assembled)
-    assembled.unpersist()
     return PipelineModel(stages=[indexer, assembler, forest])
 
 
@@ -160,14 +157,15 @@ def scorer_parity(scorer: PipelineScorer, predictions: DataFrame, rows: int) -> 
     ],
 )
 def flight_delay_model(context: AssetExecutionContext, config: ModelTrainingConfig,
-                       spark: LazyPySparkResource, warehouse: WarehouseResource,
+                       spark: SparkResource, warehouse: WarehouseResource,
                        model_store: ModelStoreResource) -> MaterializeResult:
     features = spark.spark_session.read.parquet(warehouse.table_path(FLIGHT_DELAY_FEATURES))
     months = training_months(features, config.recent_months)
-    # Cached: both sets come from one read of the table.
+    # Both sets come from one read of the table, kept in this run's session (checkpointed data is
+    # the session's alone; a cached plan would be shared by every session of the server).
     labelled = (Bucketizer(splits=ARRIVAL_DELAY_SPLITS, inputCol="ArrDelay", outputCol=LABEL)
                 .transform(features.where(F.col(MONTH_COLUMN).isin(months)))
-                .withColumn("held_out", held_out(config.test_fraction)).cache())
+                .withColumn("held_out", held_out(config.test_fraction)).localCheckpoint())
     train, test = labelled.where(~F.col("held_out")), labelled.where(F.col("held_out"))
 
     started = time.monotonic()
@@ -176,19 +174,12 @@ def flight_delay_model(context: AssetExecutionContext, config: ModelTrainingConf
     store = model_store.store()
     version = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{context.run.run_id[:8]}"
 
-    def save_and_load_scorer() -> PipelineScorer:
-        model.write().save(str(store.pipeline_dir(version)))
-        return PipelineScorer.load(str(store.pipeline_dir(version)))
-
-    # Saving is many small Spark jobs (seconds, mostly waiting), then the serving scorer reads what
-    # was saved: both while the model is evaluated.
-    with ThreadPoolExecutor(max_workers=1) as saver:
-        saved = saver.submit(save_and_load_scorer)
-        predictions = model.transform(test)
-        matrix = held_out_confusion_matrix(predictions)
-        train_labels = {int(r[LABEL]): r["count"] for r in train.groupBy(LABEL).count().collect()}
-        current = current_model_accuracy(store, test)
-        scorer = saved.result()
+    model.write().save(str(store.pipeline_dir(version)))
+    scorer = PipelineScorer.load(str(store.pipeline_dir(version)))
+    predictions = model.transform(test)
+    matrix = held_out_confusion_matrix(predictions)
+    train_labels = {int(r[LABEL]): r["count"] for r in train.groupBy(LABEL).count().collect()}
+    current = current_model_accuracy(store, test)
     accuracy, weighted_f1 = monitoring.accuracy(matrix), monitoring.weighted_f1(matrix)
     test_rows = int(matrix.sum())
     # Always predicting the training set's most frequent bucket, on the held-out rows.

@@ -4,7 +4,6 @@ import datetime as dt
 
 import pandas as pd
 from dagster import AssetExecutionContext, AutomationCondition, MaterializeResult, asset
-from dagster_pyspark import LazyPySparkResource
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -12,7 +11,7 @@ from flight_platform.batch.ingest import on_time_performance
 from flight_platform.batch.sources import MONTHLY, days_of_months
 from flight_platform.batch.tables import inspect_written, not_null_spec, read_months, write_months
 from flight_platform.core.features import date_features, route
-from flight_platform.resources import WarehouseResource
+from flight_platform.resources import SparkResource, WarehouseResource
 from flight_platform.warehouse import FLIGHT_DELAY_FEATURES, MONTH_COLUMN, ON_TIME_PERFORMANCE
 
 # The book's feature table: model inputs, the label (ArrDelay) and what identifies a flight.
@@ -52,7 +51,7 @@ def routes(spark: SparkSession, pairs: list[tuple[str, str]]) -> DataFrame:
     "features and Route come from flight_platform.core.features, the code the web app uses.",
     check_specs=[not_null_spec(FLIGHT_DELAY_FEATURES, FEATURE_TABLE_COLUMNS)],
 )
-def flight_delay_features(context: AssetExecutionContext, spark: LazyPySparkResource,
+def flight_delay_features(context: AssetExecutionContext, spark: SparkResource,
                           warehouse: WarehouseResource) -> MaterializeResult:
     session = spark.spark_session
     months = context.partition_keys

@@ -17,16 +17,17 @@ KILL_TIMEOUT_S = 30.0  # SIGKILL -> gone: a JVM takes a moment to die
 
 
 def start(command: Sequence, log_file: Path | None = None, env: Mapping[str, str] | None = None,
-          cwd: Path | None = None) -> subprocess.Popen:
+          cwd: Path | None = None, niceness: int = 0) -> subprocess.Popen:
     """`command` in a session of its own, so that a Ctrl-C meant for the caller does not reach it
     behind the caller's back, and stopping its group reaches what it spawned. Its output is appended
-    to `log_file` (None: the caller's)."""
+    to `log_file` (None: the caller's); it and every thread it starts run at `niceness`."""
+    lower = (lambda: os.nice(niceness)) if niceness else None
     if log_file is None:
         return subprocess.Popen(command, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=lower)
     with open(log_file, "ab") as log:
         return subprocess.Popen(command, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+                                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=lower)
 
 
 def alive(pid: int) -> bool:

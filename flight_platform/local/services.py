@@ -1,4 +1,4 @@
-"""Start, health-check and stop the local Kafka broker and MongoDB-protocol server.
+"""Start, health-check and stop the local Kafka broker, MongoDB-protocol server and Spark server.
 
     python -m flight_platform.local.services up|down|status
 
@@ -9,6 +9,10 @@
   `settings.services_dir / kafka-N`, so topics, messages and group offsets survive restarts.
 - mongo: SecantusDB's `secantusd-py` (GPL-2.0), run as its own process and spoken to over the wire
   only; its WiredTiger files live under the data dir and survive restarts.
+- spark: a Spark Connect server from the pinned pyspark wheel, holding the one long-lived Spark
+  driver (local mode, or a client of the cluster FLIGHT_PLATFORM_SPARK_MASTER names) that every
+  batch run works on through a session of its own. It is batch work: it runs at
+  FLIGHT_PLATFORM_BATCH_NICENESS, on the CPU the stream and the web app leave.
 
 A service whose endpoint (from settings) is not on loopback is external: it is left alone, so a real
 Kafka cluster or mongod is used unchanged. Pid and log files live in `settings.services_dir`; `down`
@@ -19,6 +23,7 @@ import argparse
 import base64
 import ipaddress
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -30,9 +35,10 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyspark
 from pymongo.uri_parser import parse_uri
 
-from flight_platform.clients import kafka, mongo
+from flight_platform.clients import kafka, mongo, spark
 from flight_platform.local import processes
 from flight_platform.settings import Settings, free_port, load_settings
 
@@ -73,8 +79,17 @@ class Service(ABC):
         """A string only this service's command line holds: guards against a recycled pid."""
         return self.executable
 
+    @property
+    def niceness(self) -> int:
+        """Its CPU priority, as `nice` (0: an equal share)."""
+        return 0
+
     @abstractmethod
     def command(self) -> list[str]: ...
+
+    def environment(self) -> dict[str, str] | None:
+        """Its environment (None: this process's)."""
+        return None
 
     @abstractmethod
     def is_healthy(self) -> bool:
@@ -236,8 +251,58 @@ class MongoServer(Service):
         return mongo.server_reachable(self.settings.mongo_uri)
 
 
+SPARK_HOME = Path(pyspark.__file__).parent  # the pinned wheel ships Spark's jars and scripts
+SPARK_CONNECT_SERVER = "org.apache.spark.sql.connect.service.SparkConnectServer"
+
+
+@dataclass(frozen=True)
+class SparkConnectServer(Service):
+    @property
+    def remote(self) -> str:
+        return f"sc://{self.endpoint}"
+
+    @property
+    def identity(self) -> str:
+        return f"spark.connect.grpc.binding.port={self.port}"
+
+    @property
+    def niceness(self) -> int:
+        return self.settings.batch_niceness
+
+    def command(self) -> list[str]:
+        settings = self.settings
+        config = {
+            "spark.connect.grpc.binding.address": self.host,
+            "spark.connect.grpc.binding.port": self.port,
+            "spark.driver.host": settings.spark_driver_host,
+            "spark.driver.bindAddress": settings.spark_driver_host,
+            "spark.ui.enabled": "false",
+            "spark.log.level": "WARN",
+            # Defaults of every session, sized for a small box.
+            "spark.sql.shuffle.partitions": 4,
+            "spark.default.parallelism": 2,
+            "spark.sql.session.timeZone": "UTC",
+            # The session of a run that died without closing it is dropped after this idle time,
+            # with what it checkpointed (Spark's default keeps it an hour).
+            "spark.connect.session.manager.defaultSessionTimeout": "10m",
+        }
+        # spark-submit execs the JVM: the server's pid is the one started.
+        return [self.executable, "--class", SPARK_CONNECT_SERVER, "--name", "flight_platform",
+                "--master", settings.spark_master, "--driver-memory", settings.spark_driver_memory,
+                *(arg for key, value in config.items() for arg in ("--conf", f"{key}={value}"))]
+
+    def environment(self) -> dict[str, str]:
+        # Spark picks its local address from the environment before it reads any config.
+        return {**os.environ, "SPARK_HOME": str(SPARK_HOME),
+                "SPARK_LOCAL_IP": self.settings.spark_driver_host,
+                "PYSPARK_PYTHON": sys.executable}
+
+    def is_healthy(self) -> bool:
+        return port_in_use(self.host, self.port) and spark.server_reachable(self.remote)
+
+
 def services(settings: Settings) -> list[Service]:
-    """The Kafka nodes (one per bootstrap server), then the Mongo-protocol server."""
+    """The Kafka nodes (one per bootstrap server), the Mongo-protocol server, the Spark server."""
     cluster = tuple(settings.kafka_bootstrap_servers.split(","))
     java = shutil.which("java") or "java"
     mongo_host, mongo_port = parse_uri(settings.mongo_uri)["nodelist"][0]
@@ -246,11 +311,18 @@ def services(settings: Settings) -> list[Service]:
     for node_id, endpoint in enumerate(cluster, start=1):
         host, port = endpoint.strip().rsplit(":", 1)
         nodes.append(KafkaNode(f"kafka-{node_id}", host, int(port), java, settings, node_id, cluster))
-    return [*nodes, MongoServer("mongo", mongo_host, int(mongo_port), secantus, settings)]
+    spark_host, spark_port = spark.endpoint(settings.spark_remote)
+    return [*nodes, MongoServer("mongo", mongo_host, int(mongo_port), secantus, settings),
+            SparkConnectServer("spark", spark_host, spark_port, str(SPARK_HOME / "bin" / "spark-submit"),
+                               settings)]
 
 
 def kafka_nodes(settings: Settings) -> list[KafkaNode]:
     return [service for service in services(settings) if isinstance(service, KafkaNode)]
+
+
+def spark_server(settings: Settings) -> SparkConnectServer:
+    return next(service for service in services(settings) if isinstance(service, SparkConnectServer))
 
 
 def _is_loopback(host: str) -> bool:
@@ -324,7 +396,8 @@ def _launch(service: Service) -> subprocess.Popen:
             f"start. Stop it, or point FLIGHT_PLATFORM_* settings at another port.")
     service.settings.services_dir.mkdir(parents=True, exist_ok=True)
     service.initialize()
-    process = processes.start(service.command(), service.log_file, cwd=service.settings.services_dir)
+    process = processes.start(service.command(), service.log_file, env=service.environment(),
+                              cwd=service.settings.services_dir, niceness=service.niceness)
     service.pid_file.write_text(str(process.pid))
     return process
 

@@ -1,0 +1,153 @@
+"""Batch runs on the long-lived Spark Connect server: runs at once share it safely, and a run or the
+server dying mid-step breaks nothing the next run reads.
+
+Each test works on a copy of the session's materialized data (its own warehouse, model store, Mongo
+database and Dagster instance), so what it trains or kills touches no other module's platform."""
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from dagster import DagsterEventType, DagsterInstance
+
+from flight_platform.core.model_store import ModelStore
+from flight_platform.local import processes, services
+from flight_platform.local.stack import dagster_environment, materialize_command, register_months
+from flight_platform.settings import REPO_ROOT, Settings, free_port, load_settings
+from flight_platform.warehouse import FLIGHT_DELAY_FEATURES, ON_TIME_PERFORMANCE, table_path
+from flight_platform_dev.dagster_runs import BIN
+from flight_platform_dev.derived_bts import write_derived_months
+
+NEW_MONTH = "2014-01"
+RUN_TIMEOUT_S = 600
+
+
+class CopiedPlatform:
+    """The session's warehouse and model store copied under `root`, with a Dagster instance and
+    Mongo database of its own; `environment` on top (e.g. another Spark server)."""
+
+    def __init__(self, source: Settings, root: Path, environment: dict[str, str] | None = None):
+        overrides = {"FLIGHT_PLATFORM_DATA_DIR": str(root / "data"),
+                     "FLIGHT_PLATFORM_MONGO_DATABASE": f"{source.mongo_database}_{root.name}",
+                     **(environment or {})}
+        self.settings = load_settings({**os.environ, **overrides})
+        shutil.copytree(source.warehouse_dir, self.settings.warehouse_dir)
+        shutil.copytree(source.model_store_dir, self.settings.model_store_dir)
+        self.env = {**dagster_environment(self.settings), **overrides}
+        self.months = register_months(self.settings)
+        self.store = ModelStore(self.settings.model_store_dir)
+
+    def launch(self, command: list[str], log: Path) -> subprocess.Popen:
+        return processes.start(command, log, env=self.env, cwd=REPO_ROOT)
+
+    def retrain(self, log: Path) -> subprocess.Popen:
+        return self.launch([str(BIN / "dg"), "launch", "--assets", "flight_delay_model",
+                            "-m", "flight_platform.definitions"], log)
+
+    def new_month(self, log: Path) -> subprocess.Popen:
+        """A BTS download for 2014-01 lands; its monthly assets are materialized, as the inbox
+        sensor's run does."""
+        write_derived_months(self.settings.bts_dir, [2014], [1])
+        self.months = register_months(self.settings)
+        return self.launch(materialize_command(
+            [NEW_MONTH, NEW_MONTH], "on_time_performance,flight_delay_features,origin_dest_distances"),
+            log)
+
+    def instance(self) -> DagsterInstance:
+        return DagsterInstance.from_config(str(self.settings.dagster_home))
+
+
+def finished(process: subprocess.Popen, log: Path) -> str:
+    """Wait for a `dg launch` to end and return its output; fail with it if the run failed."""
+    process.wait(RUN_TIMEOUT_S)
+    output = log.read_text()
+    assert process.returncode == 0, output[-5000:]
+    return output
+
+
+def model_step_started(platform: CopiedPlatform) -> bool:
+    with platform.instance() as instance:
+        runs = instance.get_runs(limit=1)
+        return bool(runs) and any(
+            record.dagster_event.step_key == "flight_delay_model"
+            for record in instance.all_logs(runs[0].run_id, of_type=DagsterEventType.STEP_START))
+
+
+@pytest.fixture
+def copy_of_session(materialized, settings, tmp_path):
+    def copy(name: str, environment: dict[str, str] | None = None) -> CopiedPlatform:
+        return CopiedPlatform(settings, tmp_path / name, environment)
+    return copy
+
+
+def session_model_accuracy(settings: Settings) -> float:
+    store = ModelStore(settings.model_store_dir)
+    return store.read_info(store.current_version())["accuracy"]
+
+
+def test_a_retrain_and_a_new_month_at_once_on_one_server(copy_of_session, settings, tmp_path):
+    """The inbox sensor's month and an hourly retrain run together, each in its own Spark session
+    on the same server: both succeed, and each gives what it gives alone (the retrain, on the same
+    months with the same seed, exactly the session's held-out accuracy)."""
+    retraining, ingesting = copy_of_session("retraining"), copy_of_session("ingesting")
+    retrain = retraining.retrain(tmp_path / "retrain.log")
+    month = ingesting.new_month(tmp_path / "month.log")
+    finished(retrain, tmp_path / "retrain.log")
+    finished(month, tmp_path / "month.log")
+
+    info = retraining.store.read_info(retraining.store.current_version())
+    assert info["months"] == retraining.months
+    assert info["accuracy"] == pytest.approx(session_model_accuracy(settings), abs=1e-9)
+    rows = pq.read_table(table_path(str(ingesting.settings.warehouse_dir), ON_TIME_PERFORMANCE)
+                         + f"/FlightMonth={NEW_MONTH}").num_rows
+    january = pq.read_table(table_path(str(ingesting.settings.warehouse_dir), ON_TIME_PERFORMANCE)
+                            + "/FlightMonth=2013-01").num_rows
+    assert rows == january  # the derived month holds 2013-01's flights, moved to 2014
+    features = pq.read_table(table_path(str(ingesting.settings.warehouse_dir), FLIGHT_DELAY_FEATURES)
+                             + f"/FlightMonth={NEW_MONTH}").num_rows
+    assert 0 < features <= rows
+
+
+def test_a_run_killed_mid_step_leaves_nothing_that_breaks_the_next(copy_of_session, settings,
+                                                                   tmp_path):
+    platform = copy_of_session("killed_run")
+    versions = platform.store.versions()
+    log = tmp_path / "killed.log"
+    retrain = platform.retrain(log)
+    processes.wait_until(lambda: model_step_started(platform), RUN_TIMEOUT_S,
+                         "the retrain's model step to start", interval=0.5, process=retrain)
+    processes.hard_kill(retrain)  # the run's process and everything it started, as kill -9 would
+
+    assert platform.store.versions() == versions  # nothing saved by halves
+    finished(platform.retrain(tmp_path / "again.log"), tmp_path / "again.log")
+    info = platform.store.read_info(platform.store.current_version())
+    assert info["accuracy"] == pytest.approx(session_model_accuracy(settings), abs=1e-9)
+
+
+def test_the_server_killed_mid_step_fails_the_run_clearly_and_a_retry_succeeds(copy_of_session,
+                                                                                tmp_path):
+    platform = copy_of_session("killed_server",
+                               {"FLIGHT_PLATFORM_SPARK_REMOTE": f"sc://127.0.0.1:{free_port()}"})
+    server = services.spark_server(platform.settings)
+    services.start(server)
+    try:
+        current = platform.store.current_version()
+        log = tmp_path / "failed.log"
+        retrain = platform.retrain(log)
+        processes.wait_until(lambda: model_step_started(platform), RUN_TIMEOUT_S,
+                             "the retrain's model step to start", interval=0.5, process=retrain)
+        services.kill(server)
+        retrain.wait(RUN_TIMEOUT_S)
+        assert retrain.returncode != 0
+        output = log.read_text()
+        assert "flight_delay_model" in output and server.endpoint in output, output[-5000:]
+        assert platform.store.current_version() == current  # the failed candidate serves nowhere
+
+        assert "started" in services.start(server)
+        finished(platform.retrain(tmp_path / "retried.log"), tmp_path / "retried.log")
+        assert platform.store.current_version() != current
+    finally:
+        services.stop(server)
