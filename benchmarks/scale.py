@@ -6,7 +6,8 @@ private services and a scratch data dir per scale.
 Scale k is the bundled 2013 flights plus k-1 derived years (2014, 2015, ...) written to the BTS
 inbox as BTS-format monthly downloads (flight_platform_dev.derived_bts), so everything past 1x
 goes through the real BTS reader. Prints, per scale: rows, each asset's step time, the wall time of
-the CLI run, rows/s, peak memory of the process tree and the model's held-out accuracy.
+the CLI run, rows/s, peak memory (the run's process tree and the Spark Connect server, freshly
+started for each scale) and the model's held-out accuracy.
 Asserts nothing. Goals: 10x in <= 6x the 1x time, peak memory <= 6 GiB.
 """
 

@@ -39,7 +39,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         jobs=[flight_delay_prediction_stream, promote_model, manage_challengers],
         sensors=[prediction_stream_supervisor, bts_inbox_sensor, automation],
         resources=build_resources(settings),
-        # Every step of a run in one process: one SparkSession (one JVM) per run, not one per asset.
+        # Every step of a run in one process: one Spark Connect session per run, not one per asset.
         executor=dg.in_process_executor,
     )
 

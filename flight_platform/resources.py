@@ -45,8 +45,16 @@ class SparkResource(LazyPySparkResource):
         return self._spark_session
 
     def teardown_after_execution(self, context) -> None:
-        if self._spark_session is not None:
+        if self._spark_session is None:
+            return
+        remote = self.spark_config["spark.remote"]
+        if spark.server_reachable(remote):
             self._spark_session.stop()  # the server drops the session's views, configs and data
+        else:
+            context.log.error(
+                f"The Spark Connect server at {remote} stopped answering during this run. Start it "
+                f"again (`python -m flight_platform.local.services up`, which `make run` does), "
+                f"then re-execute the run from its failed steps.")
 
 
 def lower_priority(process: psutil.Process, niceness: int) -> None:

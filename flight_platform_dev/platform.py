@@ -83,6 +83,17 @@ class PlatformProcess:
         return processes.hard_kill(self.process, *also)
 
 
+def copy_materialized(source: Settings, target: Settings) -> None:
+    """What `source`'s materialization made (its tables, model store and routes), copied into
+    `target`'s data dir and Mongo database, instead of materializing again."""
+    shutil.copytree(source.warehouse_dir, target.warehouse_dir)
+    shutil.copytree(source.model_store_dir, target.model_store_dir)
+    with create_client(source.mongo_uri) as from_client, create_client(target.mongo_uri) as to_client:
+        for collection in (DISTANCES, DISTANCE_PARTIALS):
+            to_client[target.mongo_database][collection].insert_many(
+                from_client[source.mongo_database][collection].find())
+
+
 def serving_runs(instance: DagsterInstance) -> list:
     """The stream runs that are serving: started, and their consumer has joined the group."""
     runs = instance.get_runs(RunsFilter(job_name=flight_delay_prediction_stream.name,
@@ -134,12 +145,7 @@ class PrivatePlatform:
         that first answer."""
         services.up(self.settings)
         if self.seed_from is not None and not self.settings.model_store_dir.exists():
-            shutil.copytree(self.seed_from.warehouse_dir, self.settings.warehouse_dir)
-            shutil.copytree(self.seed_from.model_store_dir, self.settings.model_store_dir)
-            with create_client(self.seed_from.mongo_uri) as source:
-                for collection in (DISTANCES, DISTANCE_PARTIALS):
-                    self.database[collection].insert_many(
-                        source[self.seed_from.mongo_database][collection].find())
+            copy_materialized(self.seed_from, self.settings)
         self.stack = PlatformProcess.stack(self.env, self.log_dir / "stack.log",
                                            materialize=self.seed_from is None)
         self.stack.wait_for_log("flight_platform is up", STACK_UP_TIMEOUT_S, "the stack to come up")

@@ -40,7 +40,7 @@ def test_cli_validated_and_materialized_everything(materialized):
     for asset in MONTHLY:
         assert instance.get_materialized_partitions(AssetKey(asset)) >= set(BUNDLED_MONTHS), asset
     model = instance.get_latest_materialization_event(AssetKey("flight_delay_model"))
-    # Every asset, every month: one run, one Spark start. (Not the instance's latest run: a stream
+    # Every asset, every month: one run, one Spark session. (Not the instance's latest run: a stream
     # run of another module's fixture may have started since.)
     run = instance.get_run_by_id(model.run_id)
     assert run.tags["dagster/asset_partition_range_start"] == BUNDLED_MONTHS[0]

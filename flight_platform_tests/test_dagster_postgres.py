@@ -36,7 +36,7 @@ from flight_platform.streaming.job import MODEL_VERSION_TAG, flight_delay_predic
 from flight_platform_dev.dagster_runs import BIN, run_cli
 
 # Cheap: one aggregation of the session's on_time_performance Parquet into a few hundred documents
-# (about 20 s, most of it starting Spark).
+# (a few seconds on the session's Spark Connect server).
 CHEAP_ASSET = "origin_dest_distances"
 
 ASSET_MATERIALIZATIONS = """

@@ -5,7 +5,6 @@ Each test works on a copy of the session's materialized data (its own warehouse,
 database and Dagster instance), so what it trains or kills touches no other module's platform."""
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from dagster import DagsterEventType, DagsterInstance
 
+from flight_platform.clients.mongo import create_client
 from flight_platform.core.model_store import ModelStore
 from flight_platform.local import processes, services
 from flight_platform.local.stack import dagster_environment, materialize_command, register_months
@@ -20,6 +20,7 @@ from flight_platform.settings import REPO_ROOT, Settings, free_port, load_settin
 from flight_platform.warehouse import FLIGHT_DELAY_FEATURES, ON_TIME_PERFORMANCE, table_path
 from flight_platform_dev.dagster_runs import BIN
 from flight_platform_dev.derived_bts import write_derived_months
+from flight_platform_dev.platform import copy_materialized
 
 NEW_MONTH = "2014-01"
 RUN_TIMEOUT_S = 600
@@ -34,8 +35,7 @@ class CopiedPlatform:
                      "FLIGHT_PLATFORM_MONGO_DATABASE": f"{source.mongo_database}_{root.name}",
                      **(environment or {})}
         self.settings = load_settings({**os.environ, **overrides})
-        shutil.copytree(source.warehouse_dir, self.settings.warehouse_dir)
-        shutil.copytree(source.model_store_dir, self.settings.model_store_dir)
+        copy_materialized(source, self.settings)
         self.env = {**dagster_environment(self.settings), **overrides}
         self.months = register_months(self.settings)
         self.store = ModelStore(self.settings.model_store_dir)
@@ -78,9 +78,16 @@ def model_step_started(platform: CopiedPlatform) -> bool:
 
 @pytest.fixture
 def copy_of_session(materialized, settings, tmp_path):
+    copies: list[CopiedPlatform] = []
+
     def copy(name: str, environment: dict[str, str] | None = None) -> CopiedPlatform:
-        return CopiedPlatform(settings, tmp_path / name, environment)
-    return copy
+        copies.append(CopiedPlatform(settings, tmp_path / name, environment))
+        return copies[-1]
+
+    yield copy
+    with create_client(settings.mongo_uri) as client:
+        for platform in copies:
+            client.drop_database(platform.settings.mongo_database)
 
 
 def session_model_accuracy(settings: Settings) -> float:
@@ -143,7 +150,10 @@ def test_the_server_killed_mid_step_fails_the_run_clearly_and_a_retry_succeeds(c
         retrain.wait(RUN_TIMEOUT_S)
         assert retrain.returncode != 0
         output = log.read_text()
-        assert "flight_delay_model" in output and server.endpoint in output, output[-5000:]
+        # The failed step, the address it could not reach, and what to do.
+        assert 'step "flight_delay_model" failed' in output, output[-5000:]
+        assert f"{server.endpoint}: Failed to connect" in output
+        assert f"The Spark Connect server at {server.remote} stopped answering" in output
         assert platform.store.current_version() == current  # the failed candidate serves nowhere
 
         assert "started" in services.start(server)

@@ -133,7 +133,7 @@ def scorer_parity(scorer: PipelineScorer, predictions: DataFrame, rows: int) -> 
     name=FLIGHT_DELAY_MODEL,
     deps=[flight_delay_features],
     # Unpartitioned, but part of a single-run backfill: `make run` materializes every month and the
-    # model in one run (one Spark start).
+    # model in one run (one Spark session).
     backfill_policy=BackfillPolicy.single_run(),
     group_name="batch",
     kinds={"spark"},

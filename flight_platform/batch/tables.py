@@ -33,7 +33,7 @@ class WrittenMonths:
 def inspect_written(written: DataFrame, path: str, required: Sequence[str],
                     **figures: Column) -> WrittenMonths:
     """Count the rows of `written`, the nulls of each `required` column (the blocking not-null
-    check) and the asset's `figures` in one pass (each query on a fresh JVM costs a compilation),
+    check) and the asset's `figures` in one pass (every query is a job of its own),
     then read a preview."""
     counts = written.agg(F.count(F.lit(1)), *[F.sum(F.col(c).isNull().cast("int")) for c in required],
                          *figures.values()).first()
@@ -81,7 +81,7 @@ def read_months(spark: SparkSession, path: str, months: Sequence[str],
                 schema: str | None = None) -> DataFrame:
     """The rows of `months` of the monthly table at `path`: Spark reads only their directories,
     so a run (or a check) costs its months, not the whole history. Given the table's `schema`,
-    Spark skips the job that reads it from a file's footer (a third of a second on a fresh JVM)."""
+    Spark skips the job that reads it from a file's footer."""
     reader = spark.read.schema(schema) if schema else spark.read
     return reader.parquet(path).where(F.col(MONTH_COLUMN).isin(list(months)))
 

@@ -135,7 +135,7 @@ def unmaterialized(settings: Settings, months: list[str]) -> list[str]:
 
 def materialize_command(months: list[str], assets: str = "*") -> list[str]:
     """Dagster's CLI materializing `assets` (all of them by default) for `months`, as `make run`
-    and CI do: one run, one Spark start (every asset has a single-run backfill policy)."""
+    and CI do: one run, one Spark session (every asset has a single-run backfill policy)."""
     return [str(Path(sys.executable).parent / "dg"), "launch", "--assets", assets,
             "--partition-range", f"{months[0]}...{months[-1]}", "-m", "flight_platform.definitions"]
 
