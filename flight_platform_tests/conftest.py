@@ -75,7 +75,8 @@ def nyc_flights() -> pd.DataFrame:
 
 @pytest.fixture(scope="session")
 def running_services(settings) -> Iterator[Settings]:
-    """The real Kafka broker and MongoDB-protocol server, stopped even on failure."""
+    """The real Kafka broker, MongoDB-protocol server and Spark Connect server, stopped even on
+    failure."""
     try:
         services.up(settings)
         yield settings

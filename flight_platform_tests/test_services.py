@@ -16,7 +16,7 @@ from flight_platform.local import services
 from flight_platform.local.processes import alive
 from flight_platform.settings import REPO_ROOT, free_port, load_settings, private_environment
 
-pytestmark = pytest.mark.services  # each test starts a private broker and Mongo-protocol server
+pytestmark = pytest.mark.services  # each test starts private services (broker, Mongo, Spark)
 
 
 def manager(env: dict, command: str) -> subprocess.CompletedProcess:

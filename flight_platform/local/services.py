@@ -283,8 +283,9 @@ class SparkConnectServer(Service):
             "spark.default.parallelism": 2,
             "spark.sql.session.timeZone": "UTC",
             # The session of a run that died without closing it is dropped after this idle time,
-            # with what it checkpointed (Spark's default keeps it an hour).
-            "spark.connect.session.manager.defaultSessionTimeout": "10m",
+            # with what it checkpointed (Spark's default keeps it an hour); longer than any step
+            # of a live run spends without calling Spark.
+            "spark.connect.session.manager.defaultSessionTimeout": "30m",
         }
         # spark-submit execs the JVM: the server's pid is the one started.
         return [self.executable, "--class", SPARK_CONNECT_SERVER, "--name", "flight_platform",

@@ -2,7 +2,8 @@
 
     python -m flight_platform.local.stack        (what `make run` does)
 
-1. starts Apache Kafka and the MongoDB-protocol server (`flight_platform.local.services`),
+1. starts Apache Kafka, the MongoDB-protocol server and the Spark Connect server
+   (`flight_platform.local.services`),
    and settles the runs a stack that died without stopping (a power cut, kill -9) left unfinished;
 2. registers the months the sources hold as partitions and, unless every month and a model are
    already materialized, materializes every asset with Dagster's CLI (`dg launch`, one run over
@@ -195,7 +196,8 @@ def serve(settings: Settings, env: dict[str, str], materialize: bool) -> None:
         print(f"\nflight_platform is up:\n"
               f"  Dagster UI  {dagster_url}\n"
               f"  Web app     {web_url}/flights/delays/predict_kafka\n"
-              f"  Kafka {settings.kafka_bootstrap_servers}, MongoDB {settings.mongo_uri}\n"
+              f"  Kafka {settings.kafka_bootstrap_servers}, MongoDB {settings.mongo_uri}, "
+              f"Spark Connect {settings.spark_remote}\n"
               f"The sensor prediction_stream_supervisor starts the streaming job within a minute.\n"
               f"Press Ctrl-C to stop everything.\n", flush=True)
         while all(server.poll() is None for server in servers):
