@@ -105,14 +105,19 @@ def test_mongo_data_survives_a_restart(env):
         assert client.test.kept.find_one({"_id": 1}) == {"_id": 1}
 
 
-def test_a_port_taken_by_someone_else_is_an_error(env):
-    host, port = env["FLIGHT_PLATFORM_KAFKA_BOOTSTRAP_SERVERS"].split(":")
+def test_a_port_taken_by_someone_else_is_an_error_and_nothing_is_left_running(env):
+    # The Spark server's: the broker and the Mongo-protocol server are launched before it.
+    host, port = services.spark_server(load_settings(env)).endpoint.split(":")
     with socket.socket() as squatter:
         squatter.bind((host, int(port)))
         squatter.listen()
         up = manager(env, "up")
     assert up.returncode == 1
-    assert "already taken by a process this manager did not start" in up.stderr
+    assert f"spark: {host}:{port} is already taken by a process this manager did not start" in up.stderr
+    status = manager(env, "status")
+    assert status.returncode == 3 and status.stdout.count(" stopped") == 3, status.stdout
+    kafka_host, kafka_port = env["FLIGHT_PLATFORM_KAFKA_BOOTSTRAP_SERVERS"].split(":")
+    assert not services.port_in_use(kafka_host, int(kafka_port))
 
 
 @dataclass(frozen=True)

@@ -360,8 +360,10 @@ def test_the_app_recovers_when_kafka_and_mongo_come_back(settings, tmp_path):
     later = dead_endpoints(settings, tmp_path)
     client = client_for(later)
     assert client.post(PREDICT, data=VALID_FORM).status_code == 503
+    # The real broker and Mongo-protocol server, on the ports the app uses (the web app uses no Spark).
+    kafka_and_mongo = [service for service in services.services(later) if service.name != "spark"]
     try:
-        services.up(later)  # the real broker and Mongo-protocol server, on the ports the app uses
+        services.start_all(kafka_and_mongo)
         with MongoClient(later.mongo_uri) as mongo:
             mongo[later.mongo_database][DISTANCES].insert_one(
                 {"Origin": "JFK", "Dest": "ATL", "Distance": 760.0, "Carriers": ["DL"]})
@@ -370,7 +372,7 @@ def test_the_app_recovers_when_kafka_and_mongo_come_back(settings, tmp_path):
         assert published(later, later.request_topic, answer.get_json()["id"]).Distance == 760.0
         assert client.get("/health").status_code == 200
     finally:
-        services.down(later)
+        services.stop_all(kafka_and_mongo)
 
 
 @pytest.mark.services  # a private broker and Mongo-protocol server

@@ -362,13 +362,19 @@ def start_all(to_start: list[Service]) -> dict[str, str]:
     answer once a majority of its controllers runs), then prepare them in order. Returns a
     one-line report per service name."""
     reports, started = {}, []
-    for service in to_start:
-        if service.is_external:
-            reports[service.name] = f"external at {service.endpoint}: not managed here"
-        elif (pid := running_pid(service)) is not None:
-            reports[service.name] = f"already running (pid {pid}) at {service.endpoint}: not starting another"
-        else:
-            started.append((service, _launch(service)))
+    try:
+        for service in to_start:
+            if service.is_external:
+                reports[service.name] = f"external at {service.endpoint}: not managed here"
+            elif (pid := running_pid(service)) is not None:
+                reports[service.name] = (f"already running (pid {pid}) at {service.endpoint}: not "
+                                         f"starting another")
+            else:
+                started.append((service, _launch(service)))
+    except ServiceError:  # a port is taken: none is left running (none has served anything yet)
+        for service, _ in started:
+            kill(service)
+        raise
     began = time.monotonic()
 
     def answering(service: Service, process: subprocess.Popen) -> bool:
