@@ -30,17 +30,19 @@ class SparkResource(LazyPySparkResource):
     check of the run (the in-process executor keeps them in one process: each run has a session of
     its own) and released on the server when the run ends.
 
-    Opening it also lowers the run's process to `niceness` (0-19; 0 leaves it alone): a Spark run
-    is batch work, and on a box shared with the stream and the web app it takes only the CPU they
-    leave (the server runs at the same niceness, set by the service manager)."""
+    A run that uses it is batch work: it lowers the run's process to `niceness` (0-19; 0 leaves it
+    alone) as the run starts, so on a box shared with the stream and the web app the run takes
+    only the CPU they leave (the server runs at the same niceness, set by the service manager)."""
 
     niceness: int = 19
+
+    def setup_for_execution(self, context) -> None:
+        if self.niceness:
+            lower_priority(psutil.Process(), self.niceness)
 
     @property
     def spark_session(self) -> SparkSession:
         if self._spark_session is None:
-            if self.niceness:
-                lower_priority(psutil.Process(), self.niceness)
             super().spark_session.client.set_retry_policies([spark.retry_policy()])
         return self._spark_session
 

@@ -57,9 +57,9 @@ def test_up_status_down(env, tmp_path):
 
 
 def test_batch_work_runs_below_serving(env, tmp_path):
-    """The Spark server's JVM, where Spark works, and a batch run's process once it opens its Spark
-    session yield the CPU to the stream and the web app, every thread of them; the broker and
-    the Mongo-protocol server, which serving waits on, do not."""
+    """The Spark server's JVM, where Spark works, and the process of a run using Spark yield the CPU
+    to the stream and the web app, every thread of them; the broker and the Mongo-protocol server,
+    which serving waits on, do not."""
     assert manager(env, "up").returncode == 0
     started = pids(tmp_path)
     assert load_settings(env).batch_niceness == 19
@@ -69,11 +69,14 @@ def test_batch_work_runs_below_serving(env, tmp_path):
 
     assert priorities(started["spark"]) == {19}
     assert priorities(started["kafka-1"]) == priorities(started["mongo"]) == {0}
-    probe = ("import os, psutil\n"
+    # The resource as a run sets it up.
+    probe = ("import os, dagster, psutil\n"
              "from flight_platform.resources import build_resources\n"
              "from flight_platform.settings import load_settings\n"
              "before = os.getpriority(os.PRIO_PROCESS, 0)\n"
-             "assert build_resources(load_settings())['spark'].spark_session.range(3).count() == 3\n"
+             "spark = build_resources(load_settings())['spark']\n"
+             "with dagster.build_resources({'spark': spark}) as run:\n"
+             "    assert run.spark.spark_session.range(3).count() == 3\n"
              "print(before, sorted({os.getpriority(os.PRIO_PROCESS, t.id) "
              "for t in psutil.Process().threads()}))")
     run = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True,

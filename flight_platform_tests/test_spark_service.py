@@ -17,7 +17,7 @@ from flight_platform.core.model_store import ModelStore
 from flight_platform.local import processes, services
 from flight_platform.local.stack import dagster_environment, materialize_command, register_months
 from flight_platform.settings import REPO_ROOT, Settings, free_port, load_settings
-from flight_platform.warehouse import FLIGHT_DELAY_FEATURES, ON_TIME_PERFORMANCE, table_path
+from flight_platform.warehouse import FLIGHT_DELAY_FEATURES, ON_TIME_PERFORMANCE, month_path
 from flight_platform_dev.dagster_runs import BIN
 from flight_platform_dev.derived_bts import write_derived_months
 from flight_platform_dev.platform import copy_materialized
@@ -108,14 +108,14 @@ def test_a_retrain_and_a_new_month_at_once_on_one_server(copy_of_session, settin
     info = retraining.store.read_info(retraining.store.current_version())
     assert info["months"] == retraining.months
     assert info["accuracy"] == pytest.approx(session_model_accuracy(settings), abs=1e-9)
-    rows = pq.read_table(table_path(str(ingesting.settings.warehouse_dir), ON_TIME_PERFORMANCE)
-                         + f"/FlightMonth={NEW_MONTH}").num_rows
-    january = pq.read_table(table_path(str(ingesting.settings.warehouse_dir), ON_TIME_PERFORMANCE)
-                            + "/FlightMonth=2013-01").num_rows
-    assert rows == january  # the derived month holds 2013-01's flights, moved to 2014
-    features = pq.read_table(table_path(str(ingesting.settings.warehouse_dir), FLIGHT_DELAY_FEATURES)
-                             + f"/FlightMonth={NEW_MONTH}").num_rows
-    assert 0 < features <= rows
+    warehouse = str(ingesting.settings.warehouse_dir)
+
+    def rows(table: str, month: str) -> int:
+        return pq.read_table(month_path(warehouse, table, month)).num_rows
+
+    # The derived month holds 2013-01's flights, moved to 2014.
+    assert rows(ON_TIME_PERFORMANCE, NEW_MONTH) == rows(ON_TIME_PERFORMANCE, "2013-01")
+    assert 0 < rows(FLIGHT_DELAY_FEATURES, NEW_MONTH) <= rows(ON_TIME_PERFORMANCE, NEW_MONTH)
 
 
 def test_a_run_killed_mid_step_leaves_nothing_that_breaks_the_next(copy_of_session, settings,
