@@ -14,6 +14,7 @@ from pyspark.ml.evaluation import MulticlassClassificationEvaluator
 from pyspark.sql import SparkSession
 
 from flight_platform.batch.bts import ON_TIME_COLUMNS
+from flight_platform.batch.ingest import read_bts_files
 from flight_platform.batch.model import (
     LABEL,
     NOT_WORSE,
@@ -189,6 +190,22 @@ def test_bts_downloads_are_ingested(running_services, tmp_path, nyc_flights):
         assert ingested[column].astype(str).tolist() == expected[column].astype(str).tolist(), column
     metadata = results["2013-05"].asset_materializations_for_node("on_time_performance")[0].metadata
     assert metadata["months"].value == {"2013-05": "BTS downloads: On_Time_On_Time_Performance_2013_5.zip"}
+
+
+def test_many_bts_files_are_read_as_one_table(running_services, settings, tmp_path, nyc_flights):
+    """Ten years of monthly downloads (120 files) make one plan the Spark server accepts, with
+    every file's rows, in order."""
+    files = []
+    for i in range(120):
+        files.append(tmp_path / f"On_Time_Reporting_Carrier_On_Time_Performance_{i}.csv")
+        write_bts_csv(files[-1], nyc_flights.iloc[i * 3:i * 3 + 3])
+    session = SparkSession.builder.remote(settings.spark_remote).create()
+    try:
+        rows = read_bts_files(session, files).select("FlightNum", "_source").collect()
+    finally:
+        session.stop()
+    assert [r["_source"] for r in rows] == [f.name for f in files for _ in range(3)]
+    assert [int(r["FlightNum"]) for r in rows] == nyc_flights["FlightNum"].iloc[:360].astype(int).tolist()
 
 
 def test_a_file_that_is_not_bts_fails_clearly(running_services, tmp_path):
