@@ -10,7 +10,6 @@ on several machines those paths must be on storage every node sees (see README).
 """
 
 import json
-import os
 import subprocess
 import sys
 import urllib.request
@@ -19,7 +18,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from flight_platform.local import processes
-from flight_platform.local.services import SPARK_HOME
+from flight_platform.local.services import SPARK_HOME, spark_environment
 from flight_platform.settings import free_port
 
 HOST = "127.0.0.1"
@@ -89,9 +88,8 @@ def _spark_class(main_class: str, *args: str) -> list[str]:
 
 
 def _start(command: list[str], log_file: Path) -> subprocess.Popen:
-    env = {**os.environ, "SPARK_HOME": str(SPARK_HOME), "SPARK_LOCAL_IP": HOST,
-           "PYSPARK_PYTHON": sys.executable}
-    return processes.start(command, log_file, env=env)  # spark-class execs the JVM: the daemon's pid
+    # spark-class execs the JVM: the daemon's pid.
+    return processes.start(command, log_file, env=spark_environment(HOST))
 
 
 def _wait_until(condition, process: subprocess.Popen, log_file: Path, what: str) -> None:

@@ -255,6 +255,14 @@ SPARK_HOME = Path(pyspark.__file__).parent  # the pinned wheel ships Spark's jar
 SPARK_CONNECT_SERVER = "org.apache.spark.sql.connect.service.SparkConnectServer"
 
 
+def spark_environment(local_ip: str) -> dict[str, str]:
+    """This process's environment for a Spark daemon of the pinned wheel bound to `local_ip` (Spark
+    picks its local address from the environment before it reads any config), whose Python
+    workers run this virtualenv's Python."""
+    return {**os.environ, "SPARK_HOME": str(SPARK_HOME), "SPARK_LOCAL_IP": local_ip,
+            "PYSPARK_PYTHON": sys.executable}
+
+
 @dataclass(frozen=True)
 class SparkConnectServer(Service):
     @property
@@ -293,10 +301,7 @@ class SparkConnectServer(Service):
                 *(arg for key, value in config.items() for arg in ("--conf", f"{key}={value}"))]
 
     def environment(self) -> dict[str, str]:
-        # Spark picks its local address from the environment before it reads any config.
-        return {**os.environ, "SPARK_HOME": str(SPARK_HOME),
-                "SPARK_LOCAL_IP": self.settings.spark_driver_host,
-                "PYSPARK_PYTHON": sys.executable}
+        return spark_environment(self.settings.spark_driver_host)
 
     def is_healthy(self) -> bool:
         return port_in_use(self.host, self.port) and spark.server_reachable(self.remote)
