@@ -9,9 +9,11 @@ import signal
 import threading
 import time
 import uuid
+from functools import partial
 
 import pytest
 from kafka import KafkaConsumer, TopicPartition
+from kafka.coordinator.base import MemberState
 from pymongo import MongoClient
 
 from flight_platform.batch.model import ModelTrainingConfig
@@ -281,10 +283,29 @@ def test_challengers_are_scored_beside_the_champion_which_alone_is_served(
     assert f"challengers {', '.join(two_challengers)}" in stream.log()
 
 
+def test_consumers_polling_briefly_through_a_rebalance_join_their_group(running_services, settings):
+    """A new topic's partitions appear just after its first consumer joins, so its group rebalances
+    again at once; a poll timing out within that rebalance must not leave the member out of the group
+    (clients.kafka.GroupConsumer)."""
+    def joined(consumer) -> bool:
+        consumer.poll(timeout_ms=1)
+        return consumer.group_metadata().state is MemberState.STABLE and len(consumer.assignment()) == 3
+
+    for attempt in range(10):
+        topic = f"requests_{uuid.uuid4().hex[:8]}"
+        ensure_topic(settings.kafka_bootstrap_servers, topic, partitions=3)
+        consumer = create_consumer(settings.kafka_bootstrap_servers, f"group_{topic}", topic,
+                                   session_timeout_ms=6000)
+        try:
+            wait_until(partial(joined, consumer), 20, f"consumer {attempt} to join its group", interval=0)
+        finally:
+            consumer.close(autocommit=False)
+
+
 def test_a_worker_not_in_its_group_in_time_fails_its_run(running_services, settings, topic, database):
-    """A member the broker never lets in (a session timeout under the broker's minimum) stands for
-    kafka-python's member that polls for ever without joining: its run fails at the deadline, for
-    the supervisor to start a fresh one, instead of serving nothing while looking alive."""
+    """A member the broker never lets in (a session timeout under the broker's minimum): its run
+    fails at the deadline, for the supervisor to start a fresh one, instead of serving nothing while
+    looking alive."""
     group = f"never_joins_{topic}"
     consumer = create_consumer(settings.kafka_bootstrap_servers, group, topic, session_timeout_ms=1000)
     worker = PredictionStreamWorker(consumer, scorer=None, model_version="none", database=database,

@@ -12,6 +12,7 @@ import threading
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
+from kafka.coordinator.base import MemberState
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from flight_platform.settings import Settings
@@ -46,9 +47,25 @@ def create_producer(bootstrap_servers: str, timeout_ms: int = CLIENT_TIMEOUT_MS,
     )
 
 
+class GroupConsumer(KafkaConsumer):
+    """A consumer that finishes every rebalance it starts.
+
+    kafka-python 3.0.12 loses the end of a rebalance it started because the topic's partitions
+    changed (a new topic's partitions appearing, say) when `poll` times out between JoinGroup and
+    SyncGroup: the join completes, but nothing awaits it, so the member stays REBALANCING with its
+    heartbeat off, spinning a core and never assigned. Asking for a rejoin while REBALANCING makes
+    the next poll await the join in flight; it sends nothing new."""
+
+    def poll(self, timeout_ms=0, max_records=None, update_offsets=True):
+        records = super().poll(timeout_ms=timeout_ms, max_records=max_records, update_offsets=update_offsets)
+        if self.group_metadata().state is MemberState.REBALANCING:
+            self._coordinator.request_rejoin()
+        return records
+
+
 def create_consumer(bootstrap_servers: str, group_id: str, topic: str,
-                    session_timeout_ms: int) -> KafkaConsumer:
-    consumer = KafkaConsumer(
+                    session_timeout_ms: int) -> GroupConsumer:
+    consumer = GroupConsumer(
         bootstrap_servers=bootstrap_servers,
         group_id=group_id,
         enable_auto_commit=False,  # offsets are committed only after the batch's answers are stored
@@ -68,7 +85,7 @@ def create_consumer(bootstrap_servers: str, group_id: str, topic: str,
 
 def partition_count(bootstrap_servers: str, topic: str) -> int:
     """How many partitions `topic` has: at most that many consumers of a group get records."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers,
+    consumer = GroupConsumer(bootstrap_servers=bootstrap_servers,
                              bootstrap_timeout_ms=CLIENT_TIMEOUT_MS)
     try:
         return len(consumer.partitions_for_topic(topic) or ())

@@ -49,10 +49,10 @@ COMMIT_INTERVAL_S = 0.2
 COMMIT_TIMEOUT_MS = 5000  # while the broker is down, a commit gives up after this (not 30 s)
 # Waits between attempts while MongoDB or the broker is unreachable: doubling up to the maximum.
 RETRY_FIRST_S, RETRY_MAX_S = 0.5, 5.0
-# kafka-python 3.0.12 can leave a new member polling for ever without joining its group: a
-# replacement started after its predecessor was killed -9 spun at 90% of a core for 10 minutes,
-# never assigned (seen twice in `make test`). A run not in the group by then fails, so that the
-# supervisor starts a fresh one; a healthy join takes the dead member's session timeout (6 s).
+# A run still not in its consumer group by then fails, so that the supervisor starts a fresh one
+# rather than a run serving nothing while looking alive (a broker refusing the member, or a client
+# bug like the one clients.kafka.GroupConsumer works around). A healthy join takes at most a dead
+# predecessor's session timeout (6 s).
 JOIN_DEADLINE_S = 45.0
 OVERSIZED_PAYLOAD_PREFIX = 1024  # bytes of an oversized message kept in its dead letter
 MAX_REASON_CHARS = 1000
