@@ -85,7 +85,7 @@ def create_consumer(bootstrap_servers: str, group_id: str, topic: str,
 
 def partition_count(bootstrap_servers: str, topic: str) -> int:
     """How many partitions `topic` has: at most that many consumers of a group get records."""
-    consumer = GroupConsumer(bootstrap_servers=bootstrap_servers,
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers,
                              bootstrap_timeout_ms=CLIENT_TIMEOUT_MS)
     try:
         return len(consumer.partitions_for_topic(topic) or ())
