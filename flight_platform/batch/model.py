@@ -1,6 +1,7 @@
 """Stage 3: the Spark ML arrival-delay classifier, versioned and promoted only when it is good."""
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 import numpy as np
@@ -174,11 +175,18 @@ def flight_delay_model(context: AssetExecutionContext, config: ModelTrainingConf
     store = model_store.store()
     version = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{context.run.run_id[:8]}"
 
-    model.write().save(str(store.pipeline_dir(version)))
-    scorer = PipelineScorer.load(str(store.pipeline_dir(version)))
-    predictions = model.transform(test)
-    matrix = held_out_confusion_matrix(predictions)
-    train_labels = {int(r[LABEL]): r["count"] for r in train.groupBy(LABEL).count().collect()}
+    def evaluate() -> tuple[DataFrame, np.ndarray, dict[int, int]]:
+        predictions = model.transform(test)
+        return predictions, held_out_confusion_matrix(predictions), {
+            int(r[LABEL]): r["count"] for r in train.groupBy(LABEL).count().collect()}
+
+    # Evaluated while it is saved (saving is small Spark jobs, mostly waiting). The save keeps this
+    # thread: over Connect, the ML writer works on the calling thread's active session.
+    with ThreadPoolExecutor(max_workers=1) as evaluator:
+        evaluation = evaluator.submit(evaluate)
+        model.write().save(str(store.pipeline_dir(version)))
+        scorer = PipelineScorer.load(str(store.pipeline_dir(version)))
+        predictions, matrix, train_labels = evaluation.result()
     current = current_model_accuracy(store, test)
     accuracy, weighted_f1 = monitoring.accuracy(matrix), monitoring.weighted_f1(matrix)
     test_rows = int(matrix.sum())
