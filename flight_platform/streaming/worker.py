@@ -135,10 +135,8 @@ class PredictionStreamWorker:
         self.model_version = model_version
         self.challengers = challengers
         self.explain = explain
-        # Journaled: a batch's offsets are committed once it is stored, so a stored answer must
-        # outlive a crash of the database (w:1 alone acknowledges a write still in the journal's
-        # buffer; kill -9 of the whole stack lost the last ~0.1 s of answers whose requests had
-        # already been committed).
+        # Journaled: a batch's offsets are committed once it is stored, so its answers must outlive
+        # a crash of the database (with w:1 alone it acknowledges a write still in its journal buffer).
         journaled = WriteConcern(w=1, j=True)
         self.responses = database.get_collection(RESPONSES, write_concern=journaled)
         self.dead_letters = database.get_collection(DEAD_LETTERS, write_concern=journaled)
