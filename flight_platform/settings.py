@@ -86,11 +86,20 @@ class Settings:
         return self.data_dir / "dagster_home"
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port on loopback that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A TCP port on loopback that nothing listens on right now and that this process has not
+    handed out before: the OS may offer the same port again until its first taker binds it (a
+    private stack's web port came back as one of its Kafka controllers' ports)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def private_environment(data_dir: Path) -> dict[str, str]:

@@ -7,7 +7,7 @@ from dagster import AssetMaterialization, DagsterInstance
 from flight_platform.batch.sources import BUNDLED_MONTHS, flight_months
 from flight_platform.core.model_store import ModelStore
 from flight_platform.local.stack import MONTHLY_ASSETS, register_months, unmaterialized
-from flight_platform.settings import load_settings, private_environment
+from flight_platform.settings import free_port, load_settings, private_environment
 from flight_platform_dev.derived_bts import write_derived_months
 
 
@@ -50,3 +50,10 @@ def test_more_workers_than_partitions_is_refused_saying_what_to_change():
         load_settings({"FLIGHT_PLATFORM_STREAM_WORKERS": "4",
                        "FLIGHT_PLATFORM_REQUEST_TOPIC_PARTITIONS": "3"})
     assert load_settings({"FLIGHT_PLATFORM_STREAM_WORKERS": "3"}).stream_workers == 3
+
+
+def test_free_ports_are_never_handed_out_twice():
+    """Ports picked for a stack's settings and its Kafka controllers before any is bound: the OS
+    offers a port again until its taker binds it, so two picks could collide."""
+    ports = [free_port() for _ in range(2000)]
+    assert len(set(ports)) == len(ports)
