@@ -91,8 +91,8 @@ _handed_out: set[int] = set()
 
 def free_port() -> int:
     """A TCP port on loopback that nothing listens on right now and that this process has not
-    handed out before: the OS may offer the same port again until its first taker binds it (a
-    private stack's web port came back as one of its Kafka controllers' ports)."""
+    handed out before: the OS may offer the same port again until its first taker binds it, and a
+    stack's ports (its web app's, its Kafka controllers') are picked before any is bound."""
     while True:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
