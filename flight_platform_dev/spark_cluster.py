@@ -18,7 +18,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from flight_platform.local import processes
-from flight_platform.local.services import SPARK_HOME, spark_environment
+from flight_platform.local.spark_server import SPARK_HOME, spark_environment
 from flight_platform.settings import free_port
 
 HOST = "127.0.0.1"

