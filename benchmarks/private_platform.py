@@ -10,8 +10,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from pymongo import MongoClient
 
+from flight_platform.clients.mongo import create_client
+from flight_platform.clients.security import Role
 from flight_platform.core.contract import PredictionRequest
 from flight_platform.settings import Settings, load_settings, private_environment
 from flight_platform_dev import load
@@ -54,7 +55,7 @@ def running_stack() -> Iterator[Settings]:
 
 
 def request_factory(settings: Settings, seed: int = 1) -> Callable[[], PredictionRequest]:
-    with MongoClient(settings.mongo_uri) as mongo:
+    with create_client(settings, Role.WEB) as mongo:  # reads routes, as the web app does
         return load.request_factory(mongo[settings.mongo_database], seed)
 
 

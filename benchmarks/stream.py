@@ -22,11 +22,10 @@ import os
 import threading
 import time
 
-from pymongo import MongoClient
-
 from benchmarks.private_platform import percentiles, request_factory, running_platform
-from flight_platform.clients.kafka import create_producer
-from flight_platform.clients.mongo import RESPONSES, count_by_ids, find_by_ids
+from flight_platform.clients.kafka import Connection, connection, create_producer
+from flight_platform.clients.mongo import RESPONSES, count_by_ids, create_client, find_by_ids
+from flight_platform.clients.security import Role
 from flight_platform.local.processes import wait_until
 from flight_platform.replay import paced
 from flight_platform.settings import Settings
@@ -39,11 +38,11 @@ POLL_INTERVAL_S = 0.005
 POLL_WINDOW = 10  # oldest unanswered sampled requests asked for per poll
 
 
-def produce(bootstrap_servers: str, topic: str, messages: list[tuple[str, bytes]],
+def produce(kafka_connection: Connection, topic: str, messages: list[tuple[str, bytes]],
             rate: float | None, sent: dict) -> None:
     """In its own process (the measuring process must not compete for the GIL): send the
     messages, paced at `rate` per second (None: as fast as possible); report send times."""
-    producer = create_producer(bootstrap_servers)
+    producer = create_producer(kafka_connection)
     times = {}
     for request_id, payload in paced(messages, rate):
         times[request_id] = time.time()
@@ -66,7 +65,7 @@ def send(settings: Settings, messages: list[tuple[str, bytes]],
     with multiprocessing.Manager() as manager:
         sent = manager.dict()
         producer = multiprocessing.Process(target=produce, args=(
-            settings.kafka_bootstrap_servers, settings.request_topic, messages, rate, sent))
+            connection(settings, Role.BATCH), settings.request_topic, messages, rate, sent))
         producer.start()
         producer.join()
         return dict(sent)
@@ -78,7 +77,8 @@ class AnswerPoller(threading.Thread):
     def __init__(self, settings: Settings, messages: list[tuple[str, bytes]], timeout_s: float,
                  sample_every: int = SAMPLE_EVERY):
         super().__init__(daemon=True)
-        self.responses = MongoClient(settings.mongo_uri)[settings.mongo_database][RESPONSES]
+        # As the web app reads answers.
+        self.responses = create_client(settings, Role.WEB)[settings.mongo_database][RESPONSES]
         self.request_ids = [request_id for request_id, _ in messages]
         self.pending = self.request_ids[::sample_every]  # in send order: the oldest come first
         self.deadline = time.monotonic() + timeout_s

@@ -28,13 +28,15 @@ from pymongo.errors import PyMongoError
 from tqdm import tqdm
 
 from flight_platform import warehouse
-from flight_platform.clients.kafka import close_in_background, create_producer, ensure_request_topic
+from flight_platform.clients.kafka import close_in_background, connection, create_producer
 from flight_platform.clients.mongo import (
     RESPONSES,
     create_client,
+    explain,
     find_by_ids,
     get_flight_distance,
 )
+from flight_platform.clients.security import CredentialError, Role
 from flight_platform.core.contract import FlightQuery, InvalidRequest, PredictionRequest
 from flight_platform.settings import Settings, load_settings
 
@@ -195,12 +197,9 @@ def send_requests(settings: Settings, queries: list[tuple[FlightQuery, float]], 
                   progress: bool) -> list[str]:
     """Publish a request per query at `rate` per second (0: as fast as possible); the ids of the
     requests, once the broker has acknowledged every one."""
-    servers = settings.kafka_bootstrap_servers
     producer = None
     try:
-        # As the web app does: the broker does not create topics by itself.
-        ensure_request_topic(settings)
-        producer = create_producer(servers)
+        producer = create_producer(connection(settings, Role.BATCH))
         request_ids, acknowledgements = [], []
         for query, distance in paced(tqdm(queries, desc="sent", unit="req", disable=not progress), rate):
             # Made as it is sent, as the web app makes it on a POST: RequestedAt is the send time.
@@ -214,7 +213,8 @@ def send_requests(settings: Settings, queries: list[tuple[FlightQuery, float]], 
     except KafkaError as error:
         if producer is not None:
             close_in_background(producer)
-        raise ReplayError(f"Kafka at {servers} is unreachable or refused the requests: "
+        raise ReplayError(f"Kafka at {settings.kafka_bootstrap_servers} is unreachable or refused the "
+                          f"requests of {settings.kafka_security.describe(Role.BATCH)}: "
                           f"{type(error).__name__}: {error}", SERVICE_FAILED) from None
     producer.close(timeout=ACK_TIMEOUT_S)
     return request_ids
@@ -246,7 +246,10 @@ def replay_day(settings: Settings, flight_date: dt.date, selection: Selection = 
     if not flights:
         raise ReplayError(f"No flights on {flight_date} match the selection ({selection}).",
                           NOTHING_TO_REPLAY)
-    client = create_client(settings.mongo_uri)
+    try:
+        client = create_client(settings, Role.BATCH)  # reads routes and answers
+    except CredentialError as error:
+        raise ReplayError(str(error), SERVICE_FAILED) from None
     try:
         database = client[settings.mongo_database]
         queries, skipped = flight_queries(database, flights)
@@ -256,7 +259,8 @@ def replay_day(settings: Settings, flight_date: dt.date, selection: Selection = 
         request_ids = send_requests(settings, queries, rate, progress)
         answers = wait_for_answers(database, request_ids, wait_s, progress)
     except PyMongoError as error:
-        raise ReplayError(f"MongoDB at {settings.mongo_uri} failed: {type(error).__name__}: {error}",
+        raise ReplayError(f"MongoDB at {settings.mongo_uri} failed: "
+                          f"{explain(error, settings.mongo_security, Role.BATCH)}",
                           SERVICE_FAILED) from None
     finally:
         client.close()

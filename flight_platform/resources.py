@@ -10,16 +10,25 @@ from pathlib import Path
 import pandas as pd
 import psutil
 import pyarrow as pa
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, EnvVar
 from dagster_pyspark import LazyPySparkResource
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer
 from pydantic import PrivateAttr
 from pymongo import MongoClient
 from pymongo.database import Database
+from pymongo.errors import PyMongoError
 from pyspark.sql import SparkSession
 
 from flight_platform import warehouse
 from flight_platform.clients import kafka, mongo, spark
+from flight_platform.clients.security import (
+    CredentialError,
+    Login,
+    MongoSecurity,
+    Password,
+    Role,
+    kafka_client_config,
+)
 from flight_platform.core.model_store import ModelStore
 from flight_platform.settings import Settings
 
@@ -70,47 +79,140 @@ def lower_priority(process: psutil.Process, niceness: int) -> None:
 
 
 class KafkaResource(ConfigurableResource):
+    """The stream's Kafka clients, logged in as the stream's user. A password the environment
+    holds arrives through `EnvVar`, so the UI shows the variable's name; the local stack's is read
+    from `password_file` when a client is made. Neither is ever part of the run's config."""
+
     bootstrap_servers: str
     request_topic: str
-    request_topic_partitions: int
-    request_topic_replication_factor: int = 1
-    request_topic_min_insync_replicas: int = 1
     consumer_group: str
     consumer_session_timeout_ms: int
     max_message_bytes: int
     # Stream runs the supervisor keeps alive in the consumer group, one per slot.
     stream_workers: int = 1
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = "SCRAM-SHA-512"
+    user: str | None = None
+    password: str | None = None
+    password_file: str | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_key_password: str | None = None
+    ssl_check_hostname: bool = True
 
-    def ensure_request_topic(self) -> bool:
-        return kafka.ensure_topic(self.bootstrap_servers, self.request_topic,
-                                  self.request_topic_partitions, self.request_topic_replication_factor,
-                                  self.request_topic_min_insync_replicas)
+    def connection(self) -> kafka.Connection:
+        password = self.password
+        if password is None and self.password_file is not None:
+            password = Path(self.password_file).read_text().strip()
+        return {"bootstrap_servers": self.bootstrap_servers, **kafka_client_config(
+            self.security_protocol, self.sasl_mechanism, self.user, password, self.ssl_cafile,
+            self.ssl_certfile, self.ssl_keyfile, self.ssl_key_password, self.ssl_check_hostname)}
+
+    def who(self) -> str:
+        """The stream's login, for messages (never the password)."""
+        if not self.security_protocol.startswith("SASL_"):
+            return f"{self.security_protocol} (no login)"
+        return (f"{self.security_protocol} {self.sasl_mechanism} as the stream's user {self.user!r} "
+                f"(FLIGHT_PLATFORM_KAFKA_STREAM_USER)")
 
     def request_consumer(self) -> KafkaConsumer:
-        return kafka.create_consumer(self.bootstrap_servers, self.consumer_group,
+        return kafka.create_consumer(self.connection(), self.consumer_group,
                                      self.request_topic, self.consumer_session_timeout_ms)
 
     def request_topic_partition_count(self) -> int:
-        return kafka.partition_count(self.bootstrap_servers, self.request_topic)
+        return kafka.partition_count(self.connection(), self.request_topic)
 
-    def producer(self) -> KafkaProducer:
-        return kafka.create_producer(self.bootstrap_servers)
+
+def password_fields(password: Password, field: str = "password") -> dict[str, object]:
+    """A password as a resource takes it: through `EnvVar` when the environment holds it (the UI
+    shows the variable's name, never the value), else the path of the file that holds it."""
+    if password.value is not None:
+        return {field: EnvVar(password.variable)}
+    return {f"{field}_file": str(password.file)}
+
+
+def kafka_resource(settings: Settings) -> KafkaResource:
+    security = settings.kafka_security
+    login = security.logins[Role.STREAM]
+    return KafkaResource(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        request_topic=settings.request_topic,
+        consumer_group=settings.consumer_group,
+        consumer_session_timeout_ms=settings.consumer_session_timeout_ms,
+        max_message_bytes=settings.max_message_bytes,
+        stream_workers=settings.stream_workers,
+        security_protocol=security.protocol,
+        sasl_mechanism=security.sasl_mechanism,
+        user=login.user,
+        **(password_fields(login.password) if security.uses_sasl else {}),
+        ssl_cafile=security.ssl_cafile and str(security.ssl_cafile),
+        ssl_certfile=security.ssl_certfile and str(security.ssl_certfile),
+        ssl_keyfile=security.ssl_keyfile and str(security.ssl_keyfile),
+        **({"ssl_key_password": EnvVar(security.ssl_key_password.variable)}
+           if security.ssl_key_password and security.ssl_key_password.value is not None else {}),
+        ssl_check_hostname=security.ssl_check_hostname,
+    )
 
 
 class MongoResource(ConfigurableResource):
+    """A MongoDB database, logged in as `role`'s user (web, stream, batch, admin; with
+    `auth_enabled` false, as the URI says). A password the environment holds arrives through
+    `EnvVar`, so the UI shows the variable's name; the local stack's is read from `password_file`
+    when the client is made. Neither is ever part of the run's config."""
+
     uri: str
     database: str
+    role: str = Role.BATCH.value
+    auth_enabled: bool = True
+    user: str | None = None
+    auth_source: str = "admin"
+    password: str | None = None
+    password_file: str | None = None
 
     _client: MongoClient | None = PrivateAttr(default=None)
 
+    def security(self) -> MongoSecurity:
+        role = Role(self.role)
+        variable = f"FLIGHT_PLATFORM_MONGO_{role.name}_PASSWORD"
+        if self.auth_enabled and self.password is None and not self.password_file:
+            raise CredentialError(f"no MongoDB password for the {role.value} role: set {variable} "
+                                  f"or {variable}_FILE")
+        login = Login(self.user or f"flight_{role.value}",
+                      Password(variable, Path(self.password_file or ""), self.password),
+                      f"FLIGHT_PLATFORM_MONGO_{role.name}_USER")
+        return MongoSecurity(self.auth_enabled, {role: login}, self.auth_source)
+
     def get_database(self) -> Database:
+        """The database, as `role`'s user. A refused login fails here, with a CredentialError
+        naming the user and the settings that give it and its password; an unreachable server is
+        left to the caller's own operations (the stream retries them)."""
         if self._client is None:
-            self._client = mongo.create_client(self.uri)
+            role, security = Role(self.role), self.security()
+            client = mongo.connect(self.uri, security, role)
+            try:
+                mongo.check_login(client, security, role)
+            except CredentialError:
+                client.close()
+                raise
+            except PyMongoError:
+                pass
+            self._client = client
         return self._client[self.database]
 
     def teardown_after_execution(self, context) -> None:
         if self._client is not None:
             self._client.close()
+
+
+def mongo_resource(settings: Settings, role: Role, database: str | None = None) -> MongoResource:
+    """The database (settings.mongo_database unless `database`) as `role`'s user."""
+    security = settings.mongo_security
+    login = security.logins[role]
+    return MongoResource(uri=settings.mongo_uri, database=database or settings.mongo_database,
+                         role=role.value, auth_enabled=security.enabled, user=login.user,
+                         auth_source=security.auth_source,
+                         **(password_fields(login.password) if security.enabled else {}))
 
 
 class WarehouseResource(ConfigurableResource):
@@ -149,18 +251,10 @@ def build_resources(settings: Settings) -> dict[str, ConfigurableResource]:
     return {
         "spark": SparkResource(spark_config={"spark.remote": settings.spark_remote},
                                niceness=settings.batch_niceness),
-        "kafka": KafkaResource(
-            bootstrap_servers=settings.kafka_bootstrap_servers,
-            request_topic=settings.request_topic,
-            request_topic_partitions=settings.request_topic_partitions,
-            request_topic_replication_factor=settings.request_topic_replication_factor,
-            request_topic_min_insync_replicas=settings.request_topic_min_insync_replicas,
-            consumer_group=settings.consumer_group,
-            consumer_session_timeout_ms=settings.consumer_session_timeout_ms,
-            max_message_bytes=settings.max_message_bytes,
-            stream_workers=settings.stream_workers,
-        ),
-        "mongo": MongoResource(uri=settings.mongo_uri, database=settings.mongo_database),
+        "kafka": kafka_resource(settings),
+        "mongo": mongo_resource(settings, Role.BATCH),
+        # The stream logs in as a user of its own, allowed only to read and add answers.
+        "stream_mongo": mongo_resource(settings, Role.STREAM),
         "warehouse": WarehouseResource(root=str(settings.warehouse_dir),
                                        bts_dir=str(settings.bts_dir)),
         "model_store": ModelStoreResource(root=str(settings.model_store_dir),

@@ -12,18 +12,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from flight_platform.clients.security import KafkaSecurity, MongoSecurity, kafka_security, mongo_security
 from flight_platform.core.contract import MAX_MESSAGE_BYTES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
 
 
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path
     model_dir: Path
+    # The local services' generated passwords, CA and keys (owner-only; see clients.security), and
+    # where the clients find them by default.
+    secrets_dir: Path
     kafka_bootstrap_servers: str
+    kafka_security: KafkaSecurity  # protocol, mechanism, a login per role, TLS files
     request_topic: str
     request_topic_partitions: int
     request_topic_replication_factor: int
@@ -36,6 +39,7 @@ class Settings:
     max_message_bytes: int
     mongo_uri: str
     mongo_database: str
+    mongo_security: MongoSecurity  # a login per role
     spark_remote: str  # the Spark Connect server the batch runs work on
     spark_master: str  # where that server runs Spark: local mode, or a cluster's master
     retrain_cron: str
@@ -50,7 +54,10 @@ class Settings:
     postgres_port: int
     web_host: str
     web_port: int
+    web_rate_limit: str | None  # POSTs per client address, as flask-limiter reads it; None: no limit
+    web_trusted_proxies: int  # proxies in front of the web app that set X-Forwarded-For
     dagster_port: int
+    dagster_read_only: bool  # the UI shows everything and launches nothing (see local.stack)
 
     def __post_init__(self):
         if not 1 <= self.stream_workers <= self.request_topic_partitions:
@@ -112,6 +119,9 @@ def private_environment(data_dir: Path) -> dict[str, str]:
         "FLIGHT_PLATFORM_SPARK_REMOTE": f"sc://127.0.0.1:{free_port()}",
         "FLIGHT_PLATFORM_WEB_PORT": str(free_port()),
         "FLIGHT_PLATFORM_DAGSTER_PORT": str(free_port()),
+        # Load generators posting from 127.0.0.1 (up to ~900 POST/s in benchmarks/web.py): a limit
+        # would throttle them, and its count in SecantusDB would be measured instead of the platform.
+        "FLIGHT_PLATFORM_WEB_RATE_LIMIT": "none",
     }
 
 
@@ -122,10 +132,13 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         return environ.get(f"FLIGHT_PLATFORM_{name}", default)
 
     data_dir = Path(_env("DATA_DIR", str(REPO_ROOT / "data"))).resolve()
+    secrets_dir = Path(_env("SECRETS_DIR", str(data_dir / "secrets"))).resolve()
     return Settings(
         data_dir=data_dir,
         model_dir=Path(_env("MODEL_DIR", str(data_dir / "models"))).resolve(),
+        secrets_dir=secrets_dir,
         kafka_bootstrap_servers=_env("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
+        kafka_security=kafka_security(environ, _env, secrets_dir),
         request_topic=_env("REQUEST_TOPIC", "flight_delay_classification_request"),
         request_topic_partitions=int(_env("REQUEST_TOPIC_PARTITIONS", "3")),
         # Copies of each request partition, and how many must have a request before it is
@@ -143,6 +156,7 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         max_message_bytes=int(_env("MAX_MESSAGE_BYTES", str(MAX_MESSAGE_BYTES))),
         mongo_uri=_env("MONGO_URI", "mongodb://127.0.0.1:27017/?directConnection=true"),
         mongo_database=_env("MONGO_DATABASE", "agile_data_science"),
+        mongo_security=mongo_security(environ, _env, secrets_dir),
         # A long-lived Spark Connect server (flight_platform.local.services starts one on loopback)
         # holds the Spark driver; each batch run is a thin client with a session of its own.
         spark_remote=_env("SPARK_REMOTE", "sc://127.0.0.1:15002"),
@@ -169,5 +183,13 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         postgres_port=int(_env("POSTGRES_PORT", "5433")),  # beside a system PostgreSQL's 5432
         web_host=_env("WEB_HOST", "127.0.0.1"),
         web_port=int(_env("WEB_PORT", "5000")),
+        # A person on the page posts a few times a minute: 10/s leaves room for many behind one
+        # address, and keeps each client's window small (see web.defences). "none": no limit.
+        web_rate_limit=(None if (limit := _env("WEB_RATE_LIMIT", "10 per second")).lower() == "none"
+                        else limit),
+        # 0: the client is the connection's peer, and X-Forwarded-For is ignored (a client could
+        # claim any address in it); n: the address the n-th proxy from the app saw.
+        web_trusted_proxies=int(_env("WEB_TRUSTED_PROXIES", "0")),
         dagster_port=int(_env("DAGSTER_PORT", "3000")),
+        dagster_read_only=_env("DAGSTER_READ_ONLY", "false").lower() == "true",
     )

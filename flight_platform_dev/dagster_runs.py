@@ -1,8 +1,10 @@
 """Running the platform's Dagster code as the tests and benchmarks need it: Dagster's CLI from this
 virtualenv, as a person runs it, and materializations in the calling process."""
 
+import json
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 from dagster import AssetKey, DagsterInstance, materialize
@@ -15,6 +17,16 @@ from flight_platform.settings import REPO_ROOT, Settings, load_settings
 BIN = Path(sys.executable).parent
 ASSETS = ["on_time_performance", "origin_dest_distances", "flight_delay_features",
           "flight_delay_model"]
+
+
+def graphql(url: str, query: str, **variables) -> dict:
+    """The data of a query to the Dagster UI's GraphQL API at `url` (AssertionError on errors)."""
+    request = urllib.request.Request(f"{url}/graphql", headers={"Content-Type": "application/json"},
+                                     data=json.dumps({"query": query, "variables": variables}).encode())
+    with urllib.request.urlopen(request, timeout=30) as response:
+        body = json.load(response)
+    assert "errors" not in body, body["errors"]
+    return body["data"]
 
 
 def run_cli(*args: str, timeout: float = 600, env: dict[str, str] | None = None

@@ -9,9 +9,9 @@ benchmarks/faults.py prints it as a table.
 import time
 from dataclasses import dataclass
 
-from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 
+from flight_platform.clients import kafka_access
 from flight_platform.clients.mongo import RESPONSES, find_by_ids
 from flight_platform.core.model_store import ModelStore
 from flight_platform.local import services
@@ -102,7 +102,7 @@ def drill_poison_message(platform: PrivatePlatform, rate: float) -> DrillResult:
     with platform.instance() as instance:
         serving = serving_run(instance).run_id
         sent_at = time.time()
-        send_messages(platform.settings.kafka_bootstrap_servers, platform.settings.request_topic,
+        send_messages(platform.settings, platform.settings.request_topic,
                       hostile_messages(request_factory(platform.database)(),
                                        platform.settings.max_message_bytes))
         result = _finish(platform, load, "hostile messages on the topic", 0.0,
@@ -213,7 +213,7 @@ def _describe_topics(settings: Settings, topics: list[str] | None = None) -> lis
     """The cluster's description of `topics` (None: every topic), [] while no node answers it (a
     node just killed, say)."""
     try:
-        admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+        admin = kafka_access.admin_client(settings)
     except KafkaError:
         return []
     try:

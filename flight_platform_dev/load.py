@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from kafka.errors import KafkaError
 from pymongo.database import Database
 
-from flight_platform.clients.kafka import close_in_background, create_producer, ensure_request_topic
+from flight_platform.clients.kafka import close_in_background, connection, create_producer
 from flight_platform.clients.mongo import DISTANCES, RESPONSES, count_by_ids
+from flight_platform.clients.security import Role
 from flight_platform.core.contract import PredictionRequest
 from flight_platform.local import processes
 from flight_platform.replay import paced
@@ -78,11 +79,10 @@ class SteadyLoad:
 
     def publish(self, request: PredictionRequest) -> str | None:
         """The request's id once the broker acknowledged it, None if it did not. As the web app
-        does, the topic is created if it is missing, and a producer whose send failed is replaced."""
+        does, a producer whose send failed is replaced."""
         try:
             if self._producer is None:
-                ensure_request_topic(self.settings)
-                self._producer = create_producer(self.settings.kafka_bootstrap_servers)
+                self._producer = create_producer(connection(self.settings, Role.BATCH))
             self._producer.send(self.settings.request_topic, request.to_message(),
                                 key=request.UUID.encode()).get(timeout=10)
             return request.UUID
@@ -141,7 +141,7 @@ def seconds_until_serving(database: Database, make_request: Callable[[], Predict
                           settings: Settings, since: float, timeout: float) -> float:
     """Send a fresh request every half second until one is answered; seconds from `since`
     (time.monotonic()) to that answer."""
-    producer = create_producer(settings.kafka_bootstrap_servers)
+    producer = create_producer(connection(settings, Role.BATCH))
     sent: list[str] = []
     try:
         def answered_now() -> bool:
@@ -175,9 +175,10 @@ def hostile_messages(valid: PredictionRequest, max_message_bytes: int) -> list[b
     ]
 
 
-def send_messages(bootstrap_servers: str, topic: str, payloads: list[bytes | None]) -> None:
-    """Each payload as one message, acknowledged before the next (a null one needs a key)."""
-    producer = create_producer(bootstrap_servers)
+def send_messages(settings: Settings, topic: str, payloads: list[bytes | None]) -> None:
+    """Each payload as one message, acknowledged before the next (a null one needs a key), sent as
+    the batch tools' user: any producer allowed on the topic could send them."""
+    producer = create_producer(connection(settings, Role.BATCH))
     try:
         for payload in payloads:
             producer.send(topic, payload, key=b"drill").get(timeout=10)

@@ -15,8 +15,10 @@ from pymongo import MongoClient
 from pymongo.database import Database
 
 from flight_platform.clients.mongo import DISTANCE_PARTIALS, DISTANCES, create_client
+from flight_platform.clients.security import Role
 from flight_platform.core.model_store import ModelStore
 from flight_platform.local import processes, services
+from flight_platform.local.mongo_server import database_roles
 from flight_platform.local.stack import dagster_environment
 from flight_platform.settings import REPO_ROOT, Settings, load_settings, private_environment
 from flight_platform.streaming.job import (
@@ -88,10 +90,25 @@ def copy_materialized(source: Settings, target: Settings) -> None:
     `target`'s data dir and Mongo database, instead of materializing again."""
     shutil.copytree(source.warehouse_dir, target.warehouse_dir)
     shutil.copytree(source.model_store_dir, target.model_store_dir)
-    with create_client(source.mongo_uri) as from_client, create_client(target.mongo_uri) as to_client:
+    with create_client(source, Role.ADMIN) as from_client, create_client(target, Role.ADMIN) as to_client:
         for collection in (DISTANCES, DISTANCE_PARTIALS):
             to_client[target.mongo_database][collection].insert_many(
                 from_client[source.mongo_database][collection].find())
+
+
+def share_services(source: Settings, database: str) -> dict[str, str]:
+    """For a platform on `source`'s Kafka and MongoDB servers with a data dir or a database of its
+    own: gives `source`'s MongoDB users their roles on `database` too (users hold roles per
+    database) and returns the settings that log it in as `source` does (its secrets dir: the
+    passwords and the CA)."""
+    security = source.mongo_security
+    if security.enabled:
+        with create_client(source, Role.ADMIN) as client:
+            for role, login in security.logins.items():
+                if role is not Role.ADMIN:
+                    client[security.auth_source].command("grantRolesToUser", login.user,
+                                                         roles=database_roles(role, database))
+    return {"FLIGHT_PLATFORM_SECRETS_DIR": str(source.secrets_dir)}
 
 
 def serving_runs(instance: DagsterInstance) -> list:
@@ -128,10 +145,12 @@ class PrivatePlatform:
         self.log_dir = root
         self.seed_from = seed_from
         self.stack: PlatformProcess | None = None
-        self._mongo: MongoClient = create_client(self.settings.mongo_uri)
+        self._mongo: MongoClient | None = None  # as its admin, once its server has made the password
 
     @property
     def database(self) -> Database:
+        if self._mongo is None:
+            self._mongo = create_client(self.settings, Role.ADMIN)
         return self._mongo[self.settings.mongo_database]
 
     def instance(self) -> DagsterInstance:
@@ -156,7 +175,8 @@ class PrivatePlatform:
         if self.stack is not None:
             self.stack.stop(signal.SIGINT, timeout=120)  # Ctrl-C: the stack stops what it started
         services.down(self.settings)  # if the stack died before stopping them
-        self._mongo.close()
+        if self._mongo is not None:
+            self._mongo.close()
 
     def __enter__(self) -> "PrivatePlatform":
         """Started, and stopped again even when starting fails."""

@@ -9,7 +9,6 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from dagster import AssetKey, DagsterInstance, instance_for_test
-from pymongo import MongoClient
 from pyspark.ml.evaluation import MulticlassClassificationEvaluator
 from pyspark.sql import SparkSession
 
@@ -22,7 +21,8 @@ from flight_platform.batch.model import (
     held_out_confusion_matrix,
 )
 from flight_platform.batch.sources import BUNDLED_MONTHS, flight_months
-from flight_platform.clients.mongo import DISTANCES
+from flight_platform.clients.mongo import DISTANCES, create_client
+from flight_platform.clients.security import Role
 from flight_platform.core import monitoring
 from flight_platform.core.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
 from flight_platform.core.model_store import ModelStore
@@ -83,7 +83,7 @@ def test_training_features_table(materialized, settings):
 
 
 def distances(settings) -> dict[tuple[str, str], dict]:
-    with MongoClient(settings.mongo_uri) as client:
+    with create_client(settings, Role.ADMIN) as client:
         return {(d["Origin"], d["Dest"]): d
                 for d in client[settings.mongo_database][DISTANCES].find({}, {"_id": 0})}
 
@@ -103,7 +103,7 @@ def test_distances_equal_the_mean_over_all_months(materialized, settings):
 
 def test_rematerializing_one_month_rebuilds_only_its_routes(materialized, settings):
     before = distances(settings)
-    with MongoClient(settings.mongo_uri) as client:
+    with create_client(settings, Role.ADMIN) as client:
         unique = [i for i in client[settings.mongo_database][DISTANCES].index_information().values()
                   if i.get("unique")]
     assert [i["key"] for i in unique] == [[("Origin", 1), ("Dest", 1)]]

@@ -1,5 +1,6 @@
 """The prediction page in a real browser (Debian's Chromium driven by Playwright) against gunicorn,
-the streaming job and the real services. Screenshots land in test-artifacts/."""
+the streaming job and the real services, every test ending with no breach of the page's
+Content-Security-Policy. Screenshots land in test-artifacts/."""
 
 import re
 import shutil
@@ -28,16 +29,30 @@ def browser():
         browser.close()
 
 
+def csp_violations(page: Page) -> list[str]:
+    """What the Content-Security-Policy refused on `page`, across its loads: the
+    securitypolicyviolation events, and Chromium's console errors naming the policy."""
+    violations = []
+    page.expose_function("reportCspViolation", lambda violation: violations.append(violation))
+    page.add_init_script("document.addEventListener('securitypolicyviolation', (e) =>"
+                         " reportCspViolation(`${e.effectiveDirective} refused ${e.blockedURI}`));")
+    page.on("console", lambda m: violations.append(m.text)
+            if "Content Security Policy" in m.text else None)
+    return violations
+
+
 @pytest.fixture
 def page(browser, live_stack, request) -> Page:
     page = browser.new_page(base_url=live_stack)
     external = []
     page.on("request", lambda r: None if r.url.startswith(live_stack) else external.append(r.url))
+    violations = csp_violations(page)
     yield page
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=ARTIFACTS / f"{request.node.name}.png", full_page=True)
     page.close()
     assert external == [], "the page must work offline"
+    assert violations == [], "the page must work under its Content-Security-Policy"
 
 
 def fill_form(page: Page, **fields: str) -> None:
@@ -46,7 +61,8 @@ def fill_form(page: Page, **fields: str) -> None:
 
 
 def test_submitting_the_form_shows_the_prediction(page):
-    page.goto(FORM_PAGE)
+    policy = page.goto(FORM_PAGE).headers["content-security-policy"]
+    assert "script-src 'self';" in policy and "style-src 'self';" in policy  # no inline allowed
     # The suggestions come from the routes in MongoDB.
     expect(page.locator("#origins option[value='JFK']")).to_have_count(1)
     fill_form(page, DepDelay="45", Carrier="DL", FlightDate="2013-06-14", FlightNum="1519",
@@ -58,6 +74,28 @@ def test_submitting_the_form_shows_the_prediction(page):
     assert label.text_content() in ARRIVAL_DELAY_LABELS
     expect(page.locator("#probabilities tr")).to_have_count(len(ARRIVAL_DELAY_LABELS))
     expect(page.locator("#model-line")).to_contain_text("Model ")
+
+
+def test_the_policy_refuses_an_inline_script_and_the_check_sees_it(browser, live_stack):
+    """The page with an inline script slipped in (as injected markup would be): the script does
+    not run, the page's own script does, and the check every page test ends with reports it."""
+    page = browser.new_page(base_url=live_stack)
+    violations = csp_violations(page)
+
+    def with_inline_script(route: Route) -> None:
+        response = route.fetch()
+        injected = response.text().replace("</main>", "</main><script>window.injected = true</script>")
+        route.fulfill(response=response, body=injected)
+
+    page.route(f"**{FORM_PAGE}", with_inline_script)
+    try:
+        with page.expect_console_message(lambda m: "Content Security Policy" in m.text):
+            page.goto(FORM_PAGE)
+        expect(page.locator("#origins option[value='JFK']")).to_have_count(1)  # predict.js ran
+        assert page.evaluate("window.injected") is None
+        assert "script-src-elem refused inline" in violations
+    finally:
+        page.close()
 
 
 def submit_and_wait(page: Page) -> dict:

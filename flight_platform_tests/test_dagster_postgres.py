@@ -1,11 +1,9 @@
 """Dagster on PostgreSQL, as a shared deployment runs it: `dagster-webserver` and `dagster-daemon` as
 two processes on one instance whose storage is a private PostgreSQL server."""
 
-import json
 import os
 import shutil
 import tempfile
-import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -19,8 +17,10 @@ from dagster import (
     partition_loading_context,
 )
 from dagster_postgres import PostgresRunStorage
-from pymongo import MongoClient
 
+from flight_platform.clients import kafka_access
+from flight_platform.clients.mongo import create_client
+from flight_platform.clients.security import Role
 from flight_platform.core.model_store import ModelStore
 from flight_platform.definitions import build_definitions
 from flight_platform.local import processes
@@ -33,7 +33,8 @@ from flight_platform.local.processes import wait_until
 from flight_platform.local.stack import dagster_environment, start_server, wait_until_answering
 from flight_platform.settings import free_port, load_settings
 from flight_platform.streaming.job import MODEL_VERSION_TAG, flight_delay_prediction_stream
-from flight_platform_dev.dagster_runs import BIN, run_cli
+from flight_platform_dev.dagster_runs import BIN, graphql, run_cli
+from flight_platform_dev.platform import share_services
 
 # Cheap: one aggregation of the session's on_time_performance Parquet into a few hundred documents
 # (a few seconds on the session's Spark Connect server).
@@ -55,15 +56,6 @@ TERMINATE_RUN = """
 mutation ($runId: String!) {
   terminateRun(runId: $runId) { __typename ... on TerminateRunFailure { message } }
 }"""
-
-
-def graphql(url: str, query: str, **variables) -> dict:
-    request = urllib.request.Request(f"{url}/graphql", headers={"Content-Type": "application/json"},
-                                     data=json.dumps({"query": query, "variables": variables}).encode())
-    with urllib.request.urlopen(request, timeout=30) as response:
-        body = json.load(response)
-    assert "errors" not in body, body["errors"]
-    return body["data"]
 
 
 def runs(url: str, **run_filter) -> list[dict]:
@@ -123,10 +115,13 @@ def test_webserver_and_daemon_on_postgres(materialized, settings, searchable_tmp
         # distances materialized here, go to a database of its own, not the session's.
         "FLIGHT_PLATFORM_MONGO_DATABASE": f"{settings.mongo_database}_dagster_on_postgres",
     }
+    share_services(settings, env["FLIGHT_PLATFORM_MONGO_DATABASE"])  # its users' roles there too
+    # The admin step grants the stream's user that group, as for the platform's own.
+    kafka_access.grant_access(settings, settings.request_topic, env["FLIGHT_PLATFORM_CONSUMER_GROUP"])
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with postgres_server(searchable_tmp_dir / "postgres", free_port()) as server, \
-            MongoClient(settings.mongo_uri) as mongo, ExitStack() as running:
+            create_client(settings, Role.ADMIN) as mongo, ExitStack() as running:
         (dagster_home / "dagster.yaml").write_text(dagster_yaml(server))
         asset = build_definitions(load_settings(env)).get_assets_def(AssetKey(CHEAP_ASSET))
         # Opening the instance creates the storage's tables now, rather than three processes

@@ -28,18 +28,19 @@ from dagster import (
     instance_for_test,
     materialize,
 )
-from pymongo import MongoClient
 
 from flight_platform.batch.drift import DRIFT_CHECK, drift_check
 from flight_platform.batch.outcomes import prediction_outcomes
 from flight_platform.batch.sources import BUNDLED_MONTHS, flight_months
-from flight_platform.clients.mongo import RESPONSES
+from flight_platform.clients.mongo import RESPONSES, create_client
+from flight_platform.clients.security import Role
 from flight_platform.core.contract import PredictionRequest, Scored
 from flight_platform.core.model_store import ModelStore
 from flight_platform.core.scoring import PipelineScorer
 from flight_platform.definitions import build_definitions
-from flight_platform.resources import ModelStoreResource, MongoResource, build_resources
+from flight_platform.resources import ModelStoreResource, build_resources, mongo_resource
 from flight_platform.warehouse import MONTH_COLUMN, PREDICTION_OUTCOMES
+from flight_platform_dev.platform import share_services
 
 pytestmark = pytest.mark.services
 
@@ -56,7 +57,8 @@ def bucket(minutes: float) -> int:
 @pytest.fixture
 def database(running_services, settings):
     name = f"outcomes_{uuid.uuid4().hex[:12]}"
-    with MongoClient(settings.mongo_uri) as client:
+    share_services(settings, name)  # the asset reads it as the batch user
+    with create_client(settings, Role.ADMIN) as client:
         yield client[name]
         client.drop_database(name)
 
@@ -104,7 +106,7 @@ def store_answers(database, settings, flights: pd.DataFrame) -> list[dict]:
 
 def materialize_outcomes(settings, database, store: ModelStore):
     resources = {**build_resources(settings),
-                 "mongo": MongoResource(uri=settings.mongo_uri, database=database.name),
+                 "mongo": mongo_resource(settings, Role.BATCH, database.name),
                  "model_store": ModelStoreResource(root=str(store.root))}
     result = materialize([prediction_outcomes, drift_check(settings.drift_psi_threshold)],
                          partition_key=MONTH, resources=resources, instance=DagsterInstance.get())

@@ -11,6 +11,7 @@ import pytest
 from pymongo import MongoClient
 
 from flight_platform.clients.mongo import RESPONSES, create_client, find_by_ids
+from flight_platform.clients.security import Role
 from flight_platform.replay import NO_DEP_DELAY, Selection, replay_day
 from flight_platform.settings import REPO_ROOT, free_port
 
@@ -22,7 +23,7 @@ FLIGHT_FIELDS = ["FlightDate", "Carrier", "FlightNum", "Origin", "Dest", "DepDel
 
 @pytest.fixture
 def mongo(settings) -> Iterator[MongoClient]:
-    with create_client(settings.mongo_uri) as client:
+    with create_client(settings, Role.ADMIN) as client:
         yield client
 
 

@@ -47,8 +47,7 @@ def publish(store: ModelStore, version: str) -> None:
 
 
 def evaluate(instance, store, workers: int = 1):
-    kafka = KafkaResource(bootstrap_servers="127.0.0.1:1", request_topic="requests",
-                          request_topic_partitions=3, consumer_group="group",
+    kafka = KafkaResource(bootstrap_servers="127.0.0.1:1", request_topic="requests", consumer_group="group",
                           consumer_session_timeout_ms=2000, max_message_bytes=1024,
                           stream_workers=workers)
     context = build_sensor_context(instance=instance, resources={

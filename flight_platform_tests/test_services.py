@@ -3,17 +3,28 @@
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 
+import dagster
 import psutil
 import pytest
+from pymongo import MongoClient
+from pymongo.errors import OperationFailure, ServerSelectionTimeoutError
 
-from flight_platform.clients.kafka import create_consumer, create_producer, partition_count
-from flight_platform.local import services
+from flight_platform.clients import mongo
+from flight_platform.clients.kafka import connection, create_consumer, create_producer, partition_count
+from flight_platform.clients.mongo import DEAD_LETTERS, DISTANCES, RESPONSES
+from flight_platform.clients.security import CredentialError, Role
+from flight_platform.local import certificates, services
+from flight_platform.local.mongo_server import MongoServer
 from flight_platform.local.processes import alive
+from flight_platform.resources import build_resources
 from flight_platform.settings import REPO_ROOT, free_port, load_settings, private_environment
 
 pytestmark = pytest.mark.services  # each test starts private services (broker, Mongo, Spark)
@@ -97,15 +108,157 @@ def test_refuses_to_start_a_second_copy(env, tmp_path):
 
 
 def test_mongo_data_survives_a_restart(env):
-    from pymongo import MongoClient
-
     assert manager(env, "up").returncode == 0
-    with MongoClient(env["FLIGHT_PLATFORM_MONGO_URI"]) as client:
+    with mongo.create_client(load_settings(env), Role.ADMIN) as client:
         client.test.kept.insert_one({"_id": 1})
     manager(env, "down")
     assert manager(env, "up").returncode == 0
-    with MongoClient(env["FLIGHT_PLATFORM_MONGO_URI"]) as client:
+    with mongo.create_client(load_settings(env), Role.ADMIN) as client:
         assert client.test.kept.find_one({"_id": 1}) == {"_id": 1}
+
+
+def mongo_server_of(settings) -> MongoServer:
+    return next(service for service in services.services(settings) if isinstance(service, MongoServer))
+
+
+@pytest.fixture(scope="module")
+def mongo_env(tmp_path_factory) -> dict[str, str]:
+    return {**os.environ, **private_environment(tmp_path_factory.mktemp("mongo_users"))}
+
+
+@pytest.fixture(scope="module")
+def mongo_server(mongo_env) -> Iterator[MongoServer]:
+    """A private MongoDB-protocol server alone (no broker, no Spark), with its users, as the local
+    stack runs it: what its restart does must not touch the session's."""
+    server = mongo_server_of(load_settings(mongo_env))
+    services.start(server)
+    yield server
+    services.stop(server)
+
+
+def test_mongo_refuses_anonymous_clients_and_wrong_passwords(mongo_server, mongo_env):
+    settings = mongo_server.settings
+    with MongoClient(settings.mongo_uri, serverSelectionTimeoutMS=5000) as anonymous, \
+            pytest.raises(OperationFailure) as refused:
+        anonymous[settings.mongo_database][RESPONSES].find_one()
+    assert refused.value.code == mongo.UNAUTHORIZED
+
+    secret = uuid.uuid4().hex
+    wrong = load_settings({**mongo_env, "FLIGHT_PLATFORM_MONGO_WEB_PASSWORD": secret})
+    with mongo.create_client(wrong, Role.WEB) as client, pytest.raises(OperationFailure) as refused:
+        client[settings.mongo_database][RESPONSES].find_one()
+    assert refused.value.code == mongo.AUTHENTICATION_FAILED
+    reported = mongo.ping(wrong, Role.WEB)
+    assert reported.startswith("MongoDB refused the login of user 'flight_web' "
+                               "(FLIGHT_PLATFORM_MONGO_WEB_USER; password from "
+                               "FLIGHT_PLATFORM_MONGO_WEB_PASSWORD)")
+    assert secret not in reported
+
+
+def test_each_mongo_user_may_do_what_its_role_does_only(mongo_server):
+    settings = mongo_server.settings
+    database = settings.mongo_database
+    answer = {"_id": str(uuid.uuid4()), "ModelVersion": "roles"}
+    with mongo.create_client(settings, Role.STREAM) as stream:
+        stream[database][RESPONSES].insert_one(answer)
+        stream[database][DEAD_LETTERS].insert_one({"_id": "requests:0:0"})
+    with mongo.create_client(settings, Role.WEB) as web:
+        assert web[database][RESPONSES].find_one({"_id": answer["_id"]}) == answer
+        for collection in (RESPONSES, DEAD_LETTERS, DISTANCES):
+            with pytest.raises(OperationFailure) as refused:
+                web[database][collection].insert_one({"_id": "from the web user"})
+            assert refused.value.code == mongo.UNAUTHORIZED, collection
+        # Its own state, the rate limit's counts, in a database of its own.
+        web[mongo.web_database(database)][mongo.RATE_LIMIT_WINDOWS].insert_one({"_id": "a window"})
+    with mongo.create_client(settings, Role.BATCH) as batch:
+        batch[database][DISTANCES].insert_one({"Origin": "JFK", "Dest": "ATL", "Distance": 760.0})
+        assert batch[database][RESPONSES].find_one({"_id": answer["_id"]}) == answer
+        with pytest.raises(OperationFailure) as refused:
+            batch["another_database"]["anything"].find_one()
+        assert refused.value.code == mongo.UNAUTHORIZED
+
+
+def test_a_stream_run_refused_by_mongo_names_the_user_and_never_the_password(mongo_server, mongo_env,
+                                                                              monkeypatch):
+    secret = uuid.uuid4().hex
+    monkeypatch.setenv("FLIGHT_PLATFORM_MONGO_STREAM_PASSWORD", secret)  # read as the run starts
+    resource = build_resources(load_settings({**mongo_env, "FLIGHT_PLATFORM_MONGO_STREAM_PASSWORD": secret}))[
+        "stream_mongo"]
+    assert secret not in repr(resource)  # the UI shows the variable's name
+    with dagster.build_resources({"stream_mongo": resource}) as run, \
+            pytest.raises(CredentialError) as refused:
+        run.stream_mongo.get_database()
+    assert "user 'flight_stream' (FLIGHT_PLATFORM_MONGO_STREAM_USER; password from " \
+           "FLIGHT_PLATFORM_MONGO_STREAM_PASSWORD)" in str(refused.value)
+    assert secret not in str(refused.value)
+
+
+def test_mongo_users_are_made_once_and_survive_a_restart_with_owner_only_passwords(mongo_server, mongo_env):
+    settings = mongo_server.settings
+    made = mongo_server.users_marker.stat().st_mtime_ns
+    password_files = sorted(settings.secrets_dir.glob("mongo-*.password"))
+    passwords = [path.read_text() for path in password_files]
+    assert [path.name for path in password_files] == [f"mongo-{role}.password" for role in sorted(Role)]
+    assert stat.S_IMODE(settings.secrets_dir.stat().st_mode) == 0o700
+    assert {stat.S_IMODE(path.stat().st_mode) for path in password_files} == {0o600}
+    services.stop(mongo_server)
+
+    # The manager's start-up check logs in as the admin: a refused login ends it at once, naming
+    # the user, and leaves nothing running.
+    wrong = mongo_server_of(load_settings({**mongo_env, "FLIGHT_PLATFORM_MONGO_ADMIN_PASSWORD": "wrong"}))
+    with pytest.raises(services.ServiceError, match="refused the login of user 'flight_admin' "
+                                                    r"\(FLIGHT_PLATFORM_MONGO_ADMIN_USER"):
+        services.start(wrong)
+    assert services.running_pid(mongo_server) is None
+
+    assert "started" in services.start(mongo_server)
+    assert mongo_server.users_marker.stat().st_mtime_ns == made  # not made again
+    assert [path.read_text() for path in password_files] == passwords
+    assert all(mongo.ping(settings, role) is None for role in Role)
+
+
+def test_with_mongo_auth_off_the_server_takes_anonymous_clients(tmp_path):
+    settings = load_settings({**os.environ, **private_environment(tmp_path),
+                              "FLIGHT_PLATFORM_MONGO_AUTH": "false"})
+    server = mongo_server_of(settings)
+    services.start(server)
+    try:
+        with MongoClient(settings.mongo_uri) as anonymous:
+            anonymous[settings.mongo_database][RESPONSES].insert_one({"_id": "anonymous"})
+        assert not settings.secrets_dir.exists()
+    finally:
+        services.stop(server)
+
+
+@dataclass(frozen=True)
+class TlsMongoServer(MongoServer):
+    """The local server serving TLS, as a MongoDB the platform is pointed at may require (not the
+    local stack's default: SecantusDB's handshake runs on its accepting thread, so one idle
+    connection holds up every new client)."""
+
+    def command(self) -> list[str]:
+        pem = certificates.ensure_server_certificate(self.settings.secrets_dir, "mongo", [self.host])
+        return [*super().command(), "--tls-cert-file", str(pem.pem_file), "--tls-key-file",
+                str(pem.pem_file)]
+
+
+def test_tls_to_mongo_is_set_in_the_uri(tmp_path):
+    environment = private_environment(tmp_path)
+    ca_file, _ = certificates.ensure_ca(tmp_path / "secrets")  # the server's certificate's CA
+    environment["FLIGHT_PLATFORM_MONGO_URI"] += f"&tls=true&tlsCAFile={ca_file}"
+    settings = load_settings({**os.environ, **environment})
+    local = mongo_server_of(settings)
+    server = TlsMongoServer(local.name, local.host, local.port, local.executable, settings)
+    services.start(server)  # its users are made over plaintext, before it serves TLS
+    try:
+        with mongo.create_client(settings, Role.STREAM) as client:
+            client[settings.mongo_database][RESPONSES].insert_one({"_id": "over TLS"})
+        plaintext = settings.mongo_uri.split("&tls=")[0]
+        with MongoClient(plaintext, serverSelectionTimeoutMS=500) as client, \
+                pytest.raises(ServerSelectionTimeoutError):
+            client.admin.command("ping")
+    finally:
+        services.stop(server)
 
 
 def test_a_port_taken_by_someone_else_is_an_error_and_nothing_is_left_running(env):
@@ -164,7 +317,7 @@ def test_external_services_are_left_alone(env, tmp_path):
 def test_kafka_keeps_acknowledged_messages_topics_and_group_offsets_across_a_restart(env, tmp_path, stop):
     settings = load_settings(env)
     assert manager(env, "up").returncode == 0
-    producer = create_producer(settings.kafka_bootstrap_servers)
+    producer = create_producer(connection(settings, Role.BATCH))
     sent = [f"request-{i}".encode() for i in range(300)]
     for future in [producer.send(settings.request_topic, value) for value in sent]:
         future.get(timeout=10)  # acknowledged by the broker
@@ -176,7 +329,7 @@ def test_kafka_keeps_acknowledged_messages_topics_and_group_offsets_across_a_res
         os.kill(pids(tmp_path)["kafka-1"], signal.SIGKILL)
     assert manager(env, "up").returncode == 0
 
-    assert partition_count(settings.kafka_bootstrap_servers, settings.request_topic) == (
+    assert partition_count(connection(settings, Role.STREAM), settings.request_topic) == (
         settings.request_topic_partitions)
     rest = read_group(settings, at_least=len(sent) - len(first))
     assert sorted(first + rest) == sorted(sent)  # every acknowledged message, each read once
@@ -185,8 +338,8 @@ def test_kafka_keeps_acknowledged_messages_topics_and_group_offsets_across_a_res
 def read_group(settings, at_least: int) -> list[bytes]:
     """Read at least `at_least` messages in one consumer group, from its committed offsets on,
     and commit them; what it read."""
-    consumer = create_consumer(settings.kafka_bootstrap_servers, "durability", settings.request_topic,
-                               settings.consumer_session_timeout_ms)
+    consumer = create_consumer(connection(settings, Role.STREAM), settings.consumer_group,
+                               settings.request_topic, settings.consumer_session_timeout_ms)
     read: list[bytes] = []
     try:
         deadline = time.monotonic() + 60

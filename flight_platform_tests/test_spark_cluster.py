@@ -8,13 +8,15 @@ import pyarrow.parquet as pq
 import pytest
 from pymongo import MongoClient
 
-from flight_platform.clients.mongo import DISTANCES
+from flight_platform.clients.mongo import DISTANCES, create_client
+from flight_platform.clients.security import Role
 from flight_platform.local import services
 from flight_platform.local.processes import wait_until
 from flight_platform.local.stack import dagster_environment
 from flight_platform.resources import build_resources
 from flight_platform.settings import Settings, free_port, load_settings
 from flight_platform_dev.dagster_runs import materialize_all
+from flight_platform_dev.platform import share_services
 from flight_platform_dev.spark_cluster import spark_cluster
 
 PARQUET_TABLES = ["on_time_performance", "flight_delay_features"]
@@ -33,7 +35,7 @@ def distances(client: MongoClient, settings: Settings) -> list[dict]:
 @pytest.mark.services
 def test_materialize_everything_on_a_spark_standalone_cluster(materialized, settings, tmp_path,
                                                               monkeypatch):
-    with spark_cluster(tmp_path / "spark") as cluster, MongoClient(settings.mongo_uri) as client:
+    with spark_cluster(tmp_path / "spark") as cluster, create_client(settings, Role.ADMIN) as client:
         # Its own warehouse, model store, Mongo database, Dagster instance and Spark Connect server
         # (the cluster's driver); the session's Kafka and Mongo servers. The executors are other
         # processes writing the warehouse and model store paths: on one machine they share the
@@ -44,6 +46,7 @@ def test_materialize_everything_on_a_spark_standalone_cluster(materialized, sett
             "FLIGHT_PLATFORM_DATA_DIR": str(tmp_path / "data"),
             "FLIGHT_PLATFORM_MODEL_DIR": str(tmp_path / "data" / "models"),
             "FLIGHT_PLATFORM_MONGO_DATABASE": f"{settings.mongo_database}_on_cluster",
+            **share_services(settings, f"{settings.mongo_database}_on_cluster"),
             "FLIGHT_PLATFORM_SPARK_REMOTE": f"sc://127.0.0.1:{free_port()}",
             **cluster.driver_environment(),
         }

@@ -13,6 +13,7 @@ import pytest
 from dagster import DagsterEventType, DagsterInstance
 
 from flight_platform.clients.mongo import create_client
+from flight_platform.clients.security import Role
 from flight_platform.core.model_store import ModelStore
 from flight_platform.local import processes, services
 from flight_platform.local.stack import dagster_environment, materialize_command, register_months
@@ -20,7 +21,7 @@ from flight_platform.settings import REPO_ROOT, Settings, free_port, load_settin
 from flight_platform.warehouse import FLIGHT_DELAY_FEATURES, ON_TIME_PERFORMANCE, month_path
 from flight_platform_dev.dagster_runs import BIN
 from flight_platform_dev.derived_bts import write_derived_months
-from flight_platform_dev.platform import copy_materialized
+from flight_platform_dev.platform import copy_materialized, share_services
 
 NEW_MONTH = "2014-01"
 RUN_TIMEOUT_S = 600
@@ -31,8 +32,9 @@ class CopiedPlatform:
     Mongo database of its own; `environment` on top (e.g. another Spark server)."""
 
     def __init__(self, source: Settings, root: Path, environment: dict[str, str] | None = None):
+        database = f"{source.mongo_database}_{root.name}"
         overrides = {"FLIGHT_PLATFORM_DATA_DIR": str(root / "data"),
-                     "FLIGHT_PLATFORM_MONGO_DATABASE": f"{source.mongo_database}_{root.name}",
+                     "FLIGHT_PLATFORM_MONGO_DATABASE": database, **share_services(source, database),
                      **(environment or {})}
         self.settings = load_settings({**os.environ, **overrides})
         copy_materialized(source, self.settings)
@@ -85,7 +87,7 @@ def copy_of_session(materialized, settings, tmp_path):
         return copies[-1]
 
     yield copy
-    with create_client(settings.mongo_uri) as client:
+    with create_client(settings, Role.ADMIN) as client:
         for platform in copies:
             client.drop_database(platform.settings.mongo_database)
 

@@ -14,11 +14,12 @@ from functools import partial
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 from kafka.coordinator.base import MemberState
-from pymongo import MongoClient
 
 from flight_platform.batch.model import ModelTrainingConfig
-from flight_platform.clients.kafka import create_consumer, create_producer, ensure_topic
-from flight_platform.clients.mongo import DEAD_LETTERS, RESPONSES, find_by_ids
+from flight_platform.clients.kafka import connection, create_consumer, create_producer
+from flight_platform.clients.kafka_access import prepare_topic
+from flight_platform.clients.mongo import DEAD_LETTERS, RESPONSES, create_client, find_by_ids
+from flight_platform.clients.security import Role
 from flight_platform.core.contract import PredictionRequest, PredictionResponse
 from flight_platform.core.features import ARRIVAL_DELAY_LABELS
 from flight_platform.core.model_store import ModelStore
@@ -35,14 +36,16 @@ ROUTES = [("JFK", "ATL", 760.0, "DL"), ("EWR", "ORD", 719.0, "UA"), ("LGA", "MIA
 
 @pytest.fixture
 def topic(settings) -> str:
+    """A fresh request topic, its consumer group `group_<topic>` (the rights of the web, stream and
+    batch users on both granted by the admin step)."""
     name = f"requests_{uuid.uuid4().hex[:8]}"
-    ensure_topic(settings.kafka_bootstrap_servers, name, partitions=3)
+    prepare_topic(settings, name, f"group_{name}", partitions=3)
     return name
 
 
 @pytest.fixture
 def database(settings):
-    with MongoClient(settings.mongo_uri) as client:
+    with create_client(settings, Role.ADMIN) as client:
         yield client[settings.mongo_database]
 
 
@@ -63,7 +66,7 @@ def stream_totals(stream: PlatformProcess) -> dict[str, int]:
 
 
 def produce(settings, topic: str, payloads: list[bytes]):
-    producer = create_producer(settings.kafka_bootstrap_servers)
+    producer = create_producer(connection(settings, Role.BATCH))
     for payload in payloads:
         producer.send(topic, payload)
     producer.flush()
@@ -144,7 +147,7 @@ def test_hostile_messages_are_dead_lettered_and_the_run_goes_on(settings, start_
     payloads = [r.to_message() for r in good[:20]] + hostile[:7] + [r.to_message() for r in good[20:40]] \
         + hostile[7:] + [r.to_message() for r in good[40:]]
     stream = start_stream(request_topic=topic, consumer_group=f"group_{topic}")
-    send_messages(settings.kafka_bootstrap_servers, topic, payloads)
+    send_messages(settings, topic, payloads)
 
     wait_until(lambda: answered(database, [r.UUID for r in good]) == len(good), 120, "good answers")
     letters = wait_until(lambda: (found := list(database[DEAD_LETTERS].find({"Topic": topic})))
@@ -162,8 +165,8 @@ def test_hostile_messages_are_dead_lettered_and_the_run_goes_on(settings, start_
 
 
 def committed_offsets(settings, topic: str) -> dict[int, int | None]:
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers,
-                             group_id=f"group_{topic}", enable_auto_commit=False)
+    consumer = KafkaConsumer(**connection(settings, Role.ADMIN), group_id=f"group_{topic}",
+                             enable_auto_commit=False)
     try:
         return {p: consumer.committed(TopicPartition(topic, p)) for p in range(3)}
     finally:
@@ -174,7 +177,7 @@ def produce_until(settings, topic: str, rng: random.Random, per_second: float,
                   stop: threading.Event, sent: list[str], after_stop: int) -> None:
     """Send requests at a steady rate until `stop` is set, then `after_stop` more, recording each
     UUID in `sent` once it is handed to the producer."""
-    producer = create_producer(settings.kafka_bootstrap_servers)
+    producer = create_producer(connection(settings, Role.BATCH))
     remaining = after_stop
     while remaining:
         request = make_request(rng)
@@ -293,8 +296,8 @@ def test_consumers_polling_briefly_through_a_rebalance_join_their_group(running_
 
     for attempt in range(10):
         topic = f"requests_{uuid.uuid4().hex[:8]}"
-        ensure_topic(settings.kafka_bootstrap_servers, topic, partitions=3)
-        consumer = create_consumer(settings.kafka_bootstrap_servers, f"group_{topic}", topic,
+        prepare_topic(settings, topic, f"group_{topic}", partitions=3)
+        consumer = create_consumer(connection(settings, Role.STREAM), f"group_{topic}", topic,
                                    session_timeout_ms=6000)
         try:
             wait_until(partial(joined, consumer), 20, f"consumer {attempt} to join its group", interval=0)
@@ -307,7 +310,8 @@ def test_a_worker_not_in_its_group_in_time_fails_its_run(running_services, setti
     fails at the deadline, for the supervisor to start a fresh one, instead of serving nothing while
     looking alive."""
     group = f"never_joins_{topic}"
-    consumer = create_consumer(settings.kafka_bootstrap_servers, group, topic, session_timeout_ms=1000)
+    prepare_topic(settings, topic, group, partitions=3)  # the stream's user may join it
+    consumer = create_consumer(connection(settings, Role.STREAM), group, topic, session_timeout_ms=1000)
     worker = PredictionStreamWorker(consumer, scorer=None, model_version="none", database=database,
                                     log=logging.getLogger(__name__), join_deadline_s=3)
     with pytest.raises(GroupNotJoined, match=group):

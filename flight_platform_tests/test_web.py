@@ -7,7 +7,10 @@ stream."""
 import concurrent.futures
 import datetime as dt
 import http.client
+import ipaddress
 import json
+import os
+import secrets
 import selectors
 import urllib.parse
 import urllib.request
@@ -16,16 +19,17 @@ from dataclasses import replace
 
 import pytest
 from kafka import KafkaConsumer, TopicPartition
-from pymongo import MongoClient
 
-from flight_platform.clients.kafka import ensure_topic
-from flight_platform.clients.mongo import DISTANCES, RESPONSES
+from flight_platform.clients.kafka import connection
+from flight_platform.clients.kafka_access import prepare_topic
+from flight_platform.clients.mongo import DISTANCES, RESPONSES, create_client
+from flight_platform.clients.security import Role
 from flight_platform.core.contract import PredictionRequest, Scored
 from flight_platform.core.features import ARRIVAL_DELAY_LABELS
 from flight_platform.core.model_store import ModelStore
 from flight_platform.local import services
 from flight_platform.local.processes import wait_until
-from flight_platform.settings import free_port
+from flight_platform.settings import free_port, load_settings, private_environment
 from web.answer_watch import MAX_WAIT_S
 from web.app import MAX_BODY_BYTES, create_app
 from web.clients import ServiceClients, ServiceUnavailable
@@ -36,11 +40,13 @@ VALID_FORM = {"DepDelay": "5", "Carrier": "DL", "FlightDate": "2013-01-07", "Fli
               "Origin": "JFK", "Dest": "ATL"}
 
 
-def dead_endpoints(settings, data_dir):
-    """Settings whose Kafka and Mongo ports have nothing listening (yet)."""
-    return replace(settings, data_dir=data_dir,
-                   kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",
-                   mongo_uri=f"mongodb://127.0.0.1:{free_port()}/?directConnection=true")
+def dead_endpoints(data_dir):
+    """Settings of a platform in `data_dir` whose ports have nothing listening (yet), the web app's
+    passwords given as a deployment gives them (the services, once started there, make its users
+    with them)."""
+    return load_settings({**os.environ, **private_environment(data_dir),
+                          "FLIGHT_PLATFORM_KAFKA_WEB_PASSWORD": secrets.token_urlsafe(24),
+                          "FLIGHT_PLATFORM_MONGO_WEB_PASSWORD": secrets.token_urlsafe(24)})
 
 
 def client_for(settings, **config):
@@ -52,7 +58,7 @@ def client_for(settings, **config):
 @pytest.fixture(scope="module")
 def request_topic(running_services, settings) -> str:
     topic = f"web_requests_{uuid.uuid4().hex[:8]}"
-    ensure_topic(settings.kafka_bootstrap_servers, topic, partitions=3)
+    prepare_topic(settings, topic, settings.consumer_group, partitions=3)
     return topic
 
 
@@ -63,13 +69,13 @@ def client(materialized, settings, request_topic):
 
 @pytest.fixture(scope="module")
 def offline_client(settings, tmp_path_factory):
-    return client_for(dead_endpoints(settings, tmp_path_factory.mktemp("offline")))
+    return client_for(dead_endpoints(tmp_path_factory.mktemp("offline")))
 
 
 def published(settings, topic: str, request_id: str, timeout: float = 30) -> PredictionRequest:
     """The request with `request_id` as read back from the topic."""
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers,
-                             auto_offset_reset="earliest", enable_auto_commit=False)
+    consumer = KafkaConsumer(**connection(settings, Role.ADMIN), auto_offset_reset="earliest",
+                             enable_auto_commit=False)
     try:
         consumer.assign([TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)])
 
@@ -107,7 +113,7 @@ def test_an_accepted_form_is_on_the_topic_with_derived_features(client, settings
     assert body["status"] == "OK"
 
     request = published(settings, request_topic, body["id"])
-    with MongoClient(settings.mongo_uri) as mongo:
+    with create_client(settings, Role.ADMIN) as mongo:
         route = mongo[settings.mongo_database][DISTANCES].find_one({"Origin": "JFK", "Dest": "ATL"})
     assert (request.Carrier, request.Origin, request.Dest, request.FlightNum) == (
         "DL", "JFK", "ATL", "1519")
@@ -178,7 +184,7 @@ def test_a_malformed_json_body_is_a_400(offline_client, body):
 @pytest.mark.parametrize("body", ["[" * 100_000, '{"a":' * 6_000], ids=["arrays", "objects"])
 def test_json_nested_deeper_than_the_parser_recurses_is_a_400(settings, tmp_path, body):
     # Larger than the body limit too: lifted here, as the parser must hold whatever the limit.
-    client = client_for(dead_endpoints(settings, tmp_path), MAX_CONTENT_LENGTH=None)
+    client = client_for(dead_endpoints(tmp_path), MAX_CONTENT_LENGTH=None)
     answer = client.post(PREDICT, data=body, content_type="application/json")
     assert_error(answer, 400, {"body": "is nested too deeply"})
 
@@ -223,12 +229,109 @@ def test_a_bug_is_a_json_500_that_is_logged_but_not_shown(settings, tmp_path, mo
 
     monkeypatch.setattr("flight_platform.clients.mongo.known_routes", failing_lookup)
     # Not in testing mode, where Flask would re-raise the exception to the test instead.
-    client = client_for(dead_endpoints(settings, tmp_path), TESTING=False)
+    client = client_for(dead_endpoints(tmp_path), TESTING=False)
     answer = client.get("/flights/delays/routes")
     assert_error(answer, 500, {"server": "failed unexpectedly; the error is logged"})
     assert b"internal detail" not in answer.data
     assert any(record.exc_info and "internal detail" in str(record.exc_info[1])
                for record in caplog.records)
+
+
+@pytest.mark.parametrize("path, status, content_type", [
+    ("/flights/delays/predict_kafka", 200, "text/html"),
+    ("/flights/delays/routes", 200, "application/json"),
+    ("/nowhere", 404, "application/json"),
+    ("/static/predict.js", 200, "text/javascript"),
+], ids=["page", "json", "error", "static"])
+def test_every_answer_carries_the_security_headers(client, path, status, content_type):
+    answer = client.get(path)
+    assert answer.status_code == status and answer.content_type.startswith(content_type)
+    assert_security_headers(answer)
+
+
+def assert_security_headers(answer) -> None:
+    """A policy that allows scripts and styles from the app's own files only (no inline ones) and
+    no framing, with nosniff and no Referer."""
+    policy = dict(directive.strip().split(" ", 1)
+                  for directive in answer.headers["Content-Security-Policy"].split(";"))
+    expected = {"default-src": "'self'", "script-src": "'self'", "style-src": "'self'",
+                "connect-src": "'self'", "frame-ancestors": "'none'", "object-src": "'none'",
+                "base-uri": "'none'"}
+    assert {name: policy.get(name) for name in expected} == expected
+    assert (answer.headers["X-Content-Type-Options"], answer.headers["X-Frame-Options"],
+            answer.headers["Referrer-Policy"]) == ("nosniff", "DENY", "no-referrer")
+
+
+def new_address() -> str:
+    """A client address no other test uses: the limit's counts outlive an app, in MongoDB."""
+    return str(ipaddress.IPv6Address((0x20010DB8 << 96) + uuid.uuid4().int % 2**64))
+
+
+def limited_client(settings, limit: str, **changes):
+    """An app limiting each client to `limit` POSTs. The tests post empty forms, which are refused
+    (400) without Kafka but counted all the same."""
+    return client_for(replace(settings, web_rate_limit=limit, **changes))
+
+
+def test_a_client_over_the_rate_limit_gets_a_json_429_naming_it(running_services, settings):
+    client = limited_client(settings, "2 per minute")
+    address = {"REMOTE_ADDR": new_address()}
+    assert [client.post(PREDICT, data={}, environ_base=address).status_code for _ in range(2)] == [400, 400]
+    refused = client.post(PREDICT, data={}, environ_base=address)
+    assert refused.status_code == 429
+    retry_after = int(refused.headers["Retry-After"])
+    assert 1 <= retry_after <= 61
+    assert_error(refused, 429, {
+        "rate": f"is over this client's limit of 2 per 1 minute: try again in {retry_after} s"})
+    assert_security_headers(refused)
+    # Another client, and GETs, are not held back.
+    assert client.post(PREDICT, data={}, environ_base={"REMOTE_ADDR": new_address()}).status_code == 400
+    assert client.get("/flights/delays/routes", environ_base=address).status_code == 200
+
+
+def test_the_rate_limit_is_shared_by_every_worker(running_services, settings):
+    """Two apps on the same MongoDB, as gunicorn's two workers are: a client's POSTs count once
+    whichever worker takes them."""
+    workers = [limited_client(settings, "3 per minute") for _ in range(2)]
+    address = {"REMOTE_ADDR": new_address()}
+    answers = [workers[i % 2].post(PREDICT, data={}, environ_base=address).status_code for i in range(4)]
+    assert answers == [400, 400, 400, 429]
+
+
+def test_with_mongodb_down_each_worker_limits_in_memory(tmp_path):
+    """The counts' server unreachable: POSTs are still answered (these empty forms with a 400)
+    and still limited, by the worker's own count."""
+    # A password, so that the storage's client is made and waits for a server that never answers.
+    unreachable = load_settings({**os.environ, **private_environment(tmp_path),
+                                 "FLIGHT_PLATFORM_MONGO_WEB_PASSWORD": "not-needed"})
+    client = limited_client(unreachable, "2 per minute")
+    address = {"REMOTE_ADDR": new_address()}
+    answers = [client.post(PREDICT, data={}, environ_base=address).status_code for _ in range(3)]
+    assert answers == [400, 400, 429]
+
+
+def test_x_forwarded_for_is_ignored_without_a_trusted_proxy(running_services, settings):
+    client = limited_client(settings, "2 per minute")
+    peer = {"REMOTE_ADDR": new_address()}
+    # Each POST claims to be another client; all come from one peer, which is the client.
+    answers = [client.post(PREDICT, data={}, environ_base=peer,
+                           headers={"X-Forwarded-For": new_address()}).status_code for _ in range(3)]
+    assert answers == [400, 400, 429]
+
+
+def test_x_forwarded_for_names_the_client_behind_a_trusted_proxy(running_services, settings):
+    client = limited_client(settings, "2 per minute", web_trusted_proxies=1)
+    proxy = {"REMOTE_ADDR": new_address()}
+    first, second = new_address(), new_address()
+
+    def post_from(client_address: str) -> int:
+        # The proxy appends the address it saw to whatever the client claimed.
+        forwarded = f"{new_address()}, {client_address}"
+        return client.post(PREDICT, data={}, environ_base=proxy,
+                           headers={"X-Forwarded-For": forwarded}).status_code
+
+    assert [post_from(first) for _ in range(3)] == [400, 400, 429]
+    assert post_from(second) == 400
 
 
 def test_an_unknown_route_is_a_422_naming_it(client):
@@ -243,7 +346,7 @@ def test_a_route_added_by_a_new_month_is_accepted_without_a_restart(client, sett
     """The app holds the routes in memory; a POST for a route it does not know reads them again."""
     form = {**VALID_FORM, "Origin": "JFK", "Dest": "QQQ"}
     assert client.post(PREDICT, data=form).status_code == 422
-    with MongoClient(settings.mongo_uri) as mongo:
+    with create_client(settings, Role.ADMIN) as mongo:
         routes = mongo[settings.mongo_database][DISTANCES]
         routes.insert_one({"Origin": "JFK", "Dest": "QQQ", "Distance": 321.0, "Carriers": ["DL"],
                            "Flights": 1})
@@ -267,7 +370,7 @@ def test_polling_waits_until_the_answer_is_stored(client, settings):
     assert client.get(url).get_json() == {"status": "WAIT", "id": request.UUID}
 
     scored_at = dt.datetime.now(dt.UTC)
-    with MongoClient(settings.mongo_uri) as mongo:
+    with create_client(settings, Role.ADMIN) as mongo:
         mongo[settings.mongo_database][RESPONSES].insert_one(
             request.response(Scored([0.1, 0.2, 0.6, 0.1]), "test-version", scored_at))
     body = client.get(url).get_json()
@@ -280,7 +383,7 @@ def test_polling_waits_until_the_answer_is_stored(client, settings):
 
 def store_answer(settings, request: PredictionRequest) -> None:
     """Store an answer for `request` as the stream does."""
-    with MongoClient(settings.mongo_uri) as mongo:
+    with create_client(settings, Role.ADMIN) as mongo:
         mongo[settings.mongo_database][RESPONSES].insert_one(
             request.response(Scored([0.1, 0.2, 0.6, 0.1]), "test-version", dt.datetime.now(dt.UTC)))
 
@@ -337,6 +440,22 @@ def test_health_reports_both_services(client, offline_client):
     assert not body["kafka"]["reachable"] and not body["mongo"]["reachable"]
 
 
+def test_health_names_the_mongo_user_whose_login_is_refused(running_services, settings):
+    secret = uuid.uuid4().hex
+    security = settings.mongo_security
+    login = security.logins[Role.WEB]
+    wrong = replace(settings, mongo_security=replace(security, logins={
+        **security.logins, Role.WEB: replace(login, password=replace(login.password, value=secret))}))
+    answer = client_for(wrong).get("/health")
+    assert answer.status_code == 503
+    mongo = answer.get_json()["mongo"]
+    assert not mongo["reachable"]
+    assert mongo["error"].startswith("MongoDB refused the login of user 'flight_web' "
+                                     "(FLIGHT_PLATFORM_MONGO_WEB_USER; password from "
+                                     "FLIGHT_PLATFORM_MONGO_WEB_PASSWORD)")
+    assert secret not in answer.get_data(as_text=True)
+
+
 def test_mongo_down_is_a_503_with_a_reason(offline_client):
     for answer in (offline_client.post(PREDICT, data=VALID_FORM),
                    offline_client.get(f"{PREDICT}/response/{uuid.uuid4()}"),
@@ -352,19 +471,19 @@ def test_kafka_down_is_a_503_and_nothing_is_published(materialized, settings):
     assert answer.status_code == 503
     body = answer.get_json()
     assert body["status"] == "UNAVAILABLE" and "id" not in body
-    assert body["reason"].startswith(f"Kafka at {dead_kafka.kafka_bootstrap_servers} is unreachable")
+    assert f"{dead_kafka.kafka_bootstrap_servers}: connection refused" in body["reason"]
 
 
 @pytest.mark.services  # a private broker and Mongo-protocol server
 def test_the_app_recovers_when_kafka_and_mongo_come_back(settings, tmp_path):
-    later = dead_endpoints(settings, tmp_path)
+    later = dead_endpoints(tmp_path)
     client = client_for(later)
     assert client.post(PREDICT, data=VALID_FORM).status_code == 503
     # The real broker and Mongo-protocol server, on the ports the app uses (the web app uses no Spark).
     kafka_and_mongo = [service for service in services.services(later) if service.name != "spark"]
     try:
         services.start_all(kafka_and_mongo)
-        with MongoClient(later.mongo_uri) as mongo:
+        with create_client(later, Role.ADMIN) as mongo:
             mongo[later.mongo_database][DISTANCES].insert_one(
                 {"Origin": "JFK", "Dest": "ATL", "Distance": 760.0, "Carriers": ["DL"]})
         answer = client.post(PREDICT, data=VALID_FORM)
@@ -377,7 +496,7 @@ def test_the_app_recovers_when_kafka_and_mongo_come_back(settings, tmp_path):
 
 @pytest.mark.services  # a private broker and Mongo-protocol server
 def test_a_restarted_broker_is_used_again_and_keeps_what_it_acknowledged(settings, tmp_path):
-    private = dead_endpoints(settings, tmp_path)  # a private broker, not the session's
+    private = dead_endpoints(tmp_path)  # a private broker, not the session's
     (broker,) = services.kafka_nodes(private)
     clients = ServiceClients(private)
     before, during = (PredictionRequest.create(

@@ -3,6 +3,7 @@
 from flask import Flask
 
 from flight_platform.settings import Settings, load_settings
+from web import defences
 from web.clients import ServiceClients
 from web.routes import predictions
 
@@ -11,10 +12,12 @@ MAX_BODY_BYTES = 16 * 1024
 
 
 def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or load_settings()
     app = Flask(__name__)
     app.json.sort_keys = False
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     # Created per process, after gunicorn forks its workers: Kafka and Mongo clients are not fork-safe.
-    app.extensions["service_clients"] = ServiceClients(settings or load_settings())
+    app.extensions["service_clients"] = ServiceClients(settings)
+    app.extensions["rate_limiter"] = defences.install(app, settings)
     app.register_blueprint(predictions)
     return app

@@ -29,7 +29,7 @@ class Failed(BaseModel):
     """The request was refused; nothing was published."""
     status: Literal["ERROR"]
     errors: dict[str, str] = Field(
-        description="A sentence per problem, by the field (or body, id, wait, url, method) it is in")
+        description="A sentence per problem, by the field (or body, id, wait, url, method, rate) it is in")
 
 
 class Unavailable(BaseModel):
@@ -69,6 +69,8 @@ class KafkaHealth(BaseModel):
 class MongoHealth(BaseModel):
     reachable: bool
     database: str
+    error: str | None = Field(default=None, description="Why it is not reachable (a refused login "
+                              "names the user and the settings giving it; never a password)")
 
 
 class Health(BaseModel):
@@ -92,6 +94,10 @@ def _answer(description: str, *models: str) -> dict[str, Any]:
 
 REFUSED = _answer("A field is malformed or missing", "Failed")
 UNAVAILABLE = _answer("Kafka or MongoDB is unreachable", "Unavailable")
+RATE_LIMITED = {**_answer("This client sent more POSTs than the limit (FLIGHT_PLATFORM_WEB_RATE_LIMIT)",
+                          "Failed"),
+                "headers": {"Retry-After": {"description": "Seconds until one more is allowed",
+                                            "required": True, "schema": {"type": "integer", "minimum": 1}}}}
 
 
 @functools.cache  # served as is: built once per process
@@ -121,6 +127,7 @@ def document() -> dict[str, Any]:
                     "400": REFUSED,
                     "413": _answer("The body is over the size limit", "Failed"),
                     "422": _answer("No flights on this route in the data", "Failed"),
+                    "429": RATE_LIMITED,
                     "503": UNAVAILABLE}}},
             PREDICT + "/response/{request_id}": {"get": {
                 "operationId": "getPrediction",

@@ -3,9 +3,11 @@
 import datetime as dt
 import json
 import math
+import time
 from typing import Any
 
 from flask import Blueprint, current_app, redirect, render_template, request, url_for
+from flask_limiter import RateLimitExceeded
 from pymongo.errors import PyMongoError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
@@ -62,6 +64,15 @@ def _method_not_allowed(error: MethodNotAllowed):
 @predictions.app_errorhandler(413)
 def _too_large(error):
     return _error(413, {"body": f"is larger than the limit of {request.max_content_length:,} bytes"})
+
+
+@predictions.app_errorhandler(RateLimitExceeded)
+def _rate_limited(error: RateLimitExceeded):
+    # When the oldest request in the client's window leaves it, one more is allowed.
+    reset_at = current_app.extensions["rate_limiter"].current_limit.reset_at
+    retry_after = max(1, math.ceil(reset_at - time.time()))
+    return _error(429, {"rate": f"is over this client's limit of {error.limit.limit}: try again in "
+                                f"{retry_after} s"}, {"Retry-After": str(retry_after)})
 
 
 @predictions.app_errorhandler(500)

@@ -5,16 +5,19 @@ are idempotent, so an acknowledged request is on the topic once; consumers commi
 answered, heartbeat often so a rebalance is noticed within half a second, and use the cooperative
 sticky assignor, so a member joining or leaving the group moves only the partitions that change
 owner while the others keep being served.
+
+Every client is made from a connection: the bootstrap servers and the security settings of one role
+(`connection(settings, role)`; clients.security builds them), so each part logs in as its own user.
 """
 
 import threading
+from collections.abc import Mapping
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
-from kafka.admin import NewTopic
+from kafka import KafkaConsumer, KafkaProducer
 from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 from kafka.coordinator.base import MemberState
-from kafka.errors import KafkaError, TopicAlreadyExistsError
 
+from flight_platform.clients.security import Role
 from flight_platform.settings import Settings
 
 CLIENT_TIMEOUT_MS = 5000
@@ -25,15 +28,23 @@ RECONNECT_BACKOFF_MAX_MS = 1000
 # a roll-out pauses a moving partition for about this long at most.
 HEARTBEAT_INTERVAL_MS = 500
 
+Connection = Mapping[str, object]  # kafka-python's arguments to reach the cluster and log in
 
-def create_producer(bootstrap_servers: str, timeout_ms: int = CLIENT_TIMEOUT_MS,
+
+def connection(settings: Settings, role: Role) -> Connection:
+    """How a client of `role` reaches the cluster settings name and logs in."""
+    return {"bootstrap_servers": settings.kafka_bootstrap_servers,
+            **settings.kafka_security.client_config(role)}
+
+
+def create_producer(connection: Connection, timeout_ms: int = CLIENT_TIMEOUT_MS,
                     linger_ms: int = 0) -> KafkaProducer:
     """An idempotent producer waiting for every in-sync replica; `linger_ms` holds a send that long
     for others to share its batch. Replace it after a failed send:
     kafka-python 3.0.12's idempotent producer hangs once a batch expires after it was sent (see
     web.clients.ServiceClients._drop_producer)."""
     return KafkaProducer(
-        bootstrap_servers=bootstrap_servers,
+        **connection,
         acks="all",
         enable_idempotence=True,  # a retried send is written once
         linger_ms=linger_ms,
@@ -63,10 +74,10 @@ class GroupConsumer(KafkaConsumer):
         return records
 
 
-def create_consumer(bootstrap_servers: str, group_id: str, topic: str,
+def create_consumer(connection: Connection, group_id: str, topic: str,
                     session_timeout_ms: int) -> GroupConsumer:
     consumer = GroupConsumer(
-        bootstrap_servers=bootstrap_servers,
+        **connection,
         group_id=group_id,
         enable_auto_commit=False,  # offsets are committed only after the batch's answers are stored
         auto_offset_reset="earliest",  # a new group answers requests sent before it first started
@@ -83,10 +94,9 @@ def create_consumer(bootstrap_servers: str, group_id: str, topic: str,
     return consumer
 
 
-def partition_count(bootstrap_servers: str, topic: str) -> int:
+def partition_count(connection: Connection, topic: str) -> int:
     """How many partitions `topic` has: at most that many consumers of a group get records."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers,
-                             bootstrap_timeout_ms=CLIENT_TIMEOUT_MS)
+    consumer = KafkaConsumer(**connection, bootstrap_timeout_ms=CLIENT_TIMEOUT_MS)
     try:
         return len(consumer.partitions_for_topic(topic) or ())
     finally:
@@ -98,44 +108,3 @@ def close_in_background(producer: KafkaProducer) -> None:
     (until acknowledged or expired), and with a timeout it raises and leaves its thread running."""
     threading.Thread(target=producer.close, name="close-kafka-producer", daemon=True).start()
 
-
-def broker_reachable(bootstrap_servers: str, timeout_ms: int = 2000) -> bool:
-    """Whether the broker answers a real metadata request (an open port is not enough)."""
-    try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=timeout_ms,
-                                 bootstrap_timeout_ms=timeout_ms)
-    except KafkaError:
-        return False
-    try:
-        admin.list_topics()
-        return True
-    except KafkaError:
-        return False
-    finally:
-        admin.close()
-
-
-def ensure_topic(bootstrap_servers: str, topic: str, partitions: int, replication_factor: int = 1,
-                 min_insync_replicas: int = 1) -> bool:
-    """Create `topic` unless it exists. Returns True if it was created."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers,
-                             request_timeout_ms=CLIENT_TIMEOUT_MS,
-                             bootstrap_timeout_ms=CLIENT_TIMEOUT_MS)
-    try:
-        if topic in admin.list_topics():
-            return False
-        admin.create_topics([NewTopic(topic, num_partitions=partitions,
-                                      replication_factor=replication_factor,
-                                      topic_configs={"min.insync.replicas": str(min_insync_replicas)})])
-        return True
-    except TopicAlreadyExistsError:  # created concurrently by the web app or another worker
-        return False
-    finally:
-        admin.close()
-
-
-def ensure_request_topic(settings: Settings) -> bool:
-    """Create the request topic as settings describe it, unless it exists."""
-    return ensure_topic(settings.kafka_bootstrap_servers, settings.request_topic,
-                        settings.request_topic_partitions, settings.request_topic_replication_factor,
-                        settings.request_topic_min_insync_replicas)

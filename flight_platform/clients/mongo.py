@@ -6,12 +6,19 @@ from collections.abc import Iterator, Sequence
 from pymongo import ASCENDING, MongoClient
 from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import PyMongoError
+from pymongo.errors import OperationFailure, PyMongoError
+
+from flight_platform.clients.security import CredentialError, MongoSecurity, Role
+from flight_platform.settings import Settings
 
 DISTANCES = "origin_dest_distances"
 DISTANCE_PARTIALS = "origin_dest_distance_partials"  # per month and route: miles, flights, carriers
 RESPONSES = "flight_delay_classification_response"
 DEAD_LETTERS = "flight_delay_classification_dead_letter"
+# The web app's own state, the rate limit's counts shared by its workers, is in a database of its
+# own (see `web_database`): the web user only reads the platform's.
+RATE_LIMIT_COUNTERS = "rate_limit_counters"
+RATE_LIMIT_WINDOWS = "rate_limit_windows"
 
 # Unique keys make every writer idempotent: re-running an upsert or re-delivering a request can
 # never create a second document for the same route or request. Responses and dead letters use
@@ -24,14 +31,56 @@ INDEXES = {
 }
 
 DUPLICATE_KEY = 11000
+UNAUTHORIZED = 13  # an anonymous client, or a user without the role for the command
+AUTHENTICATION_FAILED = 18  # an unknown user or a wrong password
 # The local Mongo-protocol server's cost of an `_id` `$in` query grows with the square of the list
 # (measured: 100 ids 0.02 s, 1,000 ids 1.3 s, 5,000 ids 28 s), so ids are looked up in small lists.
 IDS_PER_QUERY = 100
 
 
-def create_client(uri: str, timeout_ms: int = 5000) -> MongoClient:
-    return MongoClient(uri, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms,
-                       tz_aware=True)
+def web_database(database: str) -> str:
+    """The database of the web app's own state beside the platform's `database`. A database of its
+    own, because roles on the local server are per database: the web user writes this one and
+    only reads the platform's."""
+    return f"{database}_web"
+
+
+def create_client(settings: Settings, role: Role, timeout_ms: int = 5000) -> MongoClient:
+    """A client of settings.mongo_uri logged in as `role`'s user (CredentialError if its password
+    is nowhere to be found). It connects on first use."""
+    return connect(settings.mongo_uri, settings.mongo_security, role, timeout_ms)
+
+
+def connect(uri: str, security: MongoSecurity, role: Role, timeout_ms: int = 5000) -> MongoClient:
+    """A client of `uri` logged in as `role`'s user of `security`. TLS and other options come
+    from the URI; the credentials never do, so the URI can be printed."""
+    return MongoClient(uri, **security.client_options(role), serverSelectionTimeoutMS=timeout_ms,
+                       connectTimeoutMS=timeout_ms, tz_aware=True)
+
+
+def login_refused(error: BaseException) -> bool:
+    return isinstance(error, OperationFailure) and error.code == AUTHENTICATION_FAILED
+
+
+def explain(error: PyMongoError, security: MongoSecurity, role: Role) -> str:
+    """`error` in a sentence for an operator: a refused login names the user and the settings that
+    give it and its password (never the password itself)."""
+    if login_refused(error):
+        return (f"MongoDB refused the login of {security.describe(role)}, checked against the "
+                f"{security.auth_source!r} database (FLIGHT_PLATFORM_MONGO_AUTH_SOURCE): the user "
+                f"does not exist there or its password differs")
+    return f"{type(error).__name__}: {error}"
+
+
+def check_login(client: MongoClient, security: MongoSecurity, role: Role) -> None:
+    """Ping as `role`: CredentialError, naming the user and its settings, if the login is refused;
+    any other failure (the server is down) propagates as it is."""
+    try:
+        client.admin.command("ping")
+    except OperationFailure as error:
+        if login_refused(error):
+            raise CredentialError(explain(error, security, role)) from None
+        raise
 
 
 def ensure_index(database: Database, collection: str) -> None:
@@ -49,14 +98,23 @@ def count_by_ids(collection: Collection, ids: Sequence[str]) -> int:
     return sum(1 for _ in find_by_ids(collection, ids, {"_id": 1}))
 
 
-def server_reachable(uri: str, timeout_ms: int = 2000) -> bool:
-    """Whether the server answers a real `ping` command."""
-    client = create_client(uri, timeout_ms)
+def server_reachable(settings: Settings, role: Role, timeout_ms: int = 2000) -> bool:
+    """Whether the server answers a real `ping` command from `role`'s user."""
+    return ping(settings, role, timeout_ms) is None
+
+
+def ping(settings: Settings, role: Role, timeout_ms: int = 2000) -> str | None:
+    """None if the server answers a real `ping` command from `role`'s user, else why not (a
+    refused login names the user and its settings; no message holds a password)."""
+    try:
+        client = create_client(settings, role, timeout_ms)
+    except CredentialError as error:
+        return str(error)
     try:
         client.admin.command("ping")
-        return True
-    except PyMongoError:
-        return False
+        return None
+    except PyMongoError as error:
+        return explain(error, settings.mongo_security, role)
     finally:
         client.close()
 

@@ -1,5 +1,14 @@
 """One node of the local Apache Kafka cluster (KRaft: broker and controller in one JVM), from the jars
-`make install` copies from Maven Central (scripts/kafka/pom.xml)."""
+`make install` copies from Maven Central (scripts/kafka/pom.xml).
+
+Secured by default (FLIGHT_PLATFORM_KAFKA_SECURITY_PROTOCOL=SASL_SSL): clients and the other nodes
+connect over TLS with a certificate of the local CA (local.certificates) and log in with SCRAM; the
+controllers authenticate each other with a user of their own (PLAIN, over TLS: KRaft controllers
+cannot look SCRAM credentials up in the metadata they serve); the StandardAuthorizer refuses
+whatever no ACL allows (clients.kafka_access grants each role its rights). The admin user is made
+when the storage is formatted, the other roles' users by the admin step. PLAINTEXT runs it open,
+for a developer who asks for that.
+"""
 
 import base64
 import json
@@ -8,9 +17,15 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from flight_platform.clients import kafka
+from flight_platform.clients import kafka_access
+from flight_platform.clients.kafka_diagnosis import diagnose_role
+from flight_platform.clients.security import Password, Role
+from flight_platform.local import certificates
 from flight_platform.local.service import STARTUP_TIMEOUT_S, Service, ServiceError
 from flight_platform.settings import free_port
+
+LOCAL_PROTOCOLS = ("SASL_SSL", "PLAINTEXT")
+CONTROLLER_USER = "controller"
 
 
 @dataclass(frozen=True)
@@ -48,8 +63,18 @@ class KafkaNode(Service):
     def command(self) -> list[str]:
         return self._java("kafka.Kafka", str(self.config_file), heap=self.settings.kafka_heap)
 
+    @property
+    def secured(self) -> bool:
+        return self.settings.kafka_security.protocol == "SASL_SSL"
+
+    @property
+    def controller_password(self) -> Password:
+        """The controllers' own password (only they use it: it is not a role of the platform)."""
+        file = self.settings.secrets_dir / "kafka-controller.password"
+        return Password("FLIGHT_PLATFORM_KAFKA_CONTROLLER_PASSWORD", file)
+
     def is_healthy(self) -> bool:
-        return kafka.broker_reachable(self.endpoint)
+        return diagnose_role(self.settings, Role.ADMIN, self.endpoint).ok
 
     def initialize(self) -> None:
         """Write the node's configuration (from settings, every start) and format its storage
@@ -57,15 +82,75 @@ class KafkaNode(Service):
         if not (self.settings.kafka_libs_dir / f"kafka_2.13-{KAFKA_VERSION}.jar").is_file():
             raise ServiceError(f"Apache Kafka's jars are not in {self.settings.kafka_libs_dir}: run "
                                f"`make install` (it copies them from Maven Central with mvn).")
+        security = self.settings.kafka_security
+        if security.protocol not in LOCAL_PROTOCOLS:
+            raise ServiceError(f"the local Kafka broker serves {' or '.join(LOCAL_PROTOCOLS)}, not "
+                               f"FLIGHT_PLATFORM_KAFKA_SECURITY_PROTOCOL={security.protocol}: point "
+                               f"FLIGHT_PLATFORM_KAFKA_BOOTSTRAP_SERVERS at a cluster that does")
+        if self.secured and not security.sasl_mechanism.startswith("SCRAM-"):
+            raise ServiceError(f"the local Kafka broker logs clients in with SCRAM, not "
+                               f"FLIGHT_PLATFORM_KAFKA_SASL_MECHANISM={security.sasl_mechanism}")
         self.directory.mkdir(parents=True, exist_ok=True)
         cluster = self._cluster()
-        self.config_file.write_text("".join(f"{key}={value}\n" for key, value in
-                                            self._config(cluster["controller_ports"]).items()))
+        config = self._config(cluster["controller_ports"])
+        if self.secured:
+            config |= self._security_config()
+        # Owner-only: it holds the node's own passwords.
+        certificates.write_private(self.config_file, "".join(f"{key}={value}\n"
+                                                             for key, value in config.items()).encode())
         (self.directory / "log4j2.properties").write_text(LOG4J2_PROPERTIES)
         if not (self.directory / "log" / "meta.properties").is_file():
-            subprocess.run(self._java("kafka.tools.StorageTool", "format", "-t", cluster["cluster_id"],
-                                      "-c", str(self.config_file), "--ignore-formatted", heap="256m"),
-                           check=True, capture_output=True, timeout=STARTUP_TIMEOUT_S)
+            self._format(cluster["cluster_id"])
+
+    def _format(self, cluster_id: str) -> None:
+        """Format the storage; a secured cluster gets its admin user here, the one user a cluster
+        can have before anyone may create users. The tool prints the credential's salted keys:
+        its output is never shown."""
+        command = self._java("kafka.tools.StorageTool", "format", "-t", cluster_id,
+                             "-c", str(self.config_file), "--ignore-formatted", heap="256m")
+        if self.secured:
+            security = self.settings.kafka_security
+            admin = security.logins[Role.ADMIN]
+            command += ["--add-scram", f"{security.sasl_mechanism}=[name={admin.user},"
+                                       f"password={admin.password.read()}]"]
+        formatted = subprocess.run(command, capture_output=True, text=True, timeout=STARTUP_TIMEOUT_S)
+        if formatted.returncode != 0:
+            errors = [line for line in formatted.stderr.splitlines() if "password" not in line.lower()]
+            raise ServiceError(f"{self.name}: formatting {self.directory / 'log'} failed "
+                               f"({formatted.returncode}): {' '.join(errors)[-2000:]}")
+
+    def _security_config(self) -> dict[str, object]:
+        """SASL_SSL between clients, nodes and controllers; every request authorized by ACL."""
+        security = self.settings.kafka_security
+        admin = security.logins[Role.ADMIN]
+        for password in (*(login.password for login in security.logins.values()), self.controller_password):
+            password.create_if_missing()  # each role's user is made with it (see prepare)
+        hosts = [endpoint.rsplit(":", 1)[0] for endpoint in self.cluster]
+        server = certificates.ensure_server_certificate(self.settings.secrets_dir, "kafka-server", hosts)
+        ca_file, _ = certificates.ensure_ca(self.settings.secrets_dir)
+        mechanism = security.sasl_mechanism
+        controller_password = self.controller_password.read()
+        return {
+            "sasl.enabled.mechanisms": mechanism,
+            "sasl.mechanism.inter.broker.protocol": mechanism,
+            f"listener.name.sasl_ssl.{mechanism.lower()}.sasl.jaas.config":
+                f'org.apache.kafka.common.security.scram.ScramLoginModule required '
+                f'username="{admin.user}" password="{admin.password.read()}";',
+            "sasl.mechanism.controller.protocol": "PLAIN",
+            "listener.name.controller.sasl.enabled.mechanisms": "PLAIN",
+            "listener.name.controller.plain.sasl.jaas.config":
+                f'org.apache.kafka.common.security.plain.PlainLoginModule required '
+                f'username="{CONTROLLER_USER}" password="{controller_password}" '
+                f'user_{CONTROLLER_USER}="{controller_password}";',
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.location": server.pem_file,
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": ca_file,
+            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            # The controllers must be super users, or the controller refuses their registration.
+            "super.users": f"User:{admin.user};User:{CONTROLLER_USER}",
+            "allow.everyone.if.no.acl.found": "false",
+        }
 
     def _cluster(self) -> dict:
         """The cluster's id and controller ports: made once, for every node, and kept."""
@@ -86,17 +171,18 @@ class KafkaNode(Service):
         nodes = len(self.cluster)
         controller = f"{self.host}:{controller_ports[self.node_id - 1]}"
         replicas, min_insync = min(3, nodes), min(2, nodes)
+        listener = "SASL_SSL" if self.secured else "PLAINTEXT"  # clients' and the nodes' between them
         return {
             "process.roles": "broker,controller",
             "node.id": self.node_id,
             "controller.quorum.voters": ",".join(
                 f"{i}@{endpoint.rsplit(':', 1)[0]}:{port}" for i, (endpoint, port)
                 in enumerate(zip(self.cluster, controller_ports, strict=True), start=1)),
-            "listeners": f"PLAINTEXT://{self.endpoint},CONTROLLER://{controller}",
-            "advertised.listeners": f"PLAINTEXT://{self.endpoint}",
+            "listeners": f"{listener}://{self.endpoint},CONTROLLER://{controller}",
+            "advertised.listeners": f"{listener}://{self.endpoint}",
             "controller.listener.names": "CONTROLLER",
-            "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "inter.broker.listener.name": listener,
+            "listener.security.protocol.map": f"{listener}:{listener},CONTROLLER:{listener}",
             "log.dirs": self.directory / "log",
             # Internal topics replicated as far as the nodes allow (Kafka's defaults assume 3).
             "offsets.topic.replication.factor": replicas,
@@ -104,7 +190,7 @@ class KafkaNode(Service):
             "transaction.state.log.min.isr": min_insync,
             "share.coordinator.state.topic.replication.factor": replicas,
             "share.coordinator.state.topic.min.isr": min_insync,
-            # Topics are created on purpose, with their partitions (see clients.kafka.ensure_topic).
+            # Topics are created on purpose, with their partitions (see clients.kafka_access).
             "auto.create.topics.enable": "false",
             # A first member is not held back waiting for others (the default waits 3 s).
             "group.initial.rebalance.delay.ms": 0,
@@ -121,10 +207,13 @@ class KafkaNode(Service):
         }
 
     def prepare(self) -> None:
-        kafka.ensure_request_topic(self.settings)
+        if self.secured:
+            kafka_access.create_users(self.settings)
+        kafka_access.prepare(self.settings)
 
 
-# The broker logs its own warnings and errors, and that it started; no request traffic.
+# The broker logs its own warnings and errors, that it started, refused logins and denied requests;
+# no request traffic.
 LOG4J2_PROPERTIES = """\
 appender.console.type = Console
 appender.console.name = STDOUT
@@ -134,6 +223,11 @@ rootLogger.level = WARN
 rootLogger.appenderRef.stdout.ref = STDOUT
 logger.server.name = kafka.server.KafkaRaftServer
 logger.server.level = INFO
+# Refused logins (Selector) and requests the ACLs deny (the authorizer): what an operator looks for.
+logger.selector.name = org.apache.kafka.common.network.Selector
+logger.selector.level = INFO
+logger.authorizer.name = kafka.authorizer.logger
+logger.authorizer.level = INFO
 """
 KAFKA_VERSION = "4.4.0"  # as pinned in scripts/kafka/pom.xml
 

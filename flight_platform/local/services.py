@@ -29,7 +29,9 @@ from pathlib import Path
 
 from pymongo.uri_parser import parse_uri
 
-from flight_platform.clients import spark
+from flight_platform.clients import kafka_access, spark
+from flight_platform.clients.kafka_diagnosis import diagnose_role
+from flight_platform.clients.security import CredentialError, Role
 from flight_platform.local import processes
 from flight_platform.local.kafka_node import KafkaNode
 from flight_platform.local.mongo_server import MongoServer
@@ -95,7 +97,7 @@ def start_all(to_start: list[Service]) -> dict[str, str]:
                                          f"starting another")
             else:
                 started.append((service, _launch(service)))
-    except ServiceError:  # a port is taken: none is left running (none has served anything yet)
+    except Exception:  # a port taken, a setting wrong: none is left running (none has served yet)
         for service, _ in started:
             kill(service)
         raise
@@ -112,11 +114,12 @@ def start_all(to_start: list[Service]) -> dict[str, str]:
             processes.wait_until(lambda s=service, p=process: answering(s, p), STARTUP_TIMEOUT_S,
                                  f"{service.name} to answer; see {service.log_file}", interval=0.1,
                                  process=process)
-    except (RuntimeError, TimeoutError) as error:
+        for service, _ in started:
+            service.prepare()
+    except Exception as error:  # noqa: BLE001 - whatever failed, nothing is left half started
         stop_all([service for service, _ in started])
-        raise ServiceError(str(error)) from None
-    for service, _ in started:
-        service.prepare()
+        raise ServiceError(str(error) if isinstance(error, RuntimeError | TimeoutError)
+                           else f"{type(error).__name__}: {error}") from None
     return {service.name: reports[service.name] for service in to_start}
 
 
@@ -170,7 +173,15 @@ def kill(service: Service) -> str:
 
 
 def describe(service: Service) -> tuple[bool, str]:
-    """(healthy, one-line status) for `status`."""
+    """(healthy, one-line status) for `status`; a service refusing the manager's login is not
+    healthy, and the line says why."""
+    try:
+        return _describe(service)
+    except CredentialError as refused:
+        return False, f"LOGIN FAILED: {refused}"
+
+
+def _describe(service: Service) -> tuple[bool, str]:
     if service.is_external:
         healthy = service.is_healthy()
         return healthy, f"external at {service.endpoint}: {'reachable' if healthy else 'UNREACHABLE'}"
@@ -184,6 +195,20 @@ def describe(service: Service) -> tuple[bool, str]:
 def up(settings: Settings) -> None:
     for name, report in start_all(services(settings)).items():
         print(f"{name:7} {report}", flush=True)
+    if kafka_nodes(settings)[0].is_external:
+        print(f"kafka   {kafka_access.prepare_external(settings)}", flush=True)
+
+
+def check_kafka_logins(settings: Settings) -> None:
+    """Every serving role logs in to Kafka, local or external: a wrong password or an unknown user
+    is named when the stack starts, rather than as a timeout in the web app or a stream run later."""
+    for role in (Role.WEB, Role.STREAM, Role.BATCH):
+        try:
+            diagnosis = diagnose_role(settings, role)
+        except CredentialError as error:
+            raise ServiceError(f"Kafka: {error}") from None
+        if not diagnosis.ok:
+            raise ServiceError(diagnosis.reason)
 
 
 def down(settings: Settings) -> None:

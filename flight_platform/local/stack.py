@@ -158,6 +158,22 @@ def web_server_command(settings: Settings) -> list[str]:
             "--access-logfile", "-", "web.app:create_app()"]
 
 
+def dagster_commands(settings: Settings) -> list[list[str]]:
+    """The Dagster UI and the daemon (which runs the sensors that start the streaming job).
+    `dg dev` runs both; read-only, the UI is `dagster-webserver --read-only` (it serves every view
+    and refuses launches, terminations, sensor switches and wipes) beside `dagster-daemon`, as `dg
+    dev` has no such flag. Either way the UI has no login of its own: see README, "Security"."""
+    bin_dir = Path(sys.executable).parent
+    address = ["-h", "127.0.0.1", "-p", str(settings.dagster_port)]
+    # Their own warnings and errors only: sensors, automation and runs report in the UI (a line
+    # every few seconds here would bury what needs a person).
+    if not settings.dagster_read_only:
+        return [[str(bin_dir / "dg"), "dev", "-w", "workspace.yaml", *address, "--log-level", "warning"]]
+    return [[str(bin_dir / "dagster-webserver"), "-w", "workspace.yaml", *address, "--read-only",
+             "--log-level", "warning"],
+            [str(bin_dir / "dagster-daemon"), "run", "-w", "workspace.yaml", "--log-level", "warning"]]
+
+
 def run(settings: Settings, materialize: bool = True) -> None:
     refuse_if_serving(settings)
     env = dagster_environment(settings)
@@ -166,13 +182,13 @@ def run(settings: Settings, materialize: bool = True) -> None:
 
 
 def serve(settings: Settings, env: dict[str, str], materialize: bool) -> None:
-    bin_dir = Path(sys.executable).parent
     dagster_url = f"http://127.0.0.1:{settings.dagster_port}"
     web_url = f"http://{settings.web_host}:{settings.web_port}"
     servers: list[subprocess.Popen] = []
-    dagster = None
+    dagster: list[subprocess.Popen] = []
     try:
         services.up(settings)
+        services.check_kafka_logins(settings)
         for line in settle_abandoned_runs(settings):
             print(line, flush=True)
         months = register_months(settings)
@@ -186,15 +202,12 @@ def serve(settings: Settings, env: dict[str, str], materialize: bool) -> None:
                   flush=True)
         web = start_server(web_server_command(settings), env)
         servers.append(web)
-        # The webserver's and daemon's own warnings and errors; sensors, automation and runs
-        # report in the UI (a line every few seconds here would bury what needs a person).
-        dagster = start_server([bin_dir / "dg", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1",
-                                "-p", str(settings.dagster_port), "--log-level", "warning"], env)
-        servers.append(dagster)
+        dagster = [start_server(command, env) for command in dagster_commands(settings)]
+        servers += dagster
         wait_until_answering(f"{web_url}/health", web)
-        wait_until_answering(f"{dagster_url}/server_info", dagster)
+        wait_until_answering(f"{dagster_url}/server_info", dagster[0])
         print(f"\nflight_platform is up:\n"
-              f"  Dagster UI  {dagster_url}\n"
+              f"  Dagster UI  {dagster_url}{' (read-only)' if settings.dagster_read_only else ''}\n"
               f"  Web app     {web_url}/flights/delays/predict_kafka\n"
               f"  Kafka {settings.kafka_bootstrap_servers}, MongoDB {settings.mongo_uri}, "
               f"Spark Connect {settings.spark_remote}\n"
@@ -206,7 +219,7 @@ def serve(settings: Settings, env: dict[str, str], materialize: bool) -> None:
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):  # let the clean-up below finish
             signal.signal(sig, signal.SIG_IGN)
-        if dagster is not None:
+        if dagster:
             try:
                 _cancel_stream_runs(settings)
             except Exception as error:  # noqa: BLE001 - the SIGTERM below still stops it cleanly

@@ -23,9 +23,12 @@ from dagster import (
     job,
     op,
 )
+from kafka.errors import KafkaError
 from pydantic import Field
 
+from flight_platform.clients.kafka_diagnosis import diagnose
 from flight_platform.clients.mongo import RESPONSES
+from flight_platform.clients.security import CredentialError
 from flight_platform.core.model_store import ModelStore
 from flight_platform.core.scoring import PipelineScorer
 from flight_platform.resources import KafkaResource, ModelStoreResource, MongoResource
@@ -87,7 +90,7 @@ def load_challengers(store: ModelStore, versions: list[str], log) -> list[tuple[
 @op(description="Consume prediction requests from Kafka, score them, store answers in MongoDB; "
     "runs until the run is terminated.")
 def serve_prediction_requests(context: OpExecutionContext, config: PredictionStreamConfig,
-                              kafka: KafkaResource, mongo: MongoResource,
+                              kafka: KafkaResource, stream_mongo: MongoResource,
                               model_store: ModelStoreResource) -> None:
     store = model_store.store()
     version = config.model_version or store.current_version()
@@ -101,9 +104,14 @@ def serve_prediction_requests(context: OpExecutionContext, config: PredictionStr
     context.instance.add_run_tags(context.run_id, {
         MODEL_VERSION_TAG: version, CHALLENGERS_TAG: " ".join(challenger_versions),
         WORKER_TAG: f"{socket.gethostname()}:{os.getpid()}"})
-    if kafka.ensure_request_topic():
-        context.log.info(f"Created topic {kafka.request_topic}")
-    partitions = kafka.request_topic_partition_count()
+    try:
+        partitions = kafka.request_topic_partition_count()
+    except KafkaError as error:  # kafka-python says only "Unable to bootstrap": why?
+        raise Failure(diagnose(kafka.connection(), kafka.who()).reason) from error
+    if partitions == 0:
+        raise Failure(f"The request topic {kafka.request_topic} does not exist, or the stream's user "
+                      f"{kafka.user!r} may not describe it: the Kafka admin step creates it and grants "
+                      f"the rights (`python -m flight_platform.local.services up` on the local stack).")
     if partitions < kafka.stream_workers:
         context.log.error(f"{kafka.request_topic} has {partitions} partitions for "
                           f"{kafka.stream_workers} workers: {kafka.stream_workers - partitions} of them "
@@ -115,7 +123,10 @@ def serve_prediction_requests(context: OpExecutionContext, config: PredictionStr
         if JOINED_TAG not in context.instance.get_run_by_id(context.run_id).tags:
             context.instance.add_run_tags(context.run_id, {JOINED_TAG: f"{time.time():.3f}"})
 
-    database = mongo.get_database()
+    try:
+        database = stream_mongo.get_database()  # as the stream's user: it adds answers and dead letters
+    except CredentialError as refused:
+        raise Failure(str(refused)) from None
     worker = PredictionStreamWorker(kafka.request_consumer(), scorer, version, database,
                                     context.log, config.progress_interval_seconds,
                                     max_message_bytes=kafka.max_message_bytes,

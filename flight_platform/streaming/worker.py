@@ -31,13 +31,14 @@ import numpy as np
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.coordinator.base import MemberState
-from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
+from kafka.errors import AuthorizationError, CommitFailedError, KafkaError, RebalanceInProgressError
 from kafka.structs import OffsetAndMetadata
 from pymongo import WriteConcern
 from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError, ConnectionFailure
 
+from flight_platform.clients.kafka_diagnosis import describe_denial
 from flight_platform.clients.mongo import DEAD_LETTERS, DUPLICATE_KEY, RESPONSES
 from flight_platform.core.contract import MAX_MESSAGE_BYTES, InvalidRequest, PredictionRequest, Scored
 from flight_platform.core.scoring import PipelineScorer
@@ -119,6 +120,10 @@ class GroupNotJoined(RuntimeError):
     pass
 
 
+class StreamDenied(RuntimeError):
+    """Kafka's ACLs refuse the stream what it needs: no retry helps until an admin grants it."""
+
+
 class PredictionStreamWorker:
     def __init__(self, consumer: KafkaConsumer, scorer: PipelineScorer, model_version: str,
                  database: Database, log: logging.Logger, progress_interval_s: float = 15.0,
@@ -188,6 +193,10 @@ class PredictionStreamWorker:
         itself; this only keeps a transient error from ending the run)."""
         try:
             polled = self.consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
+        except AuthorizationError as error:  # not transient: retrying would only hide it
+            raise StreamDenied(describe_denial(
+                error, f"the stream's user {self.consumer.config['sasl_plain_username']!r}",
+                "read requests in its group")) from error
         except KafkaError as error:
             self.log.warning(f"Polling failed ({type(error).__name__}: {error}); retrying.")
             time.sleep(RETRY_FIRST_S)
