@@ -25,6 +25,8 @@ DEPENDENCIES = {
     "matplotlib": "matplotlib.figure",
     "pymongo": "pymongo",
     "flask": "flask",
+    "flask-limiter": "flask_limiter",
+    "cryptography": "cryptography.x509",
     "gunicorn": "gunicorn",
     "gevent": "gevent",
     "playwright": "playwright.sync_api",
