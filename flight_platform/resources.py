@@ -23,11 +23,11 @@ from flight_platform import warehouse
 from flight_platform.clients import kafka, mongo, spark
 from flight_platform.clients.security import (
     CredentialError,
+    KafkaSecurity,
     Login,
     MongoSecurity,
     Password,
     Role,
-    kafka_client_config,
 )
 from flight_platform.core.model_store import ModelStore
 from flight_platform.settings import Settings
@@ -99,22 +99,31 @@ class KafkaResource(ConfigurableResource):
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
     ssl_key_password: str | None = None
+    ssl_key_password_file: str | None = None
     ssl_check_hostname: bool = True
 
+    def security(self) -> KafkaSecurity:
+        """The stream's login and the TLS files, as clients.security builds clients from them."""
+        def optional_path(value: str | None) -> Path | None:
+            return Path(value) if value else None
+
+        variable = "FLIGHT_PLATFORM_KAFKA_STREAM_PASSWORD"
+        login = Login(self.user or "", Password(variable, Path(self.password_file or ""), self.password),
+                      "FLIGHT_PLATFORM_KAFKA_STREAM_USER")
+        key_password = None
+        if self.ssl_key_password is not None or self.ssl_key_password_file:
+            key_password = Password("FLIGHT_PLATFORM_KAFKA_SSL_KEY_PASSWORD",
+                                    Path(self.ssl_key_password_file or ""), self.ssl_key_password)
+        return KafkaSecurity(self.security_protocol, self.sasl_mechanism, {Role.STREAM: login},
+                             optional_path(self.ssl_cafile), optional_path(self.ssl_certfile),
+                             optional_path(self.ssl_keyfile), key_password, self.ssl_check_hostname)
+
     def connection(self) -> kafka.Connection:
-        password = self.password
-        if password is None and self.password_file is not None:
-            password = Path(self.password_file).read_text().strip()
-        return {"bootstrap_servers": self.bootstrap_servers, **kafka_client_config(
-            self.security_protocol, self.sasl_mechanism, self.user, password, self.ssl_cafile,
-            self.ssl_certfile, self.ssl_keyfile, self.ssl_key_password, self.ssl_check_hostname)}
+        return {"bootstrap_servers": self.bootstrap_servers, **self.security().client_config(Role.STREAM)}
 
     def who(self) -> str:
         """The stream's login, for messages (never the password)."""
-        if not self.security_protocol.startswith("SASL_"):
-            return f"{self.security_protocol} (no login)"
-        return (f"{self.security_protocol} {self.sasl_mechanism} as the stream's user {self.user!r} "
-                f"(FLIGHT_PLATFORM_KAFKA_STREAM_USER)")
+        return self.security().describe(Role.STREAM)
 
     def request_consumer(self) -> KafkaConsumer:
         return kafka.create_consumer(self.connection(), self.consumer_group,
@@ -149,8 +158,8 @@ def kafka_resource(settings: Settings) -> KafkaResource:
         ssl_cafile=security.ssl_cafile and str(security.ssl_cafile),
         ssl_certfile=security.ssl_certfile and str(security.ssl_certfile),
         ssl_keyfile=security.ssl_keyfile and str(security.ssl_keyfile),
-        **({"ssl_key_password": EnvVar(security.ssl_key_password.variable)}
-           if security.ssl_key_password and security.ssl_key_password.value is not None else {}),
+        **(password_fields(security.ssl_key_password, "ssl_key_password")
+           if security.ssl_key_password else {}),
         ssl_check_hostname=security.ssl_check_hostname,
     )
 

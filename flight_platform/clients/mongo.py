@@ -98,11 +98,6 @@ def count_by_ids(collection: Collection, ids: Sequence[str]) -> int:
     return sum(1 for _ in find_by_ids(collection, ids, {"_id": 1}))
 
 
-def server_reachable(settings: Settings, role: Role, timeout_ms: int = 2000) -> bool:
-    """Whether the server answers a real `ping` command from `role`'s user."""
-    return ping(settings, role, timeout_ms) is None
-
-
 def ping(settings: Settings, role: Role, timeout_ms: int = 2000) -> str | None:
     """None if the server answers a real `ping` command from `role`'s user, else why not (a
     refused login names the user and its settings; no message holds a password)."""

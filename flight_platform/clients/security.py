@@ -149,33 +149,24 @@ class KafkaSecurity:
 
     def client_config(self, role: Role) -> dict[str, object]:
         """kafka-python's connection arguments for a client of `role` (any client class)."""
-        return kafka_client_config(
-            self.protocol, self.sasl_mechanism, self.logins[role].user,
-            self.logins[role].password.read() if self.uses_sasl else None,
-            self.ssl_cafile, self.ssl_certfile, self.ssl_keyfile,
-            self.ssl_key_password and self.ssl_key_password.read(), self.ssl_check_hostname)
+        config: dict[str, object] = {"security_protocol": self.protocol}
+        if self.uses_sasl:
+            login = self.logins[role]
+            config.update(sasl_mechanism=self.sasl_mechanism, sasl_plain_username=login.user,
+                          sasl_plain_password=login.password.read())
+        if self.uses_ssl:
+            config.update(ssl_check_hostname=self.ssl_check_hostname,
+                          ssl_cafile=self.ssl_cafile and str(self.ssl_cafile),
+                          ssl_certfile=self.ssl_certfile and str(self.ssl_certfile),
+                          ssl_keyfile=self.ssl_keyfile and str(self.ssl_keyfile),
+                          ssl_password=self.ssl_key_password and self.ssl_key_password.read())
+        return config
 
     def describe(self, role: Role) -> str:
         """Who a client of `role` is, for error messages (never a password)."""
         if not self.uses_sasl:
             return f"{self.protocol} (no login)"
         return f"{self.protocol} {self.sasl_mechanism} as {self.logins[role].describe()}"
-
-
-def kafka_client_config(protocol: str, sasl_mechanism: str, user: str | None, password: str | None,
-                        ssl_cafile: Path | str | None = None, ssl_certfile: Path | str | None = None,
-                        ssl_keyfile: Path | str | None = None, ssl_key_password: str | None = None,
-                        ssl_check_hostname: bool = True) -> dict[str, object]:
-    """kafka-python's connection arguments (any client class) for these security settings."""
-    config: dict[str, object] = {"security_protocol": protocol}
-    if protocol.startswith("SASL_"):
-        config.update(sasl_mechanism=sasl_mechanism, sasl_plain_username=user,
-                      sasl_plain_password=password)
-    if protocol in ("SSL", "SASL_SSL"):
-        config.update(ssl_check_hostname=ssl_check_hostname, ssl_cafile=ssl_cafile and str(ssl_cafile),
-                      ssl_certfile=ssl_certfile and str(ssl_certfile),
-                      ssl_keyfile=ssl_keyfile and str(ssl_keyfile), ssl_password=ssl_key_password)
-    return config
 
 
 def kafka_security(environ: Mapping[str, str], env: Env, secrets_dir: Path) -> KafkaSecurity:
