@@ -9,7 +9,8 @@ import re
 import pytest
 from dagster import DagsterInstance, RunsFilter
 
-from flight_platform.clients.kafka import partition_count
+from flight_platform.clients.kafka import connection, partition_count
+from flight_platform.clients.security import Role
 from flight_platform.local.processes import wait_until
 from flight_platform.streaming.job import (
     JOINED_TAG,
@@ -45,7 +46,7 @@ def stream_runs(instance: DagsterInstance, **tags: str) -> list:
 
 def test_the_workers_share_the_partitions_of_one_group(platform):
     settings = platform.settings
-    assert partition_count(settings.kafka_bootstrap_servers, settings.request_topic) == (
+    assert partition_count(connection(settings, Role.STREAM), settings.request_topic) == (
         settings.request_topic_partitions)
     with platform.instance() as instance:
         def shared() -> bool:
