@@ -97,6 +97,15 @@ def test_a_refused_login_names_the_user_and_setting_and_never_the_password(mater
         assert "wrong-password-1" not in answer
 
 
+def test_a_stream_run_refused_by_kafka_fails_naming_the_user(materialized, start_stream):
+    stream = start_stream(kafka_stream_password="wrong-password-2")
+    assert stream.process.wait(180) != 0
+    log = stream.log()
+    for named in ("'flight_stream'", "FLIGHT_PLATFORM_KAFKA_STREAM_USER", "login was refused"):
+        assert named in log
+    assert "wrong-password-2" not in log
+
+
 def test_the_web_user_may_write_requests_and_nothing_else(running_services, settings):
     web = connection(settings, Role.WEB)
     in_group = KafkaConsumer(**web, group_id=settings.consumer_group, enable_auto_commit=False)

@@ -2,6 +2,8 @@
 endpoints shared by every gunicorn worker, and the client's address from X-Forwarded-For only behind
 proxies the settings trust."""
 
+import sys
+
 from flask import Flask, Response, request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
@@ -57,7 +59,9 @@ class WebUserMongoStorage(MongoDBStorage):
 
     def __del__(self) -> None:
         # limits' own would connect (and create the indexes) just to close a client never made.
-        if self._storage is not None:
+        # At the interpreter's exit the process's end closes the connections: closing them there,
+        # in a gevent worker, fails ("greenlet is being finalized").
+        if self._storage is not None and not sys.is_finalizing():
             self._storage.close()
 
 
