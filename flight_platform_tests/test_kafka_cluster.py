@@ -9,6 +9,7 @@ and answers stall is printed here and by benchmarks/faults.py, not asserted.)"""
 import pytest
 
 from flight_platform.local import services
+from flight_platform.local.processes import wait_until
 from flight_platform.settings import free_port
 from flight_platform_dev import drills
 
@@ -49,3 +50,21 @@ def test_a_rolling_restart_loses_nothing(platform, capsys):
     with capsys.disabled():
         print(f"\nrolling restart: {result}")
     assert_nothing_lost_nothing_broken(result)
+
+
+def test_the_whole_cluster_stops_at_once_and_starts_again(platform):
+    """Stopped together, the nodes take their controllers with them: the last one running cannot
+    have its controlled shutdown approved (Kafka would wait 5 minutes for it). It is killed once the
+    quorum is gone, never after the stop timeout, and the cluster serves again after a start.
+    (Last in the module: the stack's stream meanwhile waits for Kafka to come back.)"""
+    nodes = services.kafka_nodes(platform.settings)
+    reports = services.stop_all(nodes)
+    try:
+        assert all(report.startswith("stopped") or "could not be approved" in report
+                   for report in reports.values()), reports
+    finally:
+        services.start_all(nodes)
+    wait_until(lambda: drills.fully_replicated(platform.settings), 60, "every replica in sync")
+    leaders = drills.partition_leaders(platform.settings)
+    assert sorted(leaders) == list(range(platform.settings.request_topic_partitions))
+    assert all(leader in range(1, NODES + 1) for leader in leaders.values()), leaders

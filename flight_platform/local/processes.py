@@ -98,13 +98,14 @@ def kill(pids: Sequence[int]) -> None:
                f"processes {list(pids)} to end after SIGKILL", interval=0.05)
 
 
-def terminate(pids: Sequence[int], timeout: float = STOP_TIMEOUT_S) -> set[int]:
-    """SIGTERM them together (a Kafka node shutting down while the others are already gone would
-    wait for a controller quorum; a server's workers would be orphaned), SIGKILL what is left after
-    `timeout`, and return once every one has ended. Returns the pids that had to be killed."""
+def terminate(pids: Sequence[int], timeout: float = STOP_TIMEOUT_S,
+              give_up: Callable[[], bool] = lambda: False) -> set[int]:
+    """SIGTERM them together (a server's workers would be orphaned otherwise), SIGKILL what is left
+    after `timeout`, or as soon as `give_up()` says the rest cannot end by itself, and return once
+    every one has ended. Returns the pids that had to be killed."""
     _signal(pids, signal.SIGTERM)
     with contextlib.suppress(TimeoutError):
-        wait_until(lambda: not any(alive(pid) for pid in pids), timeout,
+        wait_until(lambda: not any(alive(pid) for pid in pids) or give_up(), timeout,
                    f"processes {list(pids)} to end after SIGTERM", interval=0.05)
     left = [pid for pid in pids if alive(pid)]
     kill(left)

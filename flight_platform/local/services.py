@@ -25,6 +25,7 @@ import subprocess
 import sys
 import sysconfig
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from pymongo.uri_parser import parse_uri
@@ -40,6 +41,10 @@ from flight_platform.local.spark_server import SPARK_HOME, SparkConnectServer
 from flight_platform.settings import Settings, load_settings
 
 SHUTDOWN_TIMEOUT_S = 30.0  # a Kafka node's controlled shutdown moves its leaderships first
+# A Kafka node still running once too few of its cluster's controllers run to form a quorum waits
+# for a controlled-shutdown approval that cannot come (Kafka waits 5 minutes): after this grace,
+# in which a node approved just before flushes its logs and exits, it is killed.
+QUORUM_LOST_GRACE_S = 3.0
 
 
 def services(settings: Settings) -> list[Service]:
@@ -141,9 +146,9 @@ def stop(service: Service) -> str:
 
 
 def stop_all(to_stop: list[Service]) -> dict[str, str]:
-    """SIGTERM the services together, SIGKILL what is left after SHUTDOWN_TIMEOUT_S, and
-    return once every one has ended (its port is free again). Returns a one-line report per
-    service name."""
+    """SIGTERM the services together, SIGKILL what is left after SHUTDOWN_TIMEOUT_S (a Kafka node
+    left without its controller quorum after QUORUM_LOST_GRACE_S), and return once every one has
+    ended (its port is free again). Returns a one-line report per service name."""
     reports, stopping = {}, {}
     for service in to_stop:
         if service.is_external:
@@ -155,11 +160,53 @@ def stop_all(to_stop: list[Service]) -> dict[str, str]:
             reports[service.name] = "not running"
         else:
             stopping[service.name] = pid
-    killed = processes.terminate(list(stopping.values()), SHUTDOWN_TIMEOUT_S)
+    nodes = [s for s in to_stop if isinstance(s, KafkaNode) and s.name in stopping]
+    quorum_lost = _Sustained(_stranded_kafka_nodes(nodes, stopping), QUORUM_LOST_GRACE_S)
+    killed = processes.terminate(list(stopping.values()), SHUTDOWN_TIMEOUT_S, give_up=quorum_lost)
     for name, pid in stopping.items():
-        reports[name] = (f"killed (pid {pid}) after {SHUTDOWN_TIMEOUT_S:.0f}s without exiting on "
-                         f"SIGTERM" if pid in killed else f"stopped (pid {pid})")
+        if pid not in killed:
+            reports[name] = f"stopped (pid {pid})"
+        elif quorum_lost.since is not None and name in {node.name for node in nodes}:
+            reports[name] = (f"killed (pid {pid}): its cluster's other controllers had stopped, so "
+                             f"its controlled shutdown could not be approved")
+        else:
+            reports[name] = (f"killed (pid {pid}) after {SHUTDOWN_TIMEOUT_S:.0f}s without exiting "
+                             f"on SIGTERM")
     return {service.name: reports[service.name] for service in to_stop}
+
+
+def _stranded_kafka_nodes(nodes: list[KafkaNode], pids: dict[str, int]) -> Callable[[], bool]:
+    """Whether one of the stopping Kafka `nodes` still runs while fewer than a majority of its
+    cluster's nodes (each a controller) do. Stopping a whole cluster at once leaves one such node;
+    a single node is its own quorum and never is one."""
+    if not nodes:
+        return lambda: False
+    cluster = kafka_nodes(nodes[0].settings)
+    staying = [pid for node in cluster if node.name not in pids and (pid := running_pid(node))]
+
+    def stranded() -> bool:
+        running = sum(processes.alive(pids[node.name]) for node in nodes)
+        controllers = running + sum(processes.alive(pid) for pid in staying)
+        return running > 0 and controllers <= len(cluster) // 2
+
+    return stranded
+
+
+class _Sustained:
+    """Whether `condition` has held for `seconds`, counted from the first call that found it true
+    (`since`: when that was, None while it does not hold)."""
+
+    def __init__(self, condition: Callable[[], bool], seconds: float):
+        self.condition, self.seconds = condition, seconds
+        self.since: float | None = None
+
+    def __call__(self) -> bool:
+        if not self.condition():
+            self.since = None
+            return False
+        if self.since is None:
+            self.since = time.monotonic()
+        return time.monotonic() - self.since >= self.seconds
 
 
 def kill(service: Service) -> str:
