@@ -28,10 +28,14 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 run: install
 	$(BIN)/python -m flight_platform.local.stack
 
+# Test modules run on this many pytest-xdist workers, each with a platform of its own (~5 GiB at
+# its peak): 2 keep both cores busy while one worker waits on a process start or a daemon tick.
+TEST_WORKERS ?= 2
+
 test: install
 	@scripts/install_chromium
 	@scripts/install_postgres
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 bench: install
 	$(BIN)/python -m benchmarks.materialize

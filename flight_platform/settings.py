@@ -6,6 +6,7 @@ This module imports neither Dagster nor Spark: the web app and the service manag
 """
 
 import os
+import random
 import socket
 import sys
 from collections.abc import Mapping
@@ -99,10 +100,19 @@ _handed_out: set[int] = set()
 def free_port() -> int:
     """A TCP port on loopback that nothing listens on right now and that this process has not
     handed out before: the OS may offer the same port again until its first taker binds it, and a
-    stack's ports (its web app's, its Kafka controllers') are picked before any is bound."""
+    stack's ports (its web app's, its Kafka controllers') are picked before any is bound.
+
+    FLIGHT_PLATFORM_PRIVATE_PORTS ("20000-25999") draws it from that range instead of the OS's:
+    processes picking ports at the same time (the suite's workers, each given a range of its own)
+    then never pick the same one."""
+    low, _, high = os.environ.get("FLIGHT_PLATFORM_PRIVATE_PORTS", "").partition("-")
     while True:
+        port = random.randint(int(low), int(high)) if low else 0
         with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:  # taken: draw again
+                continue
             port = sock.getsockname()[1]
         if port not in _handed_out:
             _handed_out.add(port)

@@ -3,6 +3,11 @@
 The environment is set before collection: the code, and the `dg` CLI processes the tests start,
 read their settings from it, so a running default stack (ports 9092/27017/3000/5000, data/) and a
 test run never collide.
+
+`make test` runs the modules on TEST_WORKERS pytest-xdist workers (`--dist loadfile`: a module's
+tests stay together, on its module-scoped platform). Each worker is a session of its own: its own
+platform, materialized once, and a range of ports of its own. The drills on whole private stacks
+go first, so that the workers end at about the same time.
 """
 
 import os
@@ -10,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -36,9 +42,18 @@ from flight_platform_dev.platform import PlatformProcess, PrivatePlatform
 _session_dir: Path | None = None
 
 
+# Below the OS's ephemeral ports (32768-60999 here), which it hands out for outgoing connections.
+PRIVATE_PORTS = (20000, 32000)
+
+
 def pytest_configure(config):
     global _session_dir
     _session_dir = Path(tempfile.mkdtemp(prefix="flight_platform_tests_"))
+    if worker := os.environ.get("PYTEST_XDIST_WORKER"):  # "gw0", "gw1", ...
+        index, count = int(worker.removeprefix("gw")), int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+        width = (PRIVATE_PORTS[1] - PRIVATE_PORTS[0]) // count
+        low = PRIVATE_PORTS[0] + index * width
+        os.environ["FLIGHT_PLATFORM_PRIVATE_PORTS"] = f"{low}-{low + width - 1}"
     os.environ.update({**private_environment(_session_dir / "data"),
                        "FLIGHT_PLATFORM_SPARK_DRIVER_MEMORY": "2g"})
     os.environ.update(dagster_environment(load_settings()))
@@ -51,10 +66,44 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(items):
     """Every test on the suite's shared services (the `running_services` fixture, directly or through
     `materialized`, `live_stack`, ...) is marked `services`; tests starting services of their own
-    carry the marker themselves. `-m "not services"` runs the rest without any server."""
+    carry the marker themselves. `-m "not services"` runs the rest without any server.
+
+    Modules run longest kind first (fault drills and clusters, then the rest on services, then
+    those without any), each module's tests in their own order: on several workers the long ones
+    start at once instead of meeting at the end."""
     for item in items:
         if "running_services" in item.fixturenames:
             item.add_marker(pytest.mark.services)
+
+    def kind(item: pytest.Item) -> int:
+        markers = {mark.name for mark in item.iter_markers()}
+        return 0 if markers & {"faults", "cluster"} else 1 if "services" in markers else 2
+
+    order = {}  # module -> its kind, the longest of its tests'
+    for item in items:
+        order[item.module] = min(order.get(item.module, 2), kind(item))
+    items.sort(key=lambda item: order[item.module])  # stable: modules and tests keep their order
+
+
+# The whole suite's time, from `make test` from a fresh clone on the two-core development box (see
+# README, "Tests") with a margin; a slower machine raises it.
+SUITE_BUDGET_S = float(os.environ.get("FLIGHT_PLATFORM_TEST_BUDGET_S", "1500"))
+_started = time.monotonic()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """A run of the whole suite that took longer than its budget fails, so that a slow test is
+    noticed the day it lands, not when CI's limit is hit."""
+    whole_suite = (session.config.args_source is pytest.Config.ArgsSource.TESTPATHS
+                   and not session.config.option.keyword and not session.config.option.markexpr)
+    if os.environ.get("PYTEST_XDIST_WORKER") or not whole_suite or exitstatus != pytest.ExitCode.OK:
+        return
+    took = time.monotonic() - _started
+    if took > SUITE_BUDGET_S:
+        session.config.get_terminal_writer().line(
+            f"FAILED: the whole suite took {took:.0f} s, over its budget of {SUITE_BUDGET_S:.0f} s "
+            f"(FLIGHT_PLATFORM_TEST_BUDGET_S); see the slowest tests", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_unconfigure(config):

@@ -57,3 +57,12 @@ def test_free_ports_are_never_handed_out_twice():
     offers a port again until its taker binds it, so two picks could collide."""
     ports = [free_port() for _ in range(2000)]
     assert len(set(ports)) == len(ports)
+
+
+def test_free_ports_come_from_the_private_range_when_one_is_set(monkeypatch):
+    """Each of the suite's workers picks from a range of its own: two workers never pick the same
+    port, which the OS alone could offer to both."""
+    monkeypatch.setenv("FLIGHT_PLATFORM_PRIVATE_PORTS", "41000-41499")
+    ports = [free_port() for _ in range(200)]
+    assert len(set(ports)) == len(ports)
+    assert all(41000 <= port <= 41499 for port in ports)
