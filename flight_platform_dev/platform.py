@@ -22,6 +22,7 @@ from flight_platform.local.mongo_server import database_roles
 from flight_platform.local.stack import dagster_environment
 from flight_platform.settings import REPO_ROOT, Settings, load_settings, private_environment
 from flight_platform.streaming.job import (
+    CHALLENGERS_TAG,
     JOINED_TAG,
     MODEL_VERSION_TAG,
     WORKER_TAG,
@@ -215,9 +216,13 @@ def launch_promote_model(platform: PrivatePlatform, version: str) -> None:
                    cwd=REPO_ROOT, env=platform.env, check=True, capture_output=True, timeout=300)
 
 
-def rolled_out(instance: DagsterInstance, version: str, workers: int) -> bool:
-    """Every alive stream run serves `version`, and `workers` of them have joined the group."""
+def rolled_out(instance: DagsterInstance, version: str, workers: int,
+               challengers: list[str] | None = None) -> bool:
+    """Every alive stream run serves `version` (beside `challengers`, when given: a change of
+    challengers alone is a roll-out of its own), and `workers` of them have joined the group."""
     alive = instance.get_runs(RunsFilter(job_name=flight_delay_prediction_stream.name, statuses=ALIVE))
     serving = serving_runs(instance)
-    return (all(run.tags.get(MODEL_VERSION_TAG) == version for run in alive)
+    return (all(run.tags.get(MODEL_VERSION_TAG) == version and (
+                challengers is None or run.tags.get(CHALLENGERS_TAG) == " ".join(challengers))
+                for run in alive)
             and len(serving) == workers)

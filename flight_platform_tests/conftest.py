@@ -85,9 +85,9 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: order[item.module])  # stable: modules and tests keep their order
 
 
-# The whole suite's time, from `make test` from a fresh clone on the two-core development box (see
-# README, "Tests") with a margin; a slower machine raises it.
-SUITE_BUDGET_S = float(os.environ.get("FLIGHT_PLATFORM_TEST_BUDGET_S", "1500"))
+# The whole suite's time from a fresh clone on the two-core development box (1,797 s on 2026-12-04,
+# see README, "Set-up") with a third more for a slower session; a slower machine raises it.
+SUITE_BUDGET_S = float(os.environ.get("FLIGHT_PLATFORM_TEST_BUDGET_S", "2400"))
 _started = time.monotonic()
 
 

@@ -77,7 +77,7 @@ def test_a_replayed_day_is_judged_per_model_and_late_departures_raise_drift(plat
     assert store.challengers() == [small, year_model]
     assert "2013-06" not in store.read_info(window_model)["months"]
     with platform.instance() as instance:
-        wait_until(lambda: rolled_out(instance, window_model, 1), 300,
+        wait_until(lambda: rolled_out(instance, window_model, 1, challengers=[small, year_model]), 300,
                    "the promoted model and its challengers to be rolled out")
         # Only the replayed day is judged: the stack's start-up probe (a random 2013 date, answered
         # by the models serving then) may have landed in June too.
