@@ -256,6 +256,14 @@ class ModelStoreResource(ConfigurableResource):
         return ModelStore(Path(self.root))
 
 
+class MetricsResource(ConfigurableResource):
+    """Where a stream worker serves its metrics (`host`, a port picked per worker) and announces
+    them for Prometheus' file-based discovery (`targets_dir`)."""
+
+    host: str
+    targets_dir: str
+
+
 def build_resources(settings: Settings) -> dict[str, ConfigurableResource]:
     return {
         "spark": SparkResource(spark_config={"spark.remote": settings.spark_remote},
@@ -270,4 +278,6 @@ def build_resources(settings: Settings) -> dict[str, ConfigurableResource]:
                                           promotion_tolerance=settings.promotion_tolerance,
                                           max_challengers=settings.max_challengers,
                                           explain_answers=settings.explain_answers),
+        "metrics": MetricsResource(host=settings.metrics_host,
+                                   targets_dir=str(settings.metrics_targets_dir)),
     }

@@ -59,6 +59,15 @@ class Settings:
     web_trusted_proxies: int  # proxies in front of the web app that set X-Forwarded-For
     dagster_port: int
     dagster_read_only: bool  # the UI shows everything and launches nothing (see local.stack)
+    # The address each stream worker serves its metrics on, as Prometheus reaches it (a port is
+    # picked per worker), and the platform exporter's port (flight_platform.monitoring.exporter).
+    metrics_host: str
+    exporter_port: int
+    prometheus_port: int  # the local Prometheus' (0: `make run` starts none)
+    prometheus_scrape_interval_s: float  # every window of the rules is a number of these
+    alert_answer_p99_s: float  # FlightAnswersSlow: p99 request-to-answer over this
+    alert_dead_letters_per_s: float  # FlightDeadLettersHigh: dead letters per second over this
+    alert_live_accuracy_tolerance: float  # FlightChampionLiveAccuracyLow: live below offline by this
 
     def __post_init__(self):
         if not 1 <= self.stream_workers <= self.request_topic_partitions:
@@ -92,6 +101,17 @@ class Settings:
     @property
     def dagster_home(self) -> Path:
         return self.data_dir / "dagster_home"
+
+    @property
+    def web_metrics_dir(self) -> Path:
+        """The web app's metric files, shared by gunicorn's workers (prometheus_client's
+        multiprocess mode); emptied when the web app starts."""
+        return self.data_dir / "metrics" / "web"
+
+    @property
+    def metrics_targets_dir(self) -> Path:
+        """Where each stream worker announces its metrics target (Prometheus' file-based discovery)."""
+        return self.data_dir / "metrics" / "targets"
 
 
 _handed_out: set[int] = set()
@@ -129,6 +149,8 @@ def private_environment(data_dir: Path) -> dict[str, str]:
         "FLIGHT_PLATFORM_SPARK_REMOTE": f"sc://127.0.0.1:{free_port()}",
         "FLIGHT_PLATFORM_WEB_PORT": str(free_port()),
         "FLIGHT_PLATFORM_DAGSTER_PORT": str(free_port()),
+        "FLIGHT_PLATFORM_PROMETHEUS_PORT": str(free_port()),
+        "FLIGHT_PLATFORM_EXPORTER_PORT": str(free_port()),
         # Load generators posting from 127.0.0.1 (up to ~900 POST/s in benchmarks/web.py): a limit
         # would throttle them, and its count in SecantusDB would be measured instead of the platform.
         "FLIGHT_PLATFORM_WEB_RATE_LIMIT": "none",
@@ -202,4 +224,11 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         web_trusted_proxies=int(_env("WEB_TRUSTED_PROXIES", "0")),
         dagster_port=int(_env("DAGSTER_PORT", "3000")),
         dagster_read_only=_env("DAGSTER_READ_ONLY", "false").lower() == "true",
+        metrics_host=_env("METRICS_HOST", "127.0.0.1"),
+        exporter_port=int(_env("EXPORTER_PORT", "9108")),
+        prometheus_port=int(_env("PROMETHEUS_PORT", "9090")),
+        prometheus_scrape_interval_s=float(_env("PROMETHEUS_SCRAPE_INTERVAL_S", "15")),
+        alert_answer_p99_s=float(_env("ALERT_ANSWER_P99_S", "2")),
+        alert_dead_letters_per_s=float(_env("ALERT_DEAD_LETTERS_PER_S", "1")),
+        alert_live_accuracy_tolerance=float(_env("ALERT_LIVE_ACCURACY_TOLERANCE", "0.05")),
     )

@@ -28,6 +28,7 @@ from flight_platform.local.processes import wait_until
 from flight_platform.streaming.worker import GroupNotJoined, PredictionStreamWorker
 from flight_platform_dev.dagster_runs import latest_metadata, materialize_in_process
 from flight_platform_dev.load import answered, hostile_messages, send_messages
+from flight_platform_dev.metrics import announced_targets, scrape, stream_target
 from flight_platform_dev.platform import PlatformProcess
 
 ROUTES = [("JFK", "ATL", 760.0, "DL"), ("EWR", "ORD", 719.0, "UA"), ("LGA", "MIA", 1096.0, "AA"),
@@ -115,8 +116,8 @@ def test_answers_are_stored_unexplained_when_explanations_are_off(settings, star
     assert all("Explanation" not in answer for answer in find_by_ids(database[RESPONSES], ids))
 
 
-def test_malformed_messages_are_dead_lettered_and_the_stream_goes_on(settings, start_stream, topic,
-                                                                     database):
+def test_malformed_messages_are_dead_lettered_the_stream_goes_on_and_its_metrics_count_them(
+        settings, start_stream, topic, database):
     rng = random.Random(2)
     good = [make_request(rng) for _ in range(30)]
     bad = {
@@ -128,7 +129,7 @@ def test_malformed_messages_are_dead_lettered_and_the_stream_goes_on(settings, s
                     "DayOfWeek": 0}).encode(): "DayOfWeek must be a whole number from 1 to 7",
     }
     payloads = [r.to_message() for r in good[:15]] + list(bad) + [r.to_message() for r in good[15:]]
-    start_stream(request_topic=topic, consumer_group=f"group_{topic}")
+    stream = start_stream(request_topic=topic, consumer_group=f"group_{topic}")
     produce(settings, topic, payloads)
 
     wait_until(lambda: answered(database, [r.UUID for r in good]) == len(good), 120, "good answers")
@@ -137,6 +138,32 @@ def test_malformed_messages_are_dead_lettered_and_the_stream_goes_on(settings, s
     by_payload = {letter["Payload"]: letter["Reason"] for letter in letters}
     for payload, reason in bad.items():
         assert reason in by_payload[payload]
+
+    # The worker's own target, announced for Prometheus, counts exactly what it did.
+    url = wait_until(lambda: stream_target(stream.log()), 30, "the worker's metrics target")
+    assert url.removeprefix("http://").removesuffix("/metrics") in announced_targets(
+        settings.metrics_targets_dir)
+    metrics = wait_until(lambda: (found := scrape(url)).total("flight_stream_records_consumed_total")
+                         == len(payloads) and found, 30, "every record counted")
+    assert metrics.total("flight_stream_answers_total") == len(good)
+    assert metrics.value("flight_stream_dead_letters_total", reason="invalid_request") == len(bad)
+    assert metrics.value("flight_stream_dead_letters_total", reason="scoring_failed") == 0
+    assert metrics.total("flight_stream_batch_records_sum") == len(payloads)
+    assert metrics.total("flight_stream_request_to_answer_seconds_count") == len(good)
+    assert metrics.value("flight_stream_model_info", role="champion",
+                         version=current_model(settings)) == 1
+    assert metrics.value("flight_stream_assigned_partitions") == 3
+    assert metrics.value("flight_stream_explanations_enabled") == 1
+    assert metrics.total("flight_stream_rebalances_total") >= 1
+
+    def lags() -> list[float]:
+        return [value for (name, _), value in scrape(url).values.items()
+                if name == "flight_stream_consumer_lag"]
+    wait_until(lambda: (found := lags()) and len(found) == 3 and sum(found) == 0, 30,
+               "each partition's lag, 0 once all is read")
+    stream.stop(signal.SIGTERM)
+    assert url.removeprefix("http://").removesuffix("/metrics") not in announced_targets(
+        settings.metrics_targets_dir), "a stopped worker's target is still announced"
 
 
 def test_hostile_messages_are_dead_lettered_and_the_run_goes_on(settings, start_stream, topic,

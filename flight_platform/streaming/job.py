@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from dagster import (
     Config,
@@ -31,7 +32,8 @@ from flight_platform.clients.mongo import RESPONSES
 from flight_platform.clients.security import CredentialError
 from flight_platform.core.model_store import ModelStore
 from flight_platform.core.scoring import PipelineScorer
-from flight_platform.resources import KafkaResource, ModelStoreResource, MongoResource
+from flight_platform.resources import KafkaResource, MetricsResource, ModelStoreResource, MongoResource
+from flight_platform.streaming import metrics as stream_metrics
 from flight_platform.streaming.worker import PredictionStreamWorker
 
 MODEL_VERSION_TAG = "flight_platform/model_version"
@@ -41,6 +43,7 @@ SLOT_TAG = "flight_platform/slot"  # which of the N workers this run is (set by 
 # partitions, and the run it replaces may stop (see the supervisor's roll-out).
 JOINED_TAG = "flight_platform/joined_group_at"
 WORKER_TAG = "flight_platform/worker"  # host:pid of the process serving, for operators and drills
+METRICS_TAG = "flight_platform/metrics"  # host:port of the worker's Prometheus target
 
 
 class PredictionStreamConfig(Config):
@@ -91,7 +94,7 @@ def load_challengers(store: ModelStore, versions: list[str], log) -> list[tuple[
     "runs until the run is terminated.")
 def serve_prediction_requests(context: OpExecutionContext, config: PredictionStreamConfig,
                               kafka: KafkaResource, stream_mongo: MongoResource,
-                              model_store: ModelStoreResource) -> None:
+                              model_store: ModelStoreResource, metrics: MetricsResource) -> None:
     store = model_store.store()
     version = config.model_version or store.current_version()
     if version is None:
@@ -127,15 +130,21 @@ def serve_prediction_requests(context: OpExecutionContext, config: PredictionStr
         database = stream_mongo.get_database()  # as the stream's user: it adds answers and dead letters
     except CredentialError as refused:
         raise Failure(str(refused)) from None
+    worker_metrics = stream_metrics.StreamMetrics()
     worker = PredictionStreamWorker(kafka.request_consumer(), scorer, version, database,
                                     context.log, config.progress_interval_seconds,
                                     max_message_bytes=kafka.max_message_bytes,
                                     challengers=challengers, explain=model_store.explain_answers,
-                                    on_group_joined=joined)
+                                    on_group_joined=joined, metrics=worker_metrics)
     shadowed = f" with challengers {', '.join(v for v, _ in challengers)}" if challengers else ""
     context.log.info(f"Serving model {version}{shadowed} from {kafka.request_topic} "
                      f"(group {kafka.consumer_group}) into {database.name}.{RESPONSES}")
-    with stop_on_interrupt() as interrupted:
+    target_labels = {"slot": context.run.tags.get(SLOT_TAG, "")}
+    with (stream_metrics.served(worker_metrics, metrics.host, Path(metrics.targets_dir),
+                                target_labels) as address,
+          stop_on_interrupt() as interrupted):
+        context.instance.add_run_tags(context.run_id, {METRICS_TAG: address})
+        context.log.info(f"Metrics for Prometheus at http://{address}/metrics")
         totals = worker.run(stop_requested=interrupted)
     context.log.info(f"Stopped cleanly after the last batch was stored and committed: {totals}")
     # Let Dagster record the run as canceled (terminated from the UI) rather than succeeded.

@@ -42,6 +42,13 @@ from flight_platform.clients.kafka_diagnosis import describe_denial
 from flight_platform.clients.mongo import DEAD_LETTERS, DUPLICATE_KEY, RESPONSES
 from flight_platform.core.contract import MAX_MESSAGE_BYTES, InvalidRequest, PredictionRequest, Scored
 from flight_platform.core.scoring import PipelineScorer
+from flight_platform.streaming.metrics import (
+    CHALLENGER,
+    CHAMPION,
+    INVALID_REQUEST,
+    SCORING_FAILED,
+    StreamMetrics,
+)
 
 POLL_TIMEOUT_MS = 100  # also how quickly a stop request is noticed
 MAX_BATCHES_IN_FLIGHT = 2  # scored but not yet stored; beyond this, polling waits for the writer
@@ -56,6 +63,7 @@ RETRY_FIRST_S, RETRY_MAX_S = 0.5, 5.0
 # bug like the one clients.kafka.GroupConsumer works around). A healthy join takes at most a dead
 # predecessor's session timeout (6 s).
 JOIN_DEADLINE_S = 45.0
+LAG_REFRESH_S = 1.0  # how often the lag metric is brought up to date (reading it is local, no request)
 OVERSIZED_PAYLOAD_PREFIX = 1024  # bytes of an oversized message kept in its dead letter
 MAX_REASON_CHARS = 1000
 
@@ -77,6 +85,7 @@ class _Batch:
     records: int
     answers: list[dict]
     dead_letters: list[dict]
+    unscorable: int  # of the dead letters, those the champion could not score (the rest are invalid)
     next_offsets: dict[TopicPartition, int]
 
 
@@ -130,8 +139,11 @@ class PredictionStreamWorker:
                  max_message_bytes: int = MAX_MESSAGE_BYTES,
                  challengers: Sequence[tuple[str, PipelineScorer]] = (), explain: bool = True,
                  on_group_joined: Callable[[list[TopicPartition]], None] = lambda partitions: None,
-                 join_deadline_s: float = JOIN_DEADLINE_S):
+                 join_deadline_s: float = JOIN_DEADLINE_S, metrics: StreamMetrics | None = None):
         self.consumer = consumer
+        self.metrics = metrics or StreamMetrics()
+        self.metrics.serving(model_version, [version for version, _ in challengers], explain)
+        self._lag_refreshed = 0.0
         self.join_deadline_s = join_deadline_s
         self.on_group_joined = on_group_joined
         self._generation: int | None = None
@@ -178,6 +190,9 @@ class PredictionStreamWorker:
                         batch = self.prepare(records)
                         in_flight.append((batch, writer.submit(self.store, batch)))
                     self.commit_stored(in_flight, keep_at_most=MAX_BATCHES_IN_FLIGHT)
+                    if time.monotonic() - self._lag_refreshed >= LAG_REFRESH_S:
+                        self.metrics.held(self.partition_lags())
+                        self._lag_refreshed = time.monotonic()
                     if time.monotonic() - self._window_started >= self.progress_interval_s:
                         self.report_progress()
                 self.commit_stored(in_flight, keep_at_most=0)
@@ -211,6 +226,8 @@ class PredictionStreamWorker:
         group = self.consumer.group_metadata()
         if group.state is MemberState.STABLE and group.generation_id != self._generation:
             self._generation = group.generation_id
+            self.metrics.rebalances.inc()
+            self.metrics.held(self.partition_lags())
             self.on_group_joined(sorted(self.consumer.assignment()))
 
     def prepare(self, records: list[ConsumerRecord]) -> _Batch:
@@ -236,6 +253,7 @@ class PredictionStreamWorker:
                 (version, challenger[i]) for version, challenger in shadows])
                 for i, champion in scored],
             dead_letters=dead,
+            unscorable=len(unscorable),
             # Records arrive in offset order per partition, so the last one sets the position.
             next_offsets={TopicPartition(r.topic, r.partition): r.offset + 1 for r in records},
         )
@@ -301,10 +319,20 @@ class PredictionStreamWorker:
         self.totals.answered += len(batch.answers) - already_answered
         self.totals.already_answered += already_answered
         self.totals.dead_lettered += len(batch.dead_letters)
+        answered = len(batch.answers) - already_answered
+        metrics = self.metrics
+        metrics.consumed.inc(batch.records)
+        metrics.batch_records.observe(batch.records)
+        metrics.answered.inc(answered)
+        metrics.already_answered.inc(already_answered)
+        metrics.dead_lettered.labels(INVALID_REQUEST).inc(len(batch.dead_letters) - batch.unscorable)
+        metrics.dead_lettered.labels(SCORING_FAILED).inc(batch.unscorable)
         self._window_records += batch.records
-        self._window_latencies_ms += [
-            (stored_at - answer["RequestedAt"]).total_seconds() * 1000 for answer in batch.answers
-            if answer["RequestedAt"].tzinfo is not None]
+        latencies_s = [(stored_at - answer["RequestedAt"]).total_seconds() for answer in batch.answers
+                       if answer["RequestedAt"].tzinfo is not None]
+        for latency_s in latencies_s:
+            metrics.request_to_answer_seconds.observe(latency_s)
+        self._window_latencies_ms += [latency_s * 1000 for latency_s in latencies_s]
 
     def _score(self, rows: list[dict]) -> tuple[list[tuple[int, Scored]], list[tuple[int, str]]]:
         """(index, scored) for each row the champion scored and (index, reason) for the rest. The
@@ -313,7 +341,8 @@ class PredictionStreamWorker:
         if not rows:
             return [], []
         try:
-            return list(enumerate(self.scorer.score(rows, self.explain))), []
+            with self.metrics.score_seconds.labels(CHAMPION).time():
+                return list(enumerate(self.scorer.score(rows, self.explain))), []
         except Exception:  # noqa: BLE001 - isolate the culprit below
             scored, failed = [], []
             for i, row in enumerate(rows):
@@ -331,21 +360,33 @@ class PredictionStreamWorker:
         shadows = []
         for version, scorer in self.challengers:
             try:
-                shadows.append((version, scorer.score(rows, self.explain)))
+                with self.metrics.score_seconds.labels(CHALLENGER).time():
+                    shadows.append((version, scorer.score(rows, self.explain)))
             except Exception as error:  # noqa: BLE001 - the champion's answers are stored anyway
                 self.totals.shadow_failures += 1
+                self.metrics.shadow_failures.inc()
                 self.log.warning(f"Challenger {version} failed on a batch of {len(rows)} "
                                  f"({type(error).__name__}: {error}); answers stored without it.")
         return shadows
 
-    def lag(self) -> int | None:
-        """Records behind the broker's high watermark, as of the last fetch."""
-        behind = []
+    def partition_lags(self) -> dict[tuple[str, int], int | None]:
+        """Per partition held, records behind the broker's high watermark as of the last fetch
+        (None before the first)."""
+        lags = {}
         for partition in self.consumer.assignment():
-            highwater, position = self.consumer.highwater(partition), self.consumer.position(partition)
-            if highwater is not None and position is not None:
-                behind.append(max(0, highwater - position))
-        return sum(behind) if behind else None
+            # Without a timeout, `position` waits for any offset lookup or leader-epoch validation
+            # in flight, which a partition leader's failover can hold for the request timeout (30 s)
+            # while no partition is polled; 0 reads what the consumer knows now.
+            highwater = self.consumer.highwater(partition)
+            position = self.consumer.position(partition, timeout_ms=0)
+            lags[partition.topic, partition.partition] = (
+                max(0, highwater - position) if highwater is not None and position is not None else None)
+        return lags
+
+    def lag(self) -> int | None:
+        """Records behind the broker's high watermarks, all partitions held, as of the last fetch."""
+        known = [lag for lag in self.partition_lags().values() if lag is not None]
+        return sum(known) if known else None
 
     def report_progress(self) -> None:
         """Log throughput, latency and lag of the window since the last report (if it saw records)."""
