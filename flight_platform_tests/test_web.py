@@ -12,6 +12,7 @@ import json
 import os
 import secrets
 import selectors
+import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
@@ -30,6 +31,7 @@ from flight_platform.core.model_store import ModelStore
 from flight_platform.local import services
 from flight_platform.local.processes import wait_until
 from flight_platform.settings import free_port, load_settings, private_environment
+from flight_platform_dev.metrics import announced_targets, scrape
 from web.answer_watch import MAX_WAIT_S
 from web.app import MAX_BODY_BYTES, create_app
 from web.clients import ServiceClients, ServiceUnavailable
@@ -556,3 +558,54 @@ def test_a_thousand_waiting_pages_do_not_stop_new_posts(live_stack):
     finally:
         for page in waiting_pages:
             page.close()
+
+
+def serving_stream_targets(settings) -> list[str]:
+    """The metrics URLs of the stream workers announced for Prometheus that answer and read the
+    request topic (a killed test worker's file may linger until the next worker starts)."""
+    urls = []
+    for address in announced_targets(settings.metrics_targets_dir):
+        try:
+            found = scrape(f"http://{address}/metrics")
+        except OSError:
+            continue
+        if any(name == "flight_stream_consumer_lag" and ("topic", settings.request_topic) in labels
+               for name, labels in found.values):
+            urls.append(f"http://{address}/metrics")
+    return urls
+
+
+def test_the_metrics_count_every_request_across_workers_and_the_stream(live_stack, settings):
+    """Under load through gunicorn's two workers, a scrape of either shows every request once, and
+    the stream's target counts each accepted request consumed and answered, none lost."""
+    sent = 40
+    stream_url, = wait_until(lambda: serving_stream_targets(settings), 30, "the stream's target")
+    web_before, stream_before = scrape(f"{live_stack}/metrics"), scrape(stream_url)
+    with concurrent.futures.ThreadPoolExecutor(8) as posting:
+        accepted = list(posting.map(lambda _: http_json(f"{live_stack}{PREDICT}", VALID_FORM), range(sent)))
+    with pytest.raises(urllib.error.HTTPError):
+        http_json(f"{live_stack}{PREDICT}", {**VALID_FORM, "DepDelay": "late"})
+    unanswered = http_json(f"{live_stack}{PREDICT}/response/{uuid.uuid4()}?wait=0.5")
+    assert unanswered["status"] == "WAIT"
+
+    def moved(before, after, name, **labels) -> float:
+        return after.total(name, **labels) - before.total(name, **labels)
+
+    posts = {"route": PREDICT, "method": "POST"}
+    for _ in range(6):  # each scrape is answered by whichever worker accepts it
+        web_after = scrape(f"{live_stack}/metrics")
+        assert moved(web_before, web_after, "flight_web_requests_total", status="200", **posts) == sent
+        assert moved(web_before, web_after, "flight_web_requests_total", status="400", **posts) == 1
+        assert moved(web_before, web_after, "flight_web_publish_seconds_count") == sent
+        assert moved(web_before, web_after, "flight_web_long_poll_seconds_count", outcome="timed_out") == 1
+        assert web_after.total("flight_web_long_polls_waiting") == 0
+    writers = {path.stem.rsplit("_", 1)[-1] for path in settings.web_metrics_dir.glob("counter_*.db")}
+    assert len(writers) == 2, f"metric files of workers {writers}: both gunicorn workers answered"
+
+    stream_after = wait_until(
+        lambda: (found := scrape(stream_url)).total("flight_stream_answers_total")
+        - stream_before.total("flight_stream_answers_total") >= sent and found, 60, "every answer counted")
+    consumed = moved(stream_before, stream_after, "flight_stream_records_consumed_total")
+    assert consumed == sent
+    assert moved(stream_before, stream_after, "flight_stream_answers_total") + moved(
+        stream_before, stream_after, "flight_stream_dead_letters_total") == consumed

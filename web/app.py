@@ -1,9 +1,10 @@
-"""App factory: `gunicorn 'web.app:create_app()'` in production, `create_app(settings)` in tests."""
+"""App factory: `gunicorn -c python:web.gunicorn_config 'web.app:create_app()'` in production,
+`create_app(settings)` in tests."""
 
 from flask import Flask
 
 from flight_platform.settings import Settings, load_settings
-from web import defences
+from web import defences, metrics
 from web.clients import ServiceClients
 from web.routes import predictions
 
@@ -19,5 +20,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     # Created per process, after gunicorn forks its workers: Kafka and Mongo clients are not fork-safe.
     app.extensions["service_clients"] = ServiceClients(settings)
     app.extensions["rate_limiter"] = defences.install(app, settings)
+    metrics.install(app)
     app.register_blueprint(predictions)
     return app

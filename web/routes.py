@@ -19,7 +19,7 @@ from flight_platform.core.contract import (
     canonical_uuid,
     quote,
 )
-from web import openapi
+from web import metrics, openapi
 from web.answer_watch import MAX_WAIT_S
 from web.clients import ServiceClients, ServiceUnavailable
 
@@ -41,11 +41,13 @@ def _error(status: int, errors: dict[str, str], headers: dict[str, str] | None =
 
 @predictions.app_errorhandler(ServiceUnavailable)
 def _service_unavailable(error: ServiceUnavailable):
+    metrics.UNAVAILABLE.labels("kafka").inc()
     return {"status": "UNAVAILABLE", "reason": str(error)}, 503
 
 
 @predictions.app_errorhandler(PyMongoError)
 def _mongo_unavailable(error: PyMongoError):
+    metrics.UNAVAILABLE.labels("mongo").inc()
     return {"status": "UNAVAILABLE",
             "reason": f"MongoDB is unreachable: {type(error).__name__}: {error}"}, 503
 
@@ -142,7 +144,8 @@ def classify_realtime():
         return _error(422, {"Dest": f"No flights from {query.Origin} to {query.Dest} in the "
                                     "data, so the route's distance is unknown."})
     prediction_request = PredictionRequest.create(**query.model_dump(), Distance=distance)
-    clients.publish(prediction_request)
+    with metrics.PUBLISH_SECONDS.time():
+        clients.publish(prediction_request)
     return {"status": "OK", "id": prediction_request.UUID}
 
 
@@ -173,7 +176,9 @@ def classify_realtime_response(request_id: str):
     clients = _clients()
     answer = clients.database[RESPONSES].find_one({"_id": request_id})
     if answer is None and wait_s > 0:
-        answer = clients.answer_watch.wait(request_id, wait_s)
+        with metrics.long_poll() as outcome:
+            answer = clients.answer_watch.wait(request_id, wait_s)
+            outcome["answered"] = answer is not None
     if answer is None:
         return {"status": "WAIT", "id": request_id}
     prediction = {k: v.isoformat() if isinstance(v, dt.datetime) else v
@@ -195,4 +200,7 @@ def openapi_document():
 def health():
     services = _clients().health()
     healthy = all(service["reachable"] for service in services.values())
+    for name, service in services.items():
+        if not service["reachable"]:
+            metrics.UNAVAILABLE.labels(name).inc()
     return {"status": "OK" if healthy else "UNAVAILABLE", **services}, 200 if healthy else 503

@@ -155,7 +155,7 @@ def web_server_command(settings: Settings) -> list[str]:
     return [str(Path(sys.executable).parent / "gunicorn"),
             "--bind", f"{settings.web_host}:{settings.web_port}", "--worker-class", "gevent",
             "--workers", str(WEB_WORKERS), "--worker-connections", str(WEB_WORKER_CONNECTIONS),
-            "--access-logfile", "-", "web.app:create_app()"]
+            "--access-logfile", "-", "--config", "python:web.gunicorn_config", "web.app:create_app()"]
 
 
 def dagster_commands(settings: Settings) -> list[list[str]]:
