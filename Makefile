@@ -25,7 +25,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
 	@touch $@
 
+# Prometheus is optional for serving: without it (no root to install it), make run serves unmonitored.
 run: install
+	-@scripts/install_debian_package prometheus /usr/bin/prometheus "make run's monitoring"
 	$(BIN)/python -m flight_platform.local.stack
 
 # Test modules on this many pytest-xdist workers, each with a platform of its own; 0: one process.
@@ -33,8 +35,9 @@ run: install
 TEST_WORKERS ?= 2
 
 test: install
-	@scripts/install_chromium
-	@scripts/install_postgres
+	@scripts/install_debian_package chromium chromium "the browser tests"
+	@scripts/install_debian_package postgresql /usr/lib/postgresql/15/bin/initdb "the Dagster-on-PostgreSQL test"
+	@scripts/install_debian_package prometheus /usr/bin/prometheus "the metrics tests"
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 bench: install

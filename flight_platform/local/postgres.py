@@ -3,7 +3,7 @@
     with postgres_server(Path("/tmp/pg"), port=5433) as server:
         (dagster_home / "dagster.yaml").write_text(dagster_yaml(server))
 
-Debian's PostgreSQL 15 (`scripts/install_postgres`), one cluster in its own directory, on a loopback
+Debian's PostgreSQL 15 (`scripts/install_debian_package`), one cluster in its own directory, on a loopback
 port only: no Unix socket (its default directory belongs to the system's own server), and trust
 authentication from 127.0.0.1 alone. initdb refuses to run as root, so for a root caller the server
 runs as the `postgres` system user (the Debian package creates it; so does this module if it is
