@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 ON_TIME_PERFORMANCE = "on_time_performance"
 FLIGHT_DELAY_FEATURES = "flight_delay_features"
 PREDICTION_OUTCOMES = "prediction_outcomes"
+DRIFT_CHECK = "served_features_within_drift_threshold"  # prediction_outcomes' check (batch.drift)
 
 MONTH_COLUMN = "FlightMonth"  # the partition column: 'YYYY-MM', one directory per month
 PART_FILE = "part-00000.parquet"

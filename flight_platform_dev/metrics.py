@@ -1,9 +1,12 @@
 """Reading a target's metrics as Prometheus does: scraped over HTTP, checked by Prometheus' own
-parser and linter (`promtool check metrics`), then indexed by series for the tests to compare."""
+parser and linter (`promtool check metrics`), then indexed by series for the tests to compare; and
+watching a Prometheus' alerts while a drill runs."""
 
 import json
 import re
 import subprocess
+import threading
+import time
 import urllib.request
 from pathlib import Path
 
@@ -50,3 +53,42 @@ def announced_targets(targets_dir: Path) -> list[str]:
     """Every address announced in the file-based discovery directory."""
     return [address for target in sorted(targets_dir.glob("*.json"))
             for group in json.loads(target.read_text()) for address in group["targets"]]
+
+
+class AlertWatch:
+    """Polls a Prometheus' /api/v1/alerts in the background, noting each period an alert fires
+    (seconds from the watch's start; a period still open ends at None)."""
+
+    def __init__(self, prometheus_url: str, interval: float = 0.5):
+        self.url = f"{prometheus_url}/api/v1/alerts"
+        self.interval = interval
+        self.started = time.monotonic()
+        self.periods: dict[str, list[list[float | None]]] = {}
+        self.now_firing: set[str] = set()
+        self.polled = False  # once Prometheus has answered
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="alert-watch", daemon=True)
+
+    def __enter__(self) -> "AlertWatch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exception) -> None:
+        self._stopped.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        while not self._stopped.wait(self.interval):
+            try:
+                with urllib.request.urlopen(self.url, timeout=2) as answer:
+                    alerts = json.load(answer)["data"]["alerts"]
+            except OSError:
+                continue
+            seen = round(time.monotonic() - self.started, 1)
+            firing = {alert["labels"]["alertname"] for alert in alerts if alert["state"] == "firing"}
+            for name in firing - self.now_firing:
+                self.periods.setdefault(name, []).append([seen, None])
+            for name in self.now_firing - firing:
+                self.periods[name][-1][1] = seen
+            self.now_firing = firing
+            self.polled = True

@@ -55,7 +55,9 @@ def pytest_configure(config):
         low = PRIVATE_PORTS[0] + index * width
         os.environ["FLIGHT_PLATFORM_PRIVATE_PORTS"] = f"{low}-{low + width - 1}"
     os.environ.update({**private_environment(_session_dir / "data"),
-                       "FLIGHT_PLATFORM_SPARK_DRIVER_MEMORY": "2g"})
+                       "FLIGHT_PLATFORM_SPARK_DRIVER_MEMORY": "2g",
+                       # Each alert holds for a number of scrape intervals: seconds, not minutes.
+                       "FLIGHT_PLATFORM_PROMETHEUS_SCRAPE_INTERVAL_S": "1"})
     os.environ.update(dagster_environment(load_settings()))
     # pytest sets each test's warning filters afresh: the package's own filter of the Beta/Preview
     # notices it chose does not reach inside a test, so the same list is given to pytest.

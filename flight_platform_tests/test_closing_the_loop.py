@@ -11,12 +11,11 @@ import re
 import pytest
 from dagster import AssetKey, DagsterInstance
 
-from flight_platform.batch.drift import DRIFT_CHECK
 from flight_platform.clients.mongo import RESPONSES
 from flight_platform.core.model_store import ModelStore
 from flight_platform.local.processes import wait_until
 from flight_platform.replay import Selection, replay_day
-from flight_platform.warehouse import PREDICTION_OUTCOMES
+from flight_platform.warehouse import DRIFT_CHECK, PREDICTION_OUTCOMES
 from flight_platform_dev.dagster_runs import run_cli
 from flight_platform_dev.platform import PrivatePlatform, rolled_out
 

@@ -29,7 +29,7 @@ from dagster import (
     materialize,
 )
 
-from flight_platform.batch.drift import DRIFT_CHECK, drift_check
+from flight_platform.batch.drift import drift_check
 from flight_platform.batch.outcomes import prediction_outcomes
 from flight_platform.batch.sources import BUNDLED_MONTHS, flight_months
 from flight_platform.clients.mongo import RESPONSES, create_client
@@ -39,7 +39,7 @@ from flight_platform.core.model_store import ModelStore
 from flight_platform.core.scoring import PipelineScorer
 from flight_platform.definitions import build_definitions
 from flight_platform.resources import ModelStoreResource, build_resources, mongo_resource
-from flight_platform.warehouse import MONTH_COLUMN, PREDICTION_OUTCOMES
+from flight_platform.warehouse import DRIFT_CHECK, MONTH_COLUMN, PREDICTION_OUTCOMES
 from flight_platform_dev.platform import share_services
 
 pytestmark = pytest.mark.services

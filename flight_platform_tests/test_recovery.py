@@ -13,13 +13,19 @@ from dagster import DagsterRunStatus, RunsFilter
 
 from flight_platform.local import services
 from flight_platform.local.processes import wait_until
+from flight_platform.local.prometheus_server import prometheus_server
+from flight_platform.local.stack import cancel_stream_runs
 from flight_platform.streaming.job import flight_delay_prediction_stream
+from flight_platform.streaming.supervisor import prediction_stream_supervisor
 from flight_platform_dev import drills
+from flight_platform_dev.dagster_runs import run_cli
 from flight_platform_dev.load import answered
+from flight_platform_dev.metrics import AlertWatch
 from flight_platform_dev.platform import RECOVERY_TIMEOUT_S, PrivatePlatform
 
 pytestmark = [pytest.mark.services, pytest.mark.faults]
 RATE = 50  # requests per second: steady, and light enough for two cores shared with everything
+NOT_SERVING, LAG_GROWING = "FlightStreamNotServing", "FlightConsumerLagGrowing"
 
 
 def stream_runs(platform: PrivatePlatform) -> dict[str, DagsterRunStatus]:
@@ -35,10 +41,19 @@ def assert_nothing_lost(result: drills.DrillResult) -> None:
     assert result.lost == 0, result
 
 
-def test_a_killed_stream_worker_is_replaced_and_nothing_is_lost(platform):
+def test_a_killed_stream_worker_is_replaced_nothing_is_lost_and_the_alert_fires_and_clears(platform):
     before = stream_runs(platform)
-    result = drills.drill_worker_kill(platform, RATE)
+    with AlertWatch(prometheus_server(platform.settings).url) as alerts:
+        # Fired while the stack came up, before its first worker served: resolved since.
+        wait_until(lambda: NOT_SERVING not in alerts.now_firing and alerts.polled, RECOVERY_TIMEOUT_S,
+                   f"{NOT_SERVING} resolved before the drill")
+        alerts.periods.clear()
+        result = drills.drill_worker_kill(platform, RATE)
+        wait_until(lambda: NOT_SERVING not in alerts.now_firing, RECOVERY_TIMEOUT_S,
+                   f"{NOT_SERVING} to clear once the replacement serves")
     assert_nothing_lost(result)
+    assert alerts.periods.get(NOT_SERVING), f"{NOT_SERVING} never fired: {alerts.periods}"
+    print(f"{NOT_SERVING} firing {alerts.periods[NOT_SERVING]} s after the watch began; {result}")
     after = stream_runs(platform)
     (killed,) = [run for run, status in before.items() if status == DagsterRunStatus.STARTED]
     assert after[killed] == DagsterRunStatus.FAILURE
@@ -63,6 +78,41 @@ def test_a_hard_killed_stack_serves_again_after_a_restart(platform):
     assert after[abandoned] == DagsterRunStatus.FAILURE
     assert "left STARTED by a stack that stopped without cleaning up" in platform.stack.log()
     assert list(after.values()).count(DagsterRunStatus.STARTED) == 1
+
+
+def test_the_alerts_fire_while_the_stream_is_stopped_and_clear_once_it_serves(platform):
+    """The supervisor off and the stream run terminated while requests arrive: Prometheus fires 'no
+    worker serving' and 'lag growing' (the exporter reads the group's lag from the broker, so it
+    grows with no worker running); the supervisor on again, both clear and nothing is lost."""
+    # The code location as the stack's daemon loads it (workspace.yaml), whose sensor state counts.
+    supervisor = ["dagster", "sensor", "-w", "workspace.yaml", prediction_stream_supervisor.name]
+    both = {NOT_SERVING, LAG_GROWING}
+    run_cli(*supervisor[:2], "stop", *supervisor[2:], env=platform.env)
+    load = platform.load(RATE)
+    try:
+        with AlertWatch(prometheus_server(platform.settings).url) as alerts:
+            cancel_stream_runs(platform.settings)
+            wait_until(lambda: both <= alerts.now_firing, RECOVERY_TIMEOUT_S, f"{both} to fire")
+            run_cli(*supervisor[:2], "start", *supervisor[2:], env=platform.env)
+            wait_until(lambda: not both & alerts.now_firing, RECOVERY_TIMEOUT_S, f"{both} to clear")
+    finally:
+        load.stop()
+    wait_until(lambda: answered(platform.database, load.ids()) == len(load.ids()), RECOVERY_TIMEOUT_S,
+               "every request sent while the stream was stopped to be answered")
+    print(f"firing (s after the watch began): {alerts.periods}")
+
+
+def test_with_prometheus_stopped_the_stack_serves_on(platform):
+    prometheus = prometheus_server(platform.settings)
+    assert services.running_pid(prometheus) is not None, "the stack did not start Prometheus"
+    services.stop(prometheus)
+    try:
+        status, accepted = post_prediction(platform)
+        assert status == 200, accepted
+        wait_until(lambda: answered(platform.database, [accepted["id"]]), RECOVERY_TIMEOUT_S,
+                   "an answer with Prometheus stopped")
+    finally:
+        services.start(prometheus)
 
 
 def post_prediction(platform: PrivatePlatform) -> tuple[int, dict]:

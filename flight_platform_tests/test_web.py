@@ -583,6 +583,7 @@ def test_the_metrics_count_every_request_across_workers_and_the_stream(live_stac
     web_before, stream_before = scrape(f"{live_stack}/metrics"), scrape(stream_url)
     with concurrent.futures.ThreadPoolExecutor(8) as posting:
         accepted = list(posting.map(lambda _: http_json(f"{live_stack}{PREDICT}", VALID_FORM), range(sent)))
+    assert all(answer["status"] == "OK" for answer in accepted)
     with pytest.raises(urllib.error.HTTPError):
         http_json(f"{live_stack}{PREDICT}", {**VALID_FORM, "DepDelay": "late"})
     unanswered = http_json(f"{live_stack}{PREDICT}/response/{uuid.uuid4()}?wait=0.5")

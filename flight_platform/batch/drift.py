@@ -16,9 +16,8 @@ from flight_platform.batch.sources import flight_months
 from flight_platform.core import monitoring
 from flight_platform.core.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
 from flight_platform.resources import ModelStoreResource, WarehouseResource
-from flight_platform.warehouse import FLIGHT_DELAY_FEATURES, PREDICTION_OUTCOMES
+from flight_platform.warehouse import DRIFT_CHECK, FLIGHT_DELAY_FEATURES, PREDICTION_OUTCOMES
 
-DRIFT_CHECK = "served_features_within_drift_threshold"
 # One day has one DayOfYear and a month a dozen DayOfMonth values: their distribution in a
 # window of requests says which days were asked about, not that the population moved.
 CALENDAR_FEATURES = ["DayOfMonth", "DayOfWeek", "DayOfYear"]

@@ -10,7 +10,8 @@
    all months), so the UI shows the run; `--no-materialize` serves
    what is there. New or changed BTS downloads are the inbox sensor's, once Dagster is up;
 3. serves the Dagster UI (`dg dev`, whose daemon runs the sensor that starts the streaming
-   job) and the web app under gunicorn, a production WSGI server;
+   job) and the web app under gunicorn, a production WSGI server, and starts the platform's
+   metrics exporter and Prometheus (if installed: without it the stack serves unmonitored);
 4. on Ctrl-C or SIGTERM, stops all of it, services included.
 """
 
@@ -30,6 +31,8 @@ from flight_platform.clients.mongo import DISTANCES
 from flight_platform.core.model_store import FLIGHT_DELAY_MODEL, ModelStore
 from flight_platform.local import processes, services
 from flight_platform.local.postgres import INSTANCE_SETTINGS, dagster_storage
+from flight_platform.local.prometheus_server import PrometheusServer, prometheus_server
+from flight_platform.local.prometheus_server import executable as prometheus_executable
 from flight_platform.settings import REPO_ROOT, Settings, load_settings
 from flight_platform.streaming.job import flight_delay_prediction_stream
 from flight_platform.streaming.supervisor import ALIVE, FINISHED
@@ -56,7 +59,7 @@ def wait_until_answering(url: str, server: subprocess.Popen, timeout: float = RE
                          process=server)
 
 
-def _cancel_stream_runs(settings: Settings) -> None:
+def cancel_stream_runs(settings: Settings) -> None:
     """Terminate the streaming run as the UI's Terminate button does, while the code server that
     launched it is still up: it stores and commits its batch and ends as canceled, not as failed
     (which would make the sensor back off on the next start)."""
@@ -158,6 +161,26 @@ def web_server_command(settings: Settings) -> list[str]:
             "--access-logfile", "-", "--config", "python:web.gunicorn_config", "web.app:create_app()"]
 
 
+def exporter_command() -> list[str]:
+    """The platform exporter (flight_platform.monitoring.exporter): the group's lag from Kafka and
+    the batch side from the Dagster instance, for Prometheus."""
+    return [sys.executable, "-m", "flight_platform.monitoring.exporter"]
+
+
+def start_prometheus(prometheus: PrometheusServer) -> str:
+    """Start the local Prometheus; without it (not installed, turned off, failing) the stack serves
+    on unmonitored, and the report says why."""
+    if not prometheus.settings.prometheus_port:
+        return "off (FLIGHT_PLATFORM_PROMETHEUS_PORT=0)"
+    if prometheus_executable() is None:
+        return ("not installed: serving without it (Debian: apt-get install prometheus, or make run "
+                "as a user who may)")
+    try:
+        return services.start(prometheus)
+    except services.ServiceError as error:
+        return f"not started ({error}): serving without it"
+
+
 def dagster_commands(settings: Settings) -> list[list[str]]:
     """The Dagster UI and the daemon (which runs the sensors that start the streaming job).
     `dg dev` runs both; read-only, the UI is `dagster-webserver --read-only` (it serves every view
@@ -186,6 +209,8 @@ def serve(settings: Settings, env: dict[str, str], materialize: bool) -> None:
     web_url = f"http://{settings.web_host}:{settings.web_port}"
     servers: list[subprocess.Popen] = []
     dagster: list[subprocess.Popen] = []
+    monitoring: list[subprocess.Popen] = []  # not watched: serving goes on without them
+    prometheus = prometheus_server(settings)
     try:
         services.up(settings)
         services.check_kafka_logins(settings)
@@ -206,9 +231,13 @@ def serve(settings: Settings, env: dict[str, str], materialize: bool) -> None:
         servers += dagster
         wait_until_answering(f"{web_url}/health", web)
         wait_until_answering(f"{dagster_url}/server_info", dagster[0])
+        monitoring.append(start_server(exporter_command(), env))
+        print(f"prometheus {start_prometheus(prometheus)}", flush=True)
         print(f"\nflight_platform is up:\n"
               f"  Dagster UI  {dagster_url}{' (read-only)' if settings.dagster_read_only else ''}\n"
               f"  Web app     {web_url}/flights/delays/predict_kafka\n"
+              + (f"  Prometheus  {prometheus.url} (alerts: {prometheus.url}/alerts)\n"
+                 if services.running_pid(prometheus) is not None else "") +
               f"  Kafka {settings.kafka_bootstrap_servers}, MongoDB {settings.mongo_uri}, "
               f"Spark Connect {settings.spark_remote}\n"
               f"The sensor prediction_stream_supervisor starts the streaming job within a minute.\n"
@@ -221,12 +250,14 @@ def serve(settings: Settings, env: dict[str, str], materialize: bool) -> None:
             signal.signal(sig, signal.SIG_IGN)
         if dagster:
             try:
-                _cancel_stream_runs(settings)
+                cancel_stream_runs(settings)
             except Exception as error:  # noqa: BLE001 - the SIGTERM below still stops it cleanly
                 print(f"Could not terminate the streaming run through Dagster ({error}); "
                       f"stopping it by signal.", file=sys.stderr)
-        for server in reversed(servers):
+        for server in [*reversed(servers), *monitoring]:
             processes.stop(server)
+        if services.running_pid(prometheus) is not None:
+            print(f"prometheus {services.stop(prometheus)}", flush=True)
         services.down(settings)
 
 

@@ -1,0 +1,156 @@
+"""Metrics and alerts: Prometheus' configuration and rules pass promtool, the alerts decide as meant on series
+given to `promtool test rules` (Prometheus' own rule engine, on a simulated clock), and the platform
+exporter reports the consumer group's lag as the broker sees it and the batch side from the Dagster
+instance and the model store."""
+
+import subprocess
+import uuid
+from dataclasses import replace
+
+import pytest
+import yaml
+from dagster import DagsterInstance
+from prometheus_client import generate_latest
+
+from flight_platform.clients.kafka import connection, create_consumer, create_producer
+from flight_platform.clients.kafka_access import prepare_topic
+from flight_platform.clients.security import Role
+from flight_platform.core.model_store import ModelStore
+from flight_platform.local.processes import wait_until
+from flight_platform.monitoring import exporter, prometheus
+from flight_platform.warehouse import ON_TIME_PERFORMANCE
+from flight_platform_dev.metrics import Scrape
+
+
+def promtool(*args: str) -> str:
+    checked = subprocess.run(["promtool", *args], capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0, f"promtool {' '.join(args)}:\n{checked.stdout}{checked.stderr}"
+    return checked.stdout
+
+
+def test_the_configuration_and_its_rules_pass_promtool(settings, tmp_path):
+    config = prometheus.write(settings, tmp_path)
+    promtool("check", "config", str(config))
+    assert "14 rules found" in promtool("check", "rules", str(tmp_path / prometheus.RULES_FILE))
+
+
+def alert(name: str, settings, **labels: str) -> dict:
+    """An alert as `promtool test rules` expects it to fire: its labels and annotations."""
+    rule = next(rule for group in prometheus.rules(settings)["groups"] for rule in group["rules"]
+                if rule.get("alert") == name)
+    return {"exp_labels": {**rule["labels"], **labels}, "exp_annotations": rule["annotations"]}
+
+
+def test_the_alerts_fire_when_they_should_and_only_then(settings, tmp_path):
+    """With the default 15 s scrape interval: each alert pending, then firing after its hold; the
+    healthy look-alike of each never fires."""
+    prometheus.write(settings, tmp_path)
+    tests = [
+        {"interval": "15s",  # the workers hold their partitions, then all of them are gone
+         "input_series": [{"series": 'flight_stream_assigned_partitions{instance="a"}',
+                           "values": "3x4 0x20"}],
+         "alert_rule_test": [
+             {"eval_time": "2m", "alertname": "FlightStreamNotServing", "exp_alerts": []},
+             {"eval_time": "3m", "alertname": "FlightStreamNotServing",
+              "exp_alerts": [alert("FlightStreamNotServing", settings)]}]},
+        {"interval": "15s",  # no worker ever reported
+         "input_series": [{"series": 'up{job="web"}', "values": "1x20"}],
+         "alert_rule_test": [{"eval_time": "2m", "alertname": "FlightStreamNotServing",
+                              "exp_alerts": [alert("FlightStreamNotServing", settings)]}]},
+        {"interval": "15s",  # lag that keeps growing fires; lag that stays put does not
+         "input_series": [{"series": 'flight_consumer_group_lag{partition="0"}', "values": "0+10x30"}],
+         "alert_rule_test": [
+             {"eval_time": "1m", "alertname": "FlightConsumerLagGrowing", "exp_alerts": []},
+             {"eval_time": "5m", "alertname": "FlightConsumerLagGrowing",
+              "exp_alerts": [alert("FlightConsumerLagGrowing", settings)]}]},
+        {"interval": "15s",
+         "input_series": [{"series": 'flight_consumer_group_lag{partition="0"}', "values": "50x30"}],
+         "alert_rule_test": [{"eval_time": "5m", "alertname": "FlightConsumerLagGrowing",
+                              "exp_alerts": []}]},
+        {"interval": "15s",  # every answer takes 2.5 to 5 s: p99 over 2 s for five minutes
+         "input_series": [
+             {"series": f'flight_stream_request_to_answer_seconds_bucket{{le="{le}"}}', "values": values}
+             for le, values in [("1.0", "0x40"), ("2.5", "0x40"), ("5.0", "0+10x40"),
+                                ("+Inf", "0+10x40")]],
+         "alert_rule_test": [
+             {"eval_time": "3m", "alertname": "FlightAnswersSlow", "exp_alerts": []},
+             {"eval_time": "8m", "alertname": "FlightAnswersSlow",
+              "exp_alerts": [alert("FlightAnswersSlow", settings)]}]},
+        {"interval": "15s",  # the champion's live accuracy far below its offline; a challenger's too
+         "input_series": [
+             {"series": 'flight_model_live_accuracy{version="v2",role="champion"}', "values": "0.40x10"},
+             {"series": 'flight_model_offline_accuracy{version="v2",role="champion"}', "values": "0.56x10"},
+             {"series": 'flight_model_live_accuracy{version="v1",role="challenger"}', "values": "0.30x10"},
+             {"series": 'flight_model_offline_accuracy{version="v1",role="challenger"}',
+              "values": "0.56x10"}],
+         "alert_rule_test": [{"eval_time": "1m", "alertname": "FlightChampionLiveAccuracyLow",
+                              "exp_alerts": [alert("FlightChampionLiveAccuracyLow", settings,
+                                                   version="v2", role="champion")]}]},
+    ]
+    unit_tests = tmp_path / "alerts_test.yml"
+    unit_tests.write_text(yaml.safe_dump({"rule_files": [prometheus.RULES_FILE], "evaluation_interval": "15s",
+                                          "tests": tests}, sort_keys=False))
+    assert "SUCCESS" in promtool("test", "rules", str(unit_tests))
+
+
+@pytest.fixture
+def stream_group(settings):
+    """Settings whose request topic and consumer group are fresh, with the stream user's rights."""
+    topic = f"requests_{uuid.uuid4().hex[:8]}"
+    prepare_topic(settings, topic, f"group_{topic}", partitions=3)
+    return replace(settings, request_topic=topic, consumer_group=f"group_{topic}")
+
+
+def exposition(collectors) -> Scrape:
+    """What a scrape of the exporter returns, checked by promtool."""
+    text = generate_latest(collectors).decode()
+    checked = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    return Scrape(text)
+
+
+def test_the_exporter_reports_the_groups_lag_and_the_batch_state(materialized, stream_group):
+    settings = stream_group
+    producer = create_producer(connection(settings, Role.BATCH))
+    for i in range(12):
+        producer.send(settings.request_topic, f"request {i}".encode(), partition=i % 3)
+    producer.flush()
+    producer.close()
+
+    with DagsterInstance.get() as instance:
+        collectors = exporter.registry(settings, instance)
+        before = exposition(collectors)
+        assert before.value("flight_exporter_source_up", source="kafka") == 1
+        assert before.value("flight_exporter_source_up", source="dagster") == 1
+        assert [before.value("flight_consumer_group_lag", group=settings.consumer_group,
+                             topic=settings.request_topic, partition=str(p)) for p in range(3)] == [4, 4, 4]
+
+        # The group reads and commits everything: lag 0, as the broker sees it.
+        consumer = create_consumer(connection(settings, Role.STREAM), settings.consumer_group,
+                                   settings.request_topic, settings.consumer_session_timeout_ms)
+        read = []
+        wait_until(lambda: read.extend(r for rs in consumer.poll(500).values() for r in rs)
+                   or len(read) == 12, 60, "every request read")
+        consumer.commit()
+        consumer.close()
+        after = exposition(collectors)
+        assert after.total("flight_consumer_group_lag") == 0
+
+        store = ModelStore(settings.model_store_dir)
+        champion = store.current_version()
+        assert after.value("flight_model_offline_accuracy", version=champion, role="champion") == \
+            pytest.approx(store.read_info(champion)["accuracy"])
+        materialized_at = instance.get_latest_materialization_event(
+            exporter.AssetKey(ON_TIME_PERFORMANCE)).timestamp
+        assert after.value("flight_asset_last_materialization_timestamp_seconds",
+                           asset=ON_TIME_PERFORMANCE) == pytest.approx(materialized_at)
+        assert after.value("flight_asset_rows", asset=ON_TIME_PERFORMANCE) > 0
+        assert after.value("flight_asset_materialization_duration_seconds", asset=ON_TIME_PERFORMANCE) > 0
+
+
+def test_the_exporter_says_when_kafka_cannot_be_read(materialized, settings):
+    unreachable = replace(settings, kafka_bootstrap_servers="127.0.0.1:9")
+    with DagsterInstance.get() as instance:
+        scraped = exposition(exporter.registry(unreachable, instance))
+    assert scraped.value("flight_exporter_source_up", source="kafka") == 0
+    assert scraped.value("flight_exporter_source_up", source="dagster") == 1
