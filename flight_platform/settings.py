@@ -64,6 +64,7 @@ class Settings:
     metrics_host: str
     exporter_port: int
     prometheus_port: int  # the local Prometheus' (0: `make run` starts none)
+    prometheus_url: str  # where a person's browser reaches Prometheus (the page's status link)
     prometheus_scrape_interval_s: float  # every window of the rules is a number of these
     alert_answer_p99_s: float  # FlightAnswersSlow: p99 request-to-answer over this
     alert_dead_letters_per_s: float  # FlightDeadLettersHigh: dead letters per second over this
@@ -165,6 +166,7 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
 
     data_dir = Path(_env("DATA_DIR", str(REPO_ROOT / "data"))).resolve()
     secrets_dir = Path(_env("SECRETS_DIR", str(data_dir / "secrets"))).resolve()
+    prometheus_port = int(_env("PROMETHEUS_PORT", "9090"))
     return Settings(
         data_dir=data_dir,
         model_dir=Path(_env("MODEL_DIR", str(data_dir / "models"))).resolve(),
@@ -226,7 +228,10 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         dagster_read_only=_env("DAGSTER_READ_ONLY", "false").lower() == "true",
         metrics_host=_env("METRICS_HOST", "127.0.0.1"),
         exporter_port=int(_env("EXPORTER_PORT", "9108")),
-        prometheus_port=int(_env("PROMETHEUS_PORT", "9090")),
+        prometheus_port=prometheus_port,
+        # "": no status link (no Prometheus to show)
+        prometheus_url=_env("PROMETHEUS_URL",
+                            f"http://127.0.0.1:{prometheus_port}" if prometheus_port else ""),
         prometheus_scrape_interval_s=float(_env("PROMETHEUS_SCRAPE_INTERVAL_S", "15")),
         alert_answer_p99_s=float(_env("ALERT_ANSWER_P99_S", "2")),
         alert_dead_letters_per_s=float(_env("ALERT_DEAD_LETTERS_PER_S", "1")),

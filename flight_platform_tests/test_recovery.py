@@ -6,6 +6,7 @@ benchmarks/faults.py, not asserted here.)"""
 
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import pytest
@@ -22,6 +23,7 @@ from flight_platform_dev.dagster_runs import run_cli
 from flight_platform_dev.load import answered
 from flight_platform_dev.metrics import AlertWatch
 from flight_platform_dev.platform import RECOVERY_TIMEOUT_S, PrivatePlatform
+from web.metrics import STATUS_EXPRESSIONS
 
 pytestmark = [pytest.mark.services, pytest.mark.faults]
 RATE = 50  # requests per second: steady, and light enough for two cores shared with everything
@@ -100,6 +102,15 @@ def test_the_alerts_fire_while_the_stream_is_stopped_and_clear_once_it_serves(pl
     wait_until(lambda: answered(platform.database, load.ids()) == len(load.ids()), RECOVERY_TIMEOUT_S,
                "every request sent while the stream was stopped to be answered")
     print(f"firing (s after the watch began): {alerts.periods}")
+
+
+def test_the_status_view_draws_series_prometheus_has(platform):
+    url = prometheus_server(platform.settings).url
+    for expression in STATUS_EXPRESSIONS:
+        query = urllib.parse.urlencode({"query": expression})
+        with urllib.request.urlopen(f"{url}/api/v1/query?{query}", timeout=10) as answer:
+            found = json.load(answer)["data"]["result"]
+        assert found, f"Prometheus has no {expression}"
 
 
 def test_with_prometheus_stopped_the_stack_serves_on(platform):

