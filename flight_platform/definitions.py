@@ -10,7 +10,7 @@ from flight_platform.batch import distances, drift, ingest, model, outcomes, tra
 from flight_platform.batch.inbox import bts_inbox_sensor
 from flight_platform.resources import build_resources
 from flight_platform.settings import Settings, load_settings
-from flight_platform.streaming.job import flight_delay_prediction_stream
+from flight_platform.streaming.job import PREDICTION_REQUESTS, flight_delay_prediction_stream
 from flight_platform.streaming.model_roles import manage_challengers, promote_model
 from flight_platform.streaming.supervisor import prediction_stream_supervisor
 
@@ -32,6 +32,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             training_features.flight_delay_features,
             retrained_model,
             outcomes.prediction_outcomes,
+            PREDICTION_REQUESTS,
         ],
         asset_checks=[
             drift.drift_check(settings.drift_psi_threshold),

@@ -65,6 +65,7 @@ class AlertWatch:
         self.started = time.monotonic()
         self.periods: dict[str, list[list[float | None]]] = {}
         self.now_firing: set[str] = set()
+        self.now_active: set[str] = set()
         self.polled = False  # once Prometheus has answered
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="alert-watch", daemon=True)
@@ -86,6 +87,7 @@ class AlertWatch:
                 continue
             seen = round(time.monotonic() - self.started, 1)
             firing = {alert["labels"]["alertname"] for alert in alerts if alert["state"] == "firing"}
+            self.now_active = {alert["labels"]["alertname"] for alert in alerts}  # pending too
             for name in firing - self.now_firing:
                 self.periods.setdefault(name, []).append([seen, None])
             for name in self.now_firing - firing:

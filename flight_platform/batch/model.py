@@ -23,6 +23,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from flight_platform.batch.metadata import confusion_frame, frame_table
+from flight_platform.batch.sources import MODEL_FRESHNESS
 from flight_platform.batch.tables import months_held
 from flight_platform.batch.training_features import flight_delay_features
 from flight_platform.core import monitoring
@@ -136,6 +137,7 @@ def scorer_parity(scorer: PipelineScorer, predictions: DataFrame, rows: int) -> 
     # Unpartitioned, but part of a single-run backfill: `make run` materializes every month and the
     # model in one run (one Spark session).
     backfill_policy=BackfillPolicy.single_run(),
+    freshness_policy=MODEL_FRESHNESS,
     group_name="batch",
     kinds={"spark"},
     description="RandomForest pipeline (a StringIndexer of the categorical columns with "

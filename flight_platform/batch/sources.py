@@ -22,11 +22,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from dagster import BackfillPolicy, DynamicPartitionsDefinition
+from dagster import BackfillPolicy, DynamicPartitionsDefinition, FreshnessPolicy
 
 from flight_platform.batch.bts import bts_header_mapping
 
 flight_months = DynamicPartitionsDefinition(name="flight_months")
+# The BTS publishes a month at a time: no new month materialized this long after the last means the
+# feed has stalled (Dagster's UI shows the table, then the model trained on it, as stale).
+FEED_FRESHNESS = FreshnessPolicy.time_window(fail_window=dt.timedelta(days=45),
+                                             warn_window=dt.timedelta(days=35))
+# The model retrains within the hour after a new month (RETRAIN_CRON): a day more than the feed.
+MODEL_FRESHNESS = FreshnessPolicy.time_window(fail_window=dt.timedelta(days=46),
+                                              warn_window=dt.timedelta(days=36))
 # What every monthly asset declares: a backfill of many months is one run (one Spark session).
 MONTHLY = {"partitions_def": flight_months, "backfill_policy": BackfillPolicy.single_run(),
            "group_name": "batch"}

@@ -45,7 +45,8 @@ class PrometheusServer(Service):
     def command(self) -> list[str]:
         return [self.executable, f"--config.file={self.directory / prometheus.CONFIG_FILE}",
                 f"--storage.tsdb.path={self.directory / 'data'}",
-                f"--storage.tsdb.retention.time={RETENTION}", self.identity]
+                f"--storage.tsdb.retention.time={RETENTION}",
+                f"--query.lookback-delta={prometheus.lookback_delta(self.settings)}", self.identity]
 
     def is_healthy(self) -> bool:
         try:

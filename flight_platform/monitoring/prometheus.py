@@ -29,6 +29,14 @@ def _seconds(settings: Settings, intervals: int) -> str:
     return f"{round(settings.prometheus_scrape_interval_s * intervals)}s"
 
 
+def lookback_delta(settings: Settings) -> str:
+    """How long a series' last sample counts as its value (Prometheus' default: 5 minutes). A
+    Prometheus killed -9 writes no staleness markers, so after its restart the series of a worker
+    that stopped meanwhile would still count that long, and "no worker serving" could not fire:
+    a few scrape intervals suffice for series scraped every interval."""
+    return _seconds(settings, RATE_WINDOW)
+
+
 def config(settings: Settings, rules_path: Path) -> dict:
     """prometheus.yml: the web app, each stream worker (found through the files they write in
     settings.metrics_targets_dir) and the platform exporter."""
@@ -80,7 +88,7 @@ def rules(settings: Settings) -> dict:
     alerts = [
         alert("FlightStreamNotServing",
               "absent(flight_stream_assigned_partitions) or sum(flight_stream_assigned_partitions) == 0",
-              4, "No stream worker holds a request partition: requests are not being answered.",
+              2, "No stream worker holds a request partition: requests are not being answered.",
               "Check the prediction_stream_supervisor sensor and the flight_delay_prediction_stream "
               "runs in the Dagster UI; a run that fails at once says why in its log."),
         alert("FlightConsumerLagGrowing",

@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from dagster import (
+    AssetObservation,
+    AssetSpec,
     Config,
     DagsterExecutionInterruptedError,
     Failure,
@@ -34,7 +36,7 @@ from flight_platform.core.model_store import ModelStore
 from flight_platform.core.scoring import PipelineScorer
 from flight_platform.resources import KafkaResource, MetricsResource, ModelStoreResource, MongoResource
 from flight_platform.streaming import metrics as stream_metrics
-from flight_platform.streaming.worker import PredictionStreamWorker
+from flight_platform.streaming.worker import PredictionStreamWorker, Progress
 
 MODEL_VERSION_TAG = "flight_platform/model_version"
 CHALLENGERS_TAG = "flight_platform/challengers"  # space-separated versions, as the store lists them
@@ -44,6 +46,15 @@ SLOT_TAG = "flight_platform/slot"  # which of the N workers this run is (set by 
 JOINED_TAG = "flight_platform/joined_group_at"
 WORKER_TAG = "flight_platform/worker"  # host:pid of the process serving, for operators and drills
 METRICS_TAG = "flight_platform/metrics"  # host:port of the worker's Prometheus target
+# The request topic as an asset of its own, so that the Dagster UI shows the stream's health: each
+# worker observes it once it joins the group and after every progress window with records (lag,
+# throughput, latency, the versions serving), which the UI plots over time.
+PREDICTION_REQUESTS = AssetSpec(
+    "prediction_requests", group_name="streaming", kinds={"kafka"},
+    description="The Kafka topic of prediction requests (FLIGHT_PLATFORM_REQUEST_TOPIC): the web app "
+    "writes it, the stream workers read it in one consumer group. Its observations are the workers' "
+    "reports: partitions held when one joins the group, then per progress window records, records "
+    "per second, request-to-answer p50/p95, lag and the model versions serving.")
 
 
 class PredictionStreamConfig(Config):
@@ -90,6 +101,16 @@ def load_challengers(store: ModelStore, versions: list[str], log) -> list[tuple[
     return loaded
 
 
+def observe(context: OpExecutionContext, progress: Progress, serving: dict[str, str]) -> None:
+    """A progress window as an observation of the request topic (numbers, so the UI plots them)."""
+    figures = {"records": progress.records, "records_per_second": round(progress.per_second, 1),
+               "lag": progress.lag, "request_to_answer_p50_ms": progress.p50_ms,
+               "request_to_answer_p95_ms": progress.p95_ms,
+               "dead_lettered_total": progress.totals["dead_lettered"]}
+    context.log_event(AssetObservation(PREDICTION_REQUESTS.key, metadata={
+        **serving, **{name: value for name, value in figures.items() if value is not None}}))
+
+
 @op(description="Consume prediction requests from Kafka, score them, store answers in MongoDB; "
     "runs until the run is terminated.")
 def serve_prediction_requests(context: OpExecutionContext, config: PredictionStreamConfig,
@@ -120,9 +141,15 @@ def serve_prediction_requests(context: OpExecutionContext, config: PredictionStr
                           f"{kafka.stream_workers} workers: {kafka.stream_workers - partitions} of them "
                           f"will idle. Add partitions to the topic (see README, 'Scaling out').")
 
+    serving = {"model_version": version, "challengers": " ".join(challenger_versions) or "none",
+               "slot": context.run.tags.get(SLOT_TAG, ""),
+               "worker": f"{socket.gethostname()}:{os.getpid()}"}
+
     def joined(assigned: list) -> None:
         context.log.info(f"Group {kafka.consumer_group} assigned partitions "
                          f"{[p.partition for p in assigned] or 'none (more workers than partitions)'}")
+        context.log_event(AssetObservation(PREDICTION_REQUESTS.key, metadata={
+            **serving, "partitions_held": len(assigned)}))
         if JOINED_TAG not in context.instance.get_run_by_id(context.run_id).tags:
             context.instance.add_run_tags(context.run_id, {JOINED_TAG: f"{time.time():.3f}"})
 
@@ -135,7 +162,8 @@ def serve_prediction_requests(context: OpExecutionContext, config: PredictionStr
                                     context.log, config.progress_interval_seconds,
                                     max_message_bytes=kafka.max_message_bytes,
                                     challengers=challengers, explain=model_store.explain_answers,
-                                    on_group_joined=joined, metrics=worker_metrics)
+                                    on_group_joined=joined, metrics=worker_metrics,
+                                    on_progress=lambda progress: observe(context, progress, serving))
     shadowed = f" with challengers {', '.join(v for v, _ in challengers)}" if challengers else ""
     context.log.info(f"Serving model {version}{shadowed} from {kafka.request_topic} "
                      f"(group {kafka.consumer_group}) into {database.name}.{RESPONSES}")

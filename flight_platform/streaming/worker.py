@@ -78,6 +78,22 @@ class StreamTotals:
     shadow_failures: int = 0  # batches a challenger could not score (answered without its shadow)
 
 
+@dataclass(frozen=True)
+class Progress:
+    """A progress window's figures: records, seconds, request-to-answer latency, lag, totals."""
+
+    records: int
+    seconds: float
+    p50_ms: float | None
+    p95_ms: float | None
+    lag: int | None
+    totals: dict[str, int]
+
+    @property
+    def per_second(self) -> float:
+        return self.records / self.seconds if self.seconds else 0.0
+
+
 @dataclass
 class _Batch:
     """A polled batch, scored: what to store, and where each partition resumes once it is."""
@@ -139,8 +155,10 @@ class PredictionStreamWorker:
                  max_message_bytes: int = MAX_MESSAGE_BYTES,
                  challengers: Sequence[tuple[str, PipelineScorer]] = (), explain: bool = True,
                  on_group_joined: Callable[[list[TopicPartition]], None] = lambda partitions: None,
-                 join_deadline_s: float = JOIN_DEADLINE_S, metrics: StreamMetrics | None = None):
+                 join_deadline_s: float = JOIN_DEADLINE_S, metrics: StreamMetrics | None = None,
+                 on_progress: Callable[[Progress], None] = lambda progress: None):
         self.consumer = consumer
+        self.on_progress = on_progress
         self.metrics = metrics or StreamMetrics()
         self.metrics.serving(model_version, [version for version, _ in challengers], explain)
         self._lag_refreshed = 0.0
@@ -389,17 +407,23 @@ class PredictionStreamWorker:
         return sum(known) if known else None
 
     def report_progress(self) -> None:
-        """Log throughput, latency and lag of the window since the last report (if it saw records)."""
+        """Log throughput, latency and lag of the window since the last report (if it saw records),
+        and hand the same figures to `on_progress`."""
         elapsed = time.monotonic() - self._window_started
         latencies = self._window_latencies_ms
         if not self._window_records:
             self._window_started = time.monotonic()
             return
-        latency = (f"p50 {np.percentile(latencies, 50):.1f} ms, p95 {np.percentile(latencies, 95):.1f} ms"
-                   if latencies else "n/a")
+        progress = Progress(
+            records=self._window_records, seconds=elapsed,
+            p50_ms=float(np.percentile(latencies, 50)) if latencies else None,
+            p95_ms=float(np.percentile(latencies, 95)) if latencies else None,
+            lag=self.lag(), totals=asdict(self.totals))
+        latency = (f"p50 {progress.p50_ms:.1f} ms, p95 {progress.p95_ms:.1f} ms" if latencies else "n/a")
         self.log.info(
-            f"model {self.model_version}: {self._window_records} records in {elapsed:.0f}s "
-            f"({self._window_records / elapsed if elapsed else 0:.0f}/s), request-to-answer latency "
-            f"{latency}, lag {self.lag()}; totals {asdict(self.totals)}")
+            f"model {self.model_version}: {progress.records} records in {elapsed:.0f}s "
+            f"({progress.per_second:.0f}/s), request-to-answer latency "
+            f"{latency}, lag {progress.lag}; totals {progress.totals}")
+        self.on_progress(progress)
         self._window_latencies_ms, self._window_records = [], 0
         self._window_started = time.monotonic()
