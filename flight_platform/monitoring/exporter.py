@@ -129,17 +129,15 @@ class BatchState:
                 rows.add_metric([asset], row_count.value)
         return [when, took, rows]
 
-    def _role(self, version: str) -> str:
-        if version == self.store.current_version():
-            return CHAMPION
-        return CHALLENGER if version in self.store.challengers() else RETIRED
-
     def _models(self) -> list[Metric]:
+        # One read of the store's pointers for the whole scrape: every series names the same roles.
+        champion, challengers = self.store.current_version(), self.store.challengers()
+        roles = {**dict.fromkeys(challengers, CHALLENGER), **({champion: CHAMPION} if champion else {})}
         offline = GaugeMetricFamily("flight_model_offline_accuracy", "Accuracy on the held-out rows "
                                     "of its training, of the champion and each challenger.",
                                     labels=["version", "role"])
-        for version in filter(None, [self.store.current_version(), *self.store.challengers()]):
-            offline.add_metric([version, self._role(version)], self.store.read_info(version)["accuracy"])
+        for version, role in roles.items():
+            offline.add_metric([version, role], self.store.read_info(version)["accuracy"])
         live = GaugeMetricFamily("flight_model_live_accuracy", "Accuracy on real flights, per version, "
                                  "on the month prediction_outcomes last judged.", labels=["version", "role"])
         judged = GaugeMetricFamily("flight_model_live_matched_answers", "Answers of that month matched "
@@ -153,7 +151,7 @@ class BatchState:
             for record in by_version.value.records if by_version else []:
                 row = record.data
                 if row["Accuracy"] is not None:
-                    labels = [row["ModelVersion"], self._role(row["ModelVersion"])]
+                    labels = [row["ModelVersion"], roles.get(row["ModelVersion"], RETIRED)]
                     live.add_metric(labels, row["Accuracy"])
                     judged.add_metric(labels, row["Matched"])
         check = self.instance.get_latest_asset_check_evaluation_record(
