@@ -124,10 +124,11 @@ def serve_prediction_requests(context: OpExecutionContext, config: PredictionStr
     challenger_versions = (store.challengers() if config.challenger_versions is None
                            else config.challenger_versions)
     challengers = load_challengers(store, challenger_versions, context.log)
+    worker = f"{socket.gethostname()}:{os.getpid()}"
     # The tags tell the supervising sensor what this run serves, however it was launched.
     context.instance.add_run_tags(context.run_id, {
         MODEL_VERSION_TAG: version, CHALLENGERS_TAG: " ".join(challenger_versions),
-        WORKER_TAG: f"{socket.gethostname()}:{os.getpid()}"})
+        WORKER_TAG: worker})
     try:
         partitions = kafka.request_topic_partition_count()
     except KafkaError as error:  # kafka-python says only "Unable to bootstrap": why?
@@ -143,7 +144,7 @@ def serve_prediction_requests(context: OpExecutionContext, config: PredictionStr
 
     serving = {"model_version": version, "challengers": " ".join(challenger_versions) or "none",
                "slot": context.run.tags.get(SLOT_TAG, ""),
-               "worker": f"{socket.gethostname()}:{os.getpid()}"}
+               "worker": worker}
 
     def joined(assigned: list) -> None:
         context.log.info(f"Group {kafka.consumer_group} assigned partitions "
@@ -167,9 +168,8 @@ def serve_prediction_requests(context: OpExecutionContext, config: PredictionStr
     shadowed = f" with challengers {', '.join(v for v, _ in challengers)}" if challengers else ""
     context.log.info(f"Serving model {version}{shadowed} from {kafka.request_topic} "
                      f"(group {kafka.consumer_group}) into {database.name}.{RESPONSES}")
-    target_labels = {"slot": context.run.tags.get(SLOT_TAG, "")}
     with (stream_metrics.served(worker_metrics, metrics.host, Path(metrics.targets_dir),
-                                target_labels) as address,
+                                {"slot": serving["slot"]}) as address,
           stop_on_interrupt() as interrupted):
         context.instance.add_run_tags(context.run_id, {METRICS_TAG: address})
         context.log.info(f"Metrics for Prometheus at http://{address}/metrics")
