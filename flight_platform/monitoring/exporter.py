@@ -34,6 +34,7 @@ from flight_platform.clients.kafka import CLIENT_TIMEOUT_MS, connection
 from flight_platform.clients.mongo import DISTANCES
 from flight_platform.clients.security import Role
 from flight_platform.core.model_store import FLIGHT_DELAY_MODEL, ModelStore
+from flight_platform.core.monitoring import CHALLENGER, CHAMPION
 from flight_platform.settings import Settings, load_settings
 from flight_platform.warehouse import (
     DRIFT_CHECK,
@@ -43,7 +44,7 @@ from flight_platform.warehouse import (
 )
 
 ASSETS = [ON_TIME_PERFORMANCE, DISTANCES, FLIGHT_DELAY_FEATURES, FLIGHT_DELAY_MODEL, PREDICTION_OUTCOMES]
-CHAMPION, CHALLENGER, RETIRED = "champion", "challenger", "retired"
+RETIRED = "retired"  # a version neither serving nor in the champion's shadow any more
 BATCH_REFRESH_S = 10.0
 log = logging.getLogger(__name__)
 

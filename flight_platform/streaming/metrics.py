@@ -21,10 +21,11 @@ from pathlib import Path
 import psutil
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from flight_platform.core.monitoring import CHALLENGER, CHAMPION
+
 # Dead letters by why they were refused: a bounded set, the free-text reason is in the document.
 INVALID_REQUEST = "invalid_request"  # not JSON, off the contract, oversized, null
 SCORING_FAILED = "scoring_failed"
-CHAMPION, CHALLENGER = "champion", "challenger"
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 SCORE_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500)

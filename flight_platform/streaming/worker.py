@@ -41,14 +41,9 @@ from pymongo.errors import BulkWriteError, ConnectionFailure
 from flight_platform.clients.kafka_diagnosis import describe_denial
 from flight_platform.clients.mongo import DEAD_LETTERS, DUPLICATE_KEY, RESPONSES
 from flight_platform.core.contract import MAX_MESSAGE_BYTES, InvalidRequest, PredictionRequest, Scored
+from flight_platform.core.monitoring import CHALLENGER, CHAMPION
 from flight_platform.core.scoring import PipelineScorer
-from flight_platform.streaming.metrics import (
-    CHALLENGER,
-    CHAMPION,
-    INVALID_REQUEST,
-    SCORING_FAILED,
-    StreamMetrics,
-)
+from flight_platform.streaming.metrics import INVALID_REQUEST, SCORING_FAILED, StreamMetrics
 
 POLL_TIMEOUT_MS = 100  # also how quickly a stop request is noticed
 MAX_BATCHES_IN_FLIGHT = 2  # scored but not yet stored; beyond this, polling waits for the writer
