@@ -120,8 +120,10 @@ def drill_worker_kill(platform: PrivatePlatform, rate: float) -> DrillResult:
         # that has served a while, as a production worker has.
         wait_until(lambda: (run := serving_run(instance)) and time.time() - instance.get_run_record_by_id(
             run.run_id).start_time > CRASH_LOOP_RUN_S, RECOVERY_TIMEOUT_S, "a run that served a while")
-        killed_at = time.time()
         kill_stream_worker(instance)
+        # Once it has ended: a request acknowledged before might still be answered by the killed
+        # worker, and serving again would look instant while the drill stops waiting too early.
+        killed_at = time.time()
     return _finish(platform, load, "stream worker kill -9", 0.0,
                    _serving_again_after(platform, load, killed_at))
 
