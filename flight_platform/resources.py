@@ -238,6 +238,10 @@ class WarehouseResource(ConfigurableResource):
         """`columns` of the rows of `months` of `table`, read with pyarrow (no Spark)."""
         return warehouse.read_months(self.root, table, months, columns).to_pandas()
 
+    def read_table(self, table: str, columns: list[str], filters=None) -> pd.DataFrame:
+        """`columns` of every month of `table` narrowed by `filters` (a pyarrow expression)."""
+        return warehouse.read_table(self.root, table, columns, filters).to_pandas()
+
     def write_month(self, table: str, month: str, rows: pa.Table) -> None:
         warehouse.write_month(self.root, table, month, rows)
 
@@ -251,6 +255,21 @@ class ModelStoreResource(ConfigurableResource):
     max_challengers: int = 2
     # Whether the stream explains every answer it serves (and every shadow prediction).
     explain_answers: bool = True
+    # What live outcomes do to the champion (batch.champion): "apply" (promote a better
+    # challenger, restore a better predecessor), "recommend" (record the decisions only) or "off".
+    live_decisions: str = "apply"
+    promotion_margin: float = 0.01  # the smallest live accuracy difference acted on
+    decision_alpha: float = 0.05  # the rate of false decisions, however often outcomes come
+    decision_min_pairs: int = 1000  # flights both versions scored before any decision
+    # The replaced champion is scored beside its successor (and restored if better) until this
+    # many flights both scored are judged, or this many days have passed.
+    probation_pairs: int = 20_000
+    probation_days: float = 14.0
+
+    @property
+    def probation(self) -> bool:
+        """Whether a replaced champion is kept on probation: only live decisions can use it."""
+        return self.live_decisions != "off"
 
     def store(self) -> ModelStore:
         return ModelStore(Path(self.root))
@@ -277,7 +296,13 @@ def build_resources(settings: Settings) -> dict[str, ConfigurableResource]:
         "model_store": ModelStoreResource(root=str(settings.model_store_dir),
                                           promotion_tolerance=settings.promotion_tolerance,
                                           max_challengers=settings.max_challengers,
-                                          explain_answers=settings.explain_answers),
+                                          explain_answers=settings.explain_answers,
+                                          live_decisions=settings.live_decisions,
+                                          promotion_margin=settings.promotion_margin_points / 100,
+                                          decision_alpha=settings.decision_alpha,
+                                          decision_min_pairs=settings.decision_min_pairs,
+                                          probation_pairs=settings.probation_pairs,
+                                          probation_days=settings.probation_days),
         "metrics": MetricsResource(host=settings.metrics_host,
                                    targets_dir=str(settings.metrics_targets_dir)),
     }

@@ -17,6 +17,7 @@ from flight_platform.clients.security import KafkaSecurity, MongoSecurity, kafka
 from flight_platform.core.contract import MAX_MESSAGE_BYTES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+LIVE_DECISIONS = ("apply", "recommend", "off")  # what live outcomes do to the champion
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,12 @@ class Settings:
     promotion_tolerance: float
     max_challengers: int
     explain_answers: bool
+    live_decisions: str  # apply, recommend or off (see batch.champion)
+    promotion_margin_points: float
+    decision_alpha: float
+    decision_min_pairs: int
+    probation_pairs: int
+    probation_days: float
     spark_driver_host: str
     spark_driver_memory: str
     batch_niceness: int
@@ -71,6 +78,9 @@ class Settings:
     alert_live_accuracy_tolerance: float  # FlightChampionLiveAccuracyLow: live below offline by this
 
     def __post_init__(self):
+        if self.live_decisions not in LIVE_DECISIONS:
+            raise ValueError(f"FLIGHT_PLATFORM_LIVE_DECISIONS is {self.live_decisions!r}: use one of "
+                             f"{', '.join(LIVE_DECISIONS)}.")
         if not 1 <= self.stream_workers <= self.request_topic_partitions:
             raise ValueError(
                 f"FLIGHT_PLATFORM_STREAM_WORKERS is {self.stream_workers}, but the request topic is "
@@ -206,6 +216,15 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         # Every answer carries each input's contribution to it (see core.scoring); "false" stores
         # answers without, as the stream benchmark does to measure what explaining costs.
         explain_answers=_env("EXPLAIN_ANSWERS", "true").lower() == "true",
+        # Live outcomes decide the champion ("apply"), are only recorded ("recommend"), or are not
+        # tested ("off"): see flight_platform.batch.champion and core.live_decisions.
+        live_decisions=_env("LIVE_DECISIONS", "apply").lower(),
+        # The smallest live accuracy difference, in points, that promotes or restores a model.
+        promotion_margin_points=float(_env("PROMOTION_MARGIN", "1.0")),
+        decision_alpha=float(_env("DECISION_ALPHA", "0.05")),
+        decision_min_pairs=int(_env("DECISION_MIN_PAIRS", "1000")),
+        probation_pairs=int(_env("PROBATION_PAIRS", "20000")),
+        probation_days=float(_env("PROBATION_DAYS", "14")),
         # The Spark Connect server's driver: on a cluster, an address the executors can reach.
         spark_driver_host=_env("SPARK_DRIVER_HOST", "127.0.0.1"),
         spark_driver_memory=_env("SPARK_DRIVER_MEMORY", "4g"),

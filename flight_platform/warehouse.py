@@ -72,4 +72,12 @@ def read_months(root: str, table: str, months: Sequence[str], columns: Sequence[
     condition = pc.field(MONTH_COLUMN).isin(list(months))
     if filters is not None:
         condition = condition & filters
-    return pq.read_table(table_path(root, table), columns=list(columns), filters=condition)
+    return read_table(root, table, columns, condition)
+
+
+def read_table(root: str, table: str, columns: Sequence[str], filters=None) -> pa.Table:
+    """`columns` of every month of `table` (an empty table if none was written), narrowed by
+    `filters`."""
+    if not Path(table_path(root, table)).exists():
+        return pa.table({column: pa.array([], pa.null()) for column in columns})
+    return pq.read_table(table_path(root, table), columns=list(columns), filters=filters)

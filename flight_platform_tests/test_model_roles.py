@@ -12,7 +12,7 @@ def saved_store(tmp_path, versions: list[str]) -> ModelStore:
     store = ModelStore(tmp_path)
     for version in versions:
         store.pipeline_dir(version).mkdir(parents=True)
-    store.promote(versions[0])
+    store.promote(versions[0], "set up by the test", probation=False)
     return store
 
 
@@ -35,7 +35,10 @@ def test_promote_model_makes_a_challenger_the_champion(tmp_path):
     store.add_challenger("v2", keep=2)
     store.add_challenger("v3", keep=2)
     assert run(promote_model, store, {"version": "v2"}).success
-    assert store.current_version() == "v2" and store.challengers() == ["v3"]
+    # The champion it replaced is scored beside it on probation (live outcomes may restore it).
+    assert store.current_version() == "v2" and store.challengers() == ["v3", "v1"]
+    assert store.on_probation() == "v1"
+    assert store.champions()[-1]["why_came"].startswith("promoted by a person (run ")
 
 
 def test_promote_model_refuses_an_unknown_version(tmp_path):

@@ -37,7 +37,7 @@ def test_a_restart_with_everything_materialized_materializes_nothing(tmp_path):
         assert instance.get_dynamic_partitions(flight_months.name) == months
     store = ModelStore(settings.model_store_dir)
     store.pipeline_dir("v1").mkdir(parents=True)
-    store.promote("v1")
+    store.promote("v1", "set up by the test", probation=False)
     assert unmaterialized(settings, months) == ["flight_delay_features[2013-05]"]
     with DagsterInstance.from_config(str(settings.dagster_home)) as instance:
         instance.report_runless_asset_event(

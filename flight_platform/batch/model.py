@@ -228,7 +228,9 @@ def flight_delay_model(context: AssetExecutionContext, config: ModelTrainingConf
     # itself (batch.outcomes compares them; the promote_model job promotes it).
     challenger = beats_baseline and scorer_matches and not not_worse
     if promoted:
-        store.promote(version)
+        replaced = f"; {current[0]}'s on the same rows {current[1]:.3f}" if current else ""
+        store.promote(version, f"retrained on {months[0]}..{months[-1]}: held-out accuracy "
+                      f"{accuracy:.3f}{replaced}", probation=model_store.probation)
         pruned = store.prune(keep=config.keep_versions)
         context.log.info(f"Promoted model {version}; pruned old versions: {pruned or 'none'}")
     elif challenger:

@@ -13,6 +13,7 @@ straight from MongoDB. The charts are drawn by `outcome_charts`.
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 from dagster import (
     AssetExecutionContext,
     AutomationCondition,
@@ -21,11 +22,13 @@ from dagster import (
     asset,
 )
 
+from flight_platform.batch.champion import review_champion
 from flight_platform.batch.ingest import on_time_performance
 from flight_platform.batch.metadata import cell, confusion_frame, frame_table
 from flight_platform.batch.sources import MONTHLY
 from flight_platform.clients.mongo import find_answers_for_months
 from flight_platform.core import monitoring
+from flight_platform.core.live_decisions import DecisionRule
 from flight_platform.core.model_store import ModelStore
 from flight_platform.resources import ModelStoreResource, MongoResource, WarehouseResource
 from flight_platform.warehouse import ON_TIME_PERFORMANCE, PREDICTION_OUTCOMES
@@ -45,6 +48,13 @@ def read_answers(mongo: MongoResource, months: list[str]) -> list[dict]:
     fields = [*monitoring.REQUEST_COLUMNS, "ModelVersion", "Prediction", "Probabilities",
               "Explanation.Features", "Explanation.Contributions", "Shadow"]
     return find_answers_for_months(mongo.get_database(), months, fields)
+
+
+def read_outcomes_of(warehouse: WarehouseResource, versions: list[str | None]) -> pd.DataFrame:
+    """The stored outcomes of `versions`, every month: what the live decisions judge."""
+    return warehouse.read_table(
+        PREDICTION_OUTCOMES, ["UUID", "ModelVersion", "Prediction", "Probabilities", "ActualBucket",
+                              "Outcome"], pc.field("ModelVersion").isin([v for v in versions if v]))
 
 
 def offline_accuracy(store: ModelStore, version: str) -> float:
@@ -70,7 +80,8 @@ def offline_accuracy(store: ModelStore, version: str) -> float:
     "offline held-out accuracy, confusion matrices, calibration, each version's mean absolute "
     "contribution per input (which inputs it leans on), and charts (a run over several "
     "months reports them together). Answers stored later are taken in by materializing the month "
-    "again.",
+    "again. Then the live decisions (batch.champion): every challenger tested against the champion "
+    "on the flights both scored, with the evidence, what was done, and the champions' history.",
 )
 def prediction_outcomes(context: AssetExecutionContext, mongo: MongoResource,
                         warehouse: WarehouseResource,
@@ -104,7 +115,17 @@ def prediction_outcomes(context: AssetExecutionContext, mongo: MongoResource,
     confusion = pd.DataFrame([{"ModelVersion": version, **row}
                               for version, matrix in monitoring.confusion_by_version(outcomes).items()
                               for row in confusion_frame(matrix).to_dict("records")])
+    review = review_champion(
+        store, read_outcomes_of(warehouse, [store.current_version(), *store.challengers()]),
+        model_store.live_decisions,
+        DecisionRule(model_store.decision_alpha, model_store.promotion_margin,
+                     model_store.decision_min_pairs),
+        model_store.probation_pairs, model_store.probation_days, context.log)
     return MaterializeResult(metadata={
+        "live_decisions": frame_table(review.evidence),
+        "live_decision_actions": MetadataValue.json(review.actions),
+        "live_decisions_mode": model_store.live_decisions,
+        "champions": frame_table(pd.DataFrame(store.champions())),
         "dagster/row_count": len(outcomes),
         "path": MetadataValue.path(warehouse.table_path(PREDICTION_OUTCOMES)),
         "answers": len(served),

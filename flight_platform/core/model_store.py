@@ -4,6 +4,7 @@
     <root>/versions/<version>/model.json        metrics and provenance
     <root>/current                              the promoted version's name: the champion
     <root>/challengers                          versions scored in the shadow of the champion
+    <root>/champions.json                       every champion: when and why it came and went
 
 A version directory is complete before `current` or `challengers` names it, and both are replaced
 with an atomic rename, so a reader never sees half a model or half a list. Plain text, not
@@ -11,6 +12,7 @@ symlinks, so it works the same on object storage mounts. Two writers at the same
 training run and an operator's job) cannot corrupt the files; the last one wins.
 """
 
+import datetime as dt
 import json
 import os
 import shutil
@@ -61,11 +63,56 @@ class ModelStore:
         staged.write_text("".join(f"{line}\n" for line in lines))
         os.replace(staged, path)
 
-    def promote(self, version: str) -> None:
-        """Make `version` the champion; it stops being a challenger."""
+    def promote(self, version: str, reason: str, probation: bool = True) -> None:
+        """Make `version` the champion (it stops being a challenger) and record why. With
+        `probation`, the champion it replaces is scored beside it as a challenger (beyond the
+        limit of challengers) until `end_probation`, so that live outcomes can restore it."""
         self._require_pipeline(version)
+        previous = self.current_version()
+        if previous == version:
+            return
+        now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        champions = self.champions()
+        if champions and champions[-1]["version"] == previous:
+            champions[-1].update(went=now, why_went=f"replaced by {version}: {reason}")
+        on_probation = probation and previous is not None
+        champions.append({"version": version, "came": now, "why_came": reason,
+                          "replaced": previous, "probation": on_probation})
         self._replace(self.pointer, [version])
         self.remove_challenger(version)
+        if on_probation:
+            self._replace(self.root / "challengers",
+                          [v for v in self.challengers() if v != previous] + [previous])
+        self._replace(self.root / "champions.json", [json.dumps(champions, indent=1)])
+
+    def champions(self) -> list[dict[str, Any]]:
+        """Every champion, oldest first: version, came / went (ISO times) and why, the version it
+        replaced and whether that one is on probation."""
+        try:
+            return json.loads((self.root / "champions.json").read_text())
+        except FileNotFoundError:
+            return []
+
+    def on_probation(self) -> str | None:
+        """The champion the current one replaced, while it is still scored beside it on probation."""
+        champions = self.champions()
+        latest = champions[-1] if champions else None
+        if latest and latest["version"] == self.current_version() and latest["probation"] \
+                and latest["replaced"] in self.challengers():
+            return latest["replaced"]
+        return None
+
+    def end_probation(self, reason: str) -> str | None:
+        """Stop scoring the replaced champion on probation; returns it (None if none was)."""
+        previous = self.on_probation()
+        if previous is None:
+            return None
+        champions = self.champions()
+        champions[-1].update(probation=False, probation_ended=dt.datetime.now(dt.UTC).isoformat(
+            timespec="seconds"), why_probation_ended=reason)
+        self.remove_challenger(previous)
+        self._replace(self.root / "champions.json", [json.dumps(champions, indent=1)])
+        return previous
 
     def challengers(self) -> list[str]:
         """The challenger versions, oldest first."""

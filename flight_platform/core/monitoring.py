@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from flight_platform.core.features import ARRIVAL_DELAY_LABELS, ARRIVAL_DELAY_SPLITS
+from flight_platform.core.live_decisions import PairedOutcomes, paired_outcomes
 
 BUCKETS = len(ARRIVAL_DELAY_LABELS)
 # What identifies a flight in a request. The schedule time that would tell apart two flights of
@@ -240,3 +241,32 @@ def feature_drift(training: pd.DataFrame, served: pd.DataFrame, numeric: list[st
                      "Bins": len(expected), "PSI": population_stability_index(expected, actual),
                      "Unseen": int((~served[feature].isin(known)).sum())})
     return pd.DataFrame(rows, columns=["Feature", "Binning", "Bins", "PSI", "Unseen"])
+
+
+def brier_scores(outcomes: pd.DataFrame) -> np.ndarray:
+    """Each matched row's multiclass Brier score: the squared distance of its probabilities from
+    the actual bucket's indicator (0 best, 2 worst)."""
+    probabilities = np.array(outcomes["Probabilities"].tolist(), dtype=float).reshape(-1, BUCKETS)
+    actual = np.eye(BUCKETS)[outcomes["ActualBucket"].to_numpy(dtype=int)]
+    return ((probabilities - actual) ** 2).sum(axis=1)
+
+
+def paired_by_version(outcomes: pd.DataFrame, champion: str,
+                      challengers: Iterable[str]) -> dict[str, PairedOutcomes]:
+    """Each challenger and the champion judged on the matched flights both scored (whichever of
+    them served the answer: roles change with promotions, the requests they shared do not)."""
+    scored = matched(outcomes).drop_duplicates(["UUID", "ModelVersion"])
+    scored = scored.assign(Right=scored["Prediction"] == scored["ActualBucket"],
+                           Brier=brier_scores(scored) if len(scored) else [])
+    by_version = {version: rows.set_index("UUID")[["Right", "Brier"]]
+                  for version, rows in scored.groupby("ModelVersion")}
+    empty = pd.DataFrame({"Right": pd.Series(dtype=bool), "Brier": pd.Series(dtype=float)})
+    base = by_version.get(champion, empty)
+    paired = {}
+    for challenger in challengers:
+        both = by_version.get(challenger, empty).join(base, how="inner", lsuffix="Challenger",
+                                                       rsuffix="Champion")
+        paired[challenger] = paired_outcomes(
+            both["RightChallenger"].to_numpy(bool), both["RightChampion"].to_numpy(bool),
+            float((both["BrierChallenger"] - both["BrierChampion"]).mean()) if len(both) else float("nan"))
+    return paired

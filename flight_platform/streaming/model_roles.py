@@ -33,9 +33,11 @@ def promote_version(context: OpExecutionContext, config: PromoteModelConfig,
     store = model_store.store()
     _require_saved(store, [config.version])
     previous = store.current_version()
-    store.promote(config.version)
-    context.log.info(f"Model {config.version} is the champion (was {previous}); the stream "
-                     f"supervisor rolls it out.")
+    store.promote(config.version, f"promoted by a person (run {context.run_id})",
+                  probation=model_store.probation)
+    on_probation = ", on probation as a challenger" if store.on_probation() else ""
+    context.log.info(f"Model {config.version} is the champion (was {previous}{on_probation}); the "
+                     f"stream supervisor rolls it out.")
 
 
 @op(description="Add and remove challengers; the newest max_challengers are kept.")
