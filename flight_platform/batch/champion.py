@@ -2,9 +2,10 @@
 flights did, every challenger is tested against the champion on the flights both scored
 (core.live_decisions). A better challenger is promoted (the stream supervisor rolls it out
 blue/green) and the champion it replaces stays as a challenger on probation; a predecessor on
-probation found better than its successor is restored. Probation ends after a number of judged
-flights or days. Every decision, "not yet" included, is returned as evidence for the asset's
-metadata; the model store's champions.json says when and why each champion came and went.
+probation found better than its successor is restored (before any other challenger is
+promoted). Probation ends after a number of judged flights or days. Every decision, "not yet"
+included, is returned as evidence for the asset's metadata; the model store's champions.json says
+when and why each champion came and went.
 
 The model store's `live_decisions` setting: "apply" acts, "recommend" records what it would do and
 changes nothing, "off" tests nothing.
@@ -73,9 +74,12 @@ def review_champion(store: ModelStore, outcomes: pd.DataFrame, mode: str, rule: 
                              for version, decision in decisions.items()], columns=EVIDENCE_COLUMNS)
     better = sorted((d.outcomes.difference, version) for version, d in decisions.items()
                     if d.verdict is Verdict.BETTER)
+    # Restoring the predecessor comes first: it is a known model, and the champion it beats was
+    # only on trial. Otherwise the challenger ahead by the most is promoted.
+    restore = [(difference, version) for difference, version in better if version == predecessor]
     actions = []
     if better:
-        difference, version = better[-1]
+        difference, version = (restore or better)[-1]
         pairs = decisions[version].outcomes.pairs
         if version == predecessor:
             reason = (f"restored: {champion} was {100 * difference:.1f} points less accurate on "

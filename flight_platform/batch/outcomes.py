@@ -52,9 +52,10 @@ def read_answers(mongo: MongoResource, months: list[str]) -> list[dict]:
 
 def read_outcomes_of(warehouse: WarehouseResource, versions: list[str | None]) -> pd.DataFrame:
     """The stored outcomes of `versions`, every month: what the live decisions judge."""
+    wanted = pa.array([v for v in versions if v], pa.string())
     return warehouse.read_table(
         PREDICTION_OUTCOMES, ["UUID", "ModelVersion", "Prediction", "Probabilities", "ActualBucket",
-                              "Outcome"], pc.field("ModelVersion").isin([v for v in versions if v]))
+                              "Outcome"], pc.field("ModelVersion").isin(wanted))
 
 
 def offline_accuracy(store: ModelStore, version: str) -> float:
