@@ -22,6 +22,7 @@ from dataclasses import replace
 import pytest
 from dagster import DagsterInstance
 from kafka import KafkaConsumer, TopicPartition
+from markupsafe import escape
 
 from flight_platform.clients.kafka import connection
 from flight_platform.clients.kafka_access import prepare_topic
@@ -99,11 +100,15 @@ def published(settings, topic: str, request_id: str, timeout: float = 30) -> Pre
         consumer.close()
 
 
-def test_the_form_page_is_served_without_external_resources(client):
+def test_the_form_page_is_served_without_external_resources(client, settings):
     assert client.get("/").headers["Location"].endswith("/flights/delays/predict_kafka")
     page = client.get("/flights/delays/predict_kafka")
     assert page.status_code == 200
     html = page.get_data(as_text=True)
+    # Since when and why the champion serves: the session's model, promoted by the retrain gate.
+    champion = ModelStore(settings.model_store_dir).champions()[-1]
+    assert champion["why_came"].startswith("retrained on 2013-01..2013-12: held-out accuracy 0.")
+    assert f"<code>{champion['version']}</code>" in html and escape(champion["why_came"]) in html
     for field in VALID_FORM:
         assert f'name="{field}"' in html and f'id="{field}-error"' in html
     assert 'src="http' not in html and 'href="http' not in html

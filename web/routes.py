@@ -19,6 +19,7 @@ from flight_platform.core.contract import (
     canonical_uuid,
     quote,
 )
+from flight_platform.core.model_store import ModelStore
 from web import metrics, openapi
 from web.answer_watch import MAX_WAIT_S
 from web.clients import ServiceClients, ServiceUnavailable
@@ -128,7 +129,19 @@ def index():
 
 @predictions.get("/flights/delays/predict_kafka")
 def predict_kafka():
-    return render_template("predict_kafka.html")
+    return render_template("predict_kafka.html", champion=_champion())
+
+
+def _champion() -> dict | None:
+    """Since when and why the champion serves (the model store's history); None before the first
+    model, or when the store is not reachable from the web app."""
+    store = ModelStore(_clients().settings.model_store_dir)
+    try:
+        champions = store.champions()
+    except OSError:
+        return None
+    latest = champions[-1] if champions else None
+    return latest if latest and latest["version"] == store.current_version() else None
 
 
 @predictions.post("/flights/delays/predict/classify_realtime")
