@@ -51,3 +51,4 @@ bench: install
 	$(BIN)/python -m benchmarks.contract
 	$(BIN)/python -m benchmarks.faults
 	$(BIN)/python -m benchmarks.scale
+	$(BIN)/python -m benchmarks.live_decisions

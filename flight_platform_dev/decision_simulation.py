@@ -1,12 +1,15 @@
 """Simulated paired outcomes for the live decision rule (flight_platform.core.live_decisions):
 sequences of flights judged for a champion and a challenger, the rule looked at after every batch.
-Used by its unit tests and printed by benchmarks/live_decisions.py."""
+Used by its unit tests and printed by benchmarks/live_decisions.py; and made-up outcomes tables
+for the reviews of the champion (batch.champion)."""
 
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from flight_platform.core.live_decisions import DecisionRule, PairedOutcomes, Verdict, decide
+from flight_platform.core.monitoring import BUCKETS, MATCHED
 
 
 @dataclass(frozen=True)
@@ -55,3 +58,19 @@ def simulate(rule: DecisionRule, champion_accuracy: float, difference: float, di
                 needed.append(looked)
                 break
     return Simulated(sequences, better, worse, needed)
+
+
+def simulated_outcomes(accuracies: dict[str, float], flights: int, seed: int) -> pd.DataFrame:
+    """Each version right on each flight with its accuracy (independently), as prediction_outcomes
+    stores matched answers: one row per flight and version."""
+    generator = np.random.default_rng(seed)
+    actual = generator.integers(0, BUCKETS, flights)
+    rows = []
+    for version, accuracy in accuracies.items():
+        right = generator.random(flights) < accuracy
+        predicted = np.where(right, actual, (actual + 1) % BUCKETS)
+        rows.append(pd.DataFrame({
+            "UUID": [f"r{i}" for i in range(flights)], "ModelVersion": version,
+            "Prediction": predicted, "Probabilities": [np.eye(BUCKETS)[p] * 0.7 + 0.075 for p in predicted],
+            "ActualBucket": actual, "Outcome": MATCHED}))
+    return pd.concat(rows, ignore_index=True)

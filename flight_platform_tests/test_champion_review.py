@@ -4,33 +4,16 @@ successor is rolled back, probation ends, and "recommend" and "off" change nothi
 
 import logging
 
-import numpy as np
 import pandas as pd
 import pytest
 
 from flight_platform.batch.champion import review_champion
 from flight_platform.core.live_decisions import DecisionRule
 from flight_platform.core.model_store import ModelStore
-from flight_platform.core.monitoring import BUCKETS, MATCHED
+from flight_platform_dev.decision_simulation import simulated_outcomes as outcomes
 
 RULE = DecisionRule(alpha=0.05, margin=0.01, min_pairs=1000)
 LOG = logging.getLogger(__name__)
-
-
-def outcomes(accuracies: dict[str, float], flights: int, seed: int) -> pd.DataFrame:
-    """Each version right on each flight with its accuracy (independently), as prediction_outcomes
-    stores matched answers: one row per flight and version."""
-    generator = np.random.default_rng(seed)
-    actual = generator.integers(0, BUCKETS, flights)
-    rows = []
-    for version, accuracy in accuracies.items():
-        right = generator.random(flights) < accuracy
-        predicted = np.where(right, actual, (actual + 1) % BUCKETS)
-        rows.append(pd.DataFrame({
-            "UUID": [f"r{i}" for i in range(flights)], "ModelVersion": version,
-            "Prediction": predicted, "Probabilities": [np.eye(BUCKETS)[p] * 0.7 + 0.075 for p in predicted],
-            "ActualBucket": actual, "Outcome": MATCHED}))
-    return pd.concat(rows, ignore_index=True)
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ every version on what the flights really did. A replay of late departures raises
 import datetime as dt
 import json
 import re
+import shutil
 
 import pytest
 from dagster import AssetKey, DagsterInstance
@@ -62,18 +63,30 @@ def by_version(metadata: dict) -> dict[str, dict]:
     return {r.data["ModelVersion"]: r.data for r in metadata["accuracy_by_version"].records}
 
 
-def test_a_replayed_day_is_judged_per_model_and_late_departures_raise_drift(platform, capsys):
+@pytest.fixture(scope="module")
+def models(platform) -> tuple[str, str, str]:
+    """(the year's model, trained on every month, June included; a small one, 3 shallow trees;
+    one trained on the WINDOW months, June left out)"""
     store = ModelStore(platform.settings.model_store_dir)
-    year_model = store.current_version()  # trained on every month, June included
+    year_model = store.current_version()
     small = train(platform, num_trees=3, max_depth=4)
     assert store.challengers()[-1] == small  # sound but weaker: a challenger by itself
-    window_model = train(platform)
+    return year_model, small, train(platform)
+
+
+def promote(platform: PrivatePlatform, version: str) -> None:
     launch(platform, "--job", "promote_model",
-            config={"ops": {"promote_version": {"config": {"version": window_model}}}})
+           config={"ops": {"promote_version": {"config": {"version": version}}}})
+
+
+def test_a_replayed_day_is_judged_per_model_and_late_departures_raise_drift(platform, models, capsys):
+    store = ModelStore(platform.settings.model_store_dir)
+    year_model, small, window_model = models
+    promote(platform, window_model)
     launch(platform, "--job", "manage_challengers", config={"ops": {
         "update_challengers": {"config": {"add": [year_model], "remove": []}}}})
     assert store.current_version() == window_model
-    assert store.challengers() == [small, year_model]
+    assert store.challengers() == [small, year_model]  # the year's model on probation, re-added
     assert "2013-06" not in store.read_info(window_model)["months"]
     with platform.instance() as instance:
         wait_until(lambda: rolled_out(instance, window_model, 1, challengers=[small, year_model]), 300,
@@ -112,3 +125,65 @@ def test_a_replayed_day_is_judged_per_model_and_late_departures_raise_drift(plat
         assert not alarm.passed and alarm.severity.value == "WARN"
         assert alarm.metadata["features_over_threshold"].value == ["DepDelay"]
         assert re.search(r"DepDelay", alarm.description)
+
+
+def judge_june(platform: PrivatePlatform, instance: DagsterInstance) -> dict:
+    """Materialize June's outcomes (which runs the live decisions); their metadata."""
+    launch(platform, "--assets", PREDICTION_OUTCOMES, "--partition", "2013-06")
+    return outcomes(instance, "2013-06")[0]
+
+
+def replay_until_replaced(platform: PrivatePlatform, instance: DagsterInstance, champion: str,
+                          days: list[dt.date]) -> tuple[int, dict, list[str]]:
+    """Replay `days` one by one, judging June after each, until `champion` is replaced; the days
+    it took, the last metadata, and what each look predicted (pairs still needed)."""
+    store = ModelStore(platform.settings.model_store_dir)
+    predicted = []
+    for replayed, day in enumerate(days, start=1):
+        summary = replay_day(platform.settings, day, rate=0, wait_s=300)
+        assert summary.answered == summary.sent, summary.report()
+        metadata = judge_june(platform, instance)
+        predicted.append("; ".join(f"{r.data['Challenger']}: {r.data['Verdict']} on {r.data['Pairs']}, "
+                                   f"{r.data['MorePairsNeeded']} more"
+                                   for r in metadata["live_decisions"].records))
+        if store.current_version() != champion:
+            return replayed, metadata, predicted
+    raise AssertionError(f"{champion} still serves after {len(days)} days: {predicted}")
+
+
+def test_live_outcomes_promote_a_better_challenger_and_roll_back_a_worse_champion(platform, models, capsys):
+    """A weak champion (the small model) is replaced without a person by the better of the two
+    others, judged on replayed June days; its identical copy on probation is never restored. Then
+    a person promotes the small model again, and live outcomes restore the champion it replaced."""
+    store = ModelStore(platform.settings.model_store_dir)
+    year_model, small, window_model = models
+    copy = f"{small}-copy"
+    shutil.copytree(store.version_dir(small), store.version_dir(copy))
+    promote(platform, small)
+    promote(platform, copy)  # the small model on probation: a copy of the champion
+    assert store.on_probation() == small
+    strong = {year_model, window_model}
+    assert strong <= set(store.challengers())
+    june = [dt.date(2013, 6, d) for d in (3, 4, 5, 6, 7)]
+    with platform.instance() as instance:
+        wait_until(lambda: rolled_out(instance, copy, 1, challengers=store.challengers()), 300,
+                   "the weak champion and its challengers to be rolled out")
+        days, metadata, looks = replay_until_replaced(platform, instance, copy, june)
+        promoted = store.current_version()
+        (action,) = metadata["live_decision_actions"]
+        with capsys.disabled():
+            print(f"\n{promoted} promoted after {days} replayed day(s): {action}\nlooks: {looks}")
+        assert promoted in strong and action.startswith(f"promote {promoted} over {copy}")
+        assert store.champions()[-1]["why_came"].startswith("promoted on ")
+        assert store.on_probation() == copy
+
+        promote(platform, small)  # by a person: worse than the one it replaces
+        assert store.on_probation() == promoted
+        wait_until(lambda: rolled_out(instance, small, 1, challengers=store.challengers()), 300,
+                   "the person's choice to be rolled out")
+        days, metadata, looks = replay_until_replaced(platform, instance, small, june[days:])
+        (action,) = metadata["live_decision_actions"]
+        with capsys.disabled():
+            print(f"{small} rolled back after {days} replayed day(s): {action}\nlooks: {looks}")
+        assert store.current_version() == promoted and action.startswith(f"restore {promoted}")
+        assert store.champions()[-1]["why_came"].startswith(f"restored: {small} was")
