@@ -134,21 +134,36 @@ def judge_june(platform: PrivatePlatform, instance: DagsterInstance) -> dict:
 
 
 def replay_until_replaced(platform: PrivatePlatform, instance: DagsterInstance, champion: str,
-                          days: list[dt.date]) -> tuple[int, dict, list[str]]:
-    """Replay `days` one by one, judging June after each, until `champion` is replaced; the days
-    it took, the last metadata, and what each look predicted (pairs still needed)."""
+                          days: list[dt.date]) -> tuple[dict, list[dict[str, dict]]]:
+    """Replay `days` one by one, judging June after each, until `champion` is replaced; the last
+    metadata and, per look, each challenger's row of the decisions (its pairs, verdict, and how
+    many more pairs it was predicted to need)."""
     store = ModelStore(platform.settings.model_store_dir)
-    predicted = []
-    for replayed, day in enumerate(days, start=1):
+    looks = []
+    for day in days:
         summary = replay_day(platform.settings, day, rate=0, wait_s=300)
         assert summary.answered == summary.sent, summary.report()
         metadata = judge_june(platform, instance)
-        predicted.append("; ".join(f"{r.data['Challenger']}: {r.data['Verdict']} on {r.data['Pairs']}, "
-                                   f"{r.data['MorePairsNeeded']} more"
-                                   for r in metadata["live_decisions"].records))
+        looks.append({r.data["Challenger"]: r.data for r in metadata["live_decisions"].records})
         if store.current_version() != champion:
-            return replayed, metadata, predicted
-    raise AssertionError(f"{champion} still serves after {len(days)} days: {predicted}")
+            return metadata, looks
+    raise AssertionError(f"{champion} still serves after {len(days)} days: {looks}")
+
+
+def assert_decided_as_predicted(looks: list[dict[str, dict]], version: str) -> None:
+    """`version` was decided no later than the first look its earlier prediction (pairs so far +
+    more needed) was reached at: the rule's "not yet" says how long to wait."""
+    first = looks[0][version]
+    if len(looks) > 1 and first["MorePairsNeeded"] is not None:
+        predicted = first["Pairs"] + first["MorePairsNeeded"]
+        reached = next(i for i, look in enumerate(looks) if look[version]["Pairs"] >= predicted or
+                       i == len(looks) - 1)
+        assert len(looks) - 1 <= reached, (predicted, looks)
+
+
+def timeline(looks: list[dict[str, dict]]) -> str:
+    return " | ".join("; ".join(f"{v}: {r['Verdict']} on {r['Pairs']:,} pairs, {r['MorePairsNeeded']} more"
+                                for v, r in look.items()) for look in looks)
 
 
 def test_live_outcomes_promote_a_better_challenger_and_roll_back_a_worse_champion(platform, models, capsys):
@@ -168,12 +183,15 @@ def test_live_outcomes_promote_a_better_challenger_and_roll_back_a_worse_champio
     with platform.instance() as instance:
         wait_until(lambda: rolled_out(instance, copy, 1, challengers=store.challengers()), 300,
                    "the weak champion and its challengers to be rolled out")
-        days, metadata, looks = replay_until_replaced(platform, instance, copy, june)
+        metadata, looks = replay_until_replaced(platform, instance, copy, june)
         promoted = store.current_version()
         (action,) = metadata["live_decision_actions"]
         with capsys.disabled():
-            print(f"\n{promoted} promoted after {days} replayed day(s): {action}\nlooks: {looks}")
+            print(f"\n{promoted} promoted after {len(looks)} replayed day(s): {action}\n"
+                  f"looks: {timeline(looks)}")
         assert promoted in strong and action.startswith(f"promote {promoted} over {copy}")
+        assert_decided_as_predicted(looks, promoted)
+        assert {look[small]["Verdict"] for look in looks} == {"not yet"}  # the copy on probation
         assert store.champions()[-1]["why_came"].startswith("promoted on ")
         assert store.on_probation() == copy
 
@@ -181,9 +199,11 @@ def test_live_outcomes_promote_a_better_challenger_and_roll_back_a_worse_champio
         assert store.on_probation() == promoted
         wait_until(lambda: rolled_out(instance, small, 1, challengers=store.challengers()), 300,
                    "the person's choice to be rolled out")
-        days, metadata, looks = replay_until_replaced(platform, instance, small, june[days:])
+        metadata, rollback_looks = replay_until_replaced(platform, instance, small, june[len(looks):])
         (action,) = metadata["live_decision_actions"]
         with capsys.disabled():
-            print(f"{small} rolled back after {days} replayed day(s): {action}\nlooks: {looks}")
+            print(f"{small} rolled back after {len(rollback_looks)} replayed day(s): {action}\n"
+                  f"looks: {timeline(rollback_looks)}")
+        assert_decided_as_predicted(rollback_looks, promoted)
         assert store.current_version() == promoted and action.startswith(f"restore {promoted}")
         assert store.champions()[-1]["why_came"].startswith(f"restored: {small} was")

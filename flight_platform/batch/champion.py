@@ -72,6 +72,7 @@ def review_champion(store: ModelStore, outcomes: pd.DataFrame, mode: str, rule: 
     decisions = decide(monitoring.paired_by_version(outcomes, champion, challengers), rule)
     evidence = pd.DataFrame([evidence_row(champion, version, version == predecessor, decision)
                              for version, decision in decisions.items()], columns=EVIDENCE_COLUMNS)
+    evidence["MorePairsNeeded"] = evidence["MorePairsNeeded"].astype("Int64")  # a count, or none
     better = sorted((d.outcomes.difference, version) for version, d in decisions.items()
                     if d.verdict is Verdict.BETTER)
     # Restoring the predecessor comes first: it is a known model, and the champion it beats was

@@ -10,7 +10,9 @@ from flight_platform.core.features import ARRIVAL_DELAY_LABELS
 
 
 def cell(value):
-    """A table cell: NumPy scalars as Python ones, NaN (nothing to measure) as empty."""
+    """A table cell: NumPy scalars as Python ones, NaN and NA (nothing to measure) as empty."""
+    if value is pd.NA:
+        return None
     if isinstance(value, (float, np.floating)):
         return None if math.isnan(value) else round(float(value), 4)
     return value.item() if isinstance(value, np.generic) else value
