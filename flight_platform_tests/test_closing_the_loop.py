@@ -2,20 +2,27 @@
 window of months that leaves June out is promoted with the promote_model job and rolled out, two
 challengers are scored beside it, a real June day is replayed through Kafka with
 `flight_platform.replay`, and `prediction_outcomes` (materialized with `dg launch`) judges
-every version on what the flights really did. A replay of late departures raises the drift alarm."""
+every version on what the flights really did. A replay of late departures raises the drift alarm.
+Then live outcomes decide the champion on replayed days: a weak champion is replaced without a
+person, and a person's worse choice is rolled back."""
 
 import datetime as dt
 import json
+import logging
 import re
 import shutil
 
 import pytest
 from dagster import AssetKey, DagsterInstance
 
+from flight_platform.batch.champion import review_champion
+from flight_platform.batch.outcomes import read_outcomes_of
 from flight_platform.clients.mongo import RESPONSES
+from flight_platform.core.live_decisions import DecisionRule
 from flight_platform.core.model_store import ModelStore
 from flight_platform.local.processes import wait_until
 from flight_platform.replay import Selection, replay_day
+from flight_platform.resources import build_resources
 from flight_platform.warehouse import DRIFT_CHECK, PREDICTION_OUTCOMES
 from flight_platform_dev.dagster_runs import run_cli
 from flight_platform_dev.platform import PrivatePlatform, rolled_out
@@ -197,6 +204,17 @@ def test_live_outcomes_promote_a_better_challenger_and_roll_back_a_worse_champio
 
         promote(platform, small)  # by a person: worse than the one it replaces
         assert store.on_probation() == promoted
+        # "recommend" on the outcomes judged so far (the small model was scored beside the other
+        # models all along): the rollback is recommended, and nothing changes.
+        serving = (store.current_version(), store.challengers(), store.champions())
+        settings = platform.settings
+        recommended = review_champion(
+            store, read_outcomes_of(build_resources(settings)["warehouse"], [small, *store.challengers()]),
+            "recommend", DecisionRule(settings.decision_alpha, settings.promotion_margin_points / 100,
+                                      settings.decision_min_pairs),
+            settings.probation_pairs, settings.probation_days, logging.getLogger(__name__))
+        assert recommended.actions[0].startswith(f"recommended: restore {promoted} in place of {small}")
+        assert (store.current_version(), store.challengers(), store.champions()) == serving
         wait_until(lambda: rolled_out(instance, small, 1, challengers=store.challengers()), 300,
                    "the person's choice to be rolled out")
         metadata, rollback_looks = replay_until_replaced(platform, instance, small, june[len(looks):])

@@ -24,7 +24,8 @@ from flight_platform.core.model_store import ModelStore
 APPLY, RECOMMEND, OFF = "apply", "recommend", "off"
 EVIDENCE_COLUMNS = ["Champion", "Challenger", "OnProbation", "Pairs", "Discordant",
                     "ChallengerAccuracy", "ChampionAccuracy", "DifferencePoints", "IntervalPoints",
-                    "PValue", "Level", "BrierDifference", "Verdict", "Reason", "MorePairsNeeded"]
+                    "PValue", "Level", "BrierDifference", "AccuracyZ", "BrierZ", "Verdict", "Reason",
+                    "MorePairsNeeded"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ def evidence_row(champion: str, challenger: str, on_probation: bool, decision: D
         "IntervalPoints": f"[{100 * low:+.1f}, {100 * high:+.1f}]",
         "PValue": float(f"{decision.p_value:.3g}"), "Level": float(f"{decision.level:.3g}"),
         "BrierDifference": round(outcomes.brier_difference, 4),
+        "AccuracyZ": round(outcomes.accuracy_z, 2), "BrierZ": round(outcomes.brier_z, 2),
         "Verdict": str(decision.verdict), "Reason": decision.reason,
         "MorePairsNeeded": decision.more_pairs_needed,
     }

@@ -58,8 +58,10 @@ class PairedOutcomes:
     champion_only_right: int
     challenger_right: int
     champion_right: int
-    # The Brier score of each (multiclass, 0 best, 2 worst) minus the champion's, mean over pairs
+    # The challenger's Brier score (multiclass, 0 best, 2 worst) minus the champion's, over pairs:
+    # its mean and standard deviation
     brier_difference: float = float("nan")
+    brier_difference_sd: float = float("nan")
 
     @property
     def discordant(self) -> int:
@@ -71,6 +73,21 @@ class PairedOutcomes:
         return (self.challenger_only_right - self.champion_only_right) / self.pairs if self.pairs else 0.0
 
     @property
+    def accuracy_z(self) -> float:
+        """How many standard errors the accuracy difference is from none, at a fixed sample size:
+        against `brier_z`, which of the two statistics separates the versions sooner (the pairs
+        a test needs go with 1/z^2)."""
+        variance = self.discordant / self.pairs - self.difference ** 2 if self.pairs else 0.0
+        return self.difference / math.sqrt(variance / self.pairs) if variance > 0 else float("nan")
+
+    @property
+    def brier_z(self) -> float:
+        """The same for the Brier difference, signed so that positive favours the challenger."""
+        if not self.pairs or not self.brier_difference_sd > 0:
+            return float("nan")
+        return -self.brier_difference / (self.brier_difference_sd / math.sqrt(self.pairs))
+
+    @property
     def challenger_accuracy(self) -> float:
         return self.challenger_right / self.pairs if self.pairs else float("nan")
 
@@ -80,15 +97,18 @@ class PairedOutcomes:
 
 
 def paired_outcomes(challenger_right: np.ndarray, champion_right: np.ndarray,
-                    brier_difference: float = float("nan")) -> PairedOutcomes:
-    """From two boolean arrays over the same flights: was each version right."""
+                    brier_differences: np.ndarray | None = None) -> PairedOutcomes:
+    """From two boolean arrays over the same flights (was each version right) and, optionally,
+    the challenger's Brier score minus the champion's on each."""
     challenger_right, champion_right = np.asarray(challenger_right, bool), np.asarray(champion_right, bool)
+    brier = 0 if brier_differences is None else len(brier_differences)
     return PairedOutcomes(
         pairs=len(champion_right),
         challenger_only_right=int((challenger_right & ~champion_right).sum()),
         champion_only_right=int((champion_right & ~challenger_right).sum()),
         challenger_right=int(challenger_right.sum()), champion_right=int(champion_right.sum()),
-        brier_difference=brier_difference)
+        brier_difference=float(np.mean(brier_differences)) if brier else float("nan"),
+        brier_difference_sd=float(np.std(brier_differences, ddof=1)) if brier > 1 else float("nan"))
 
 
 def _log_beta(x: float, y: float) -> float:

@@ -268,5 +268,5 @@ def paired_by_version(outcomes: pd.DataFrame, champion: str,
                                                        rsuffix="Champion")
         paired[challenger] = paired_outcomes(
             both["RightChallenger"].to_numpy(bool), both["RightChampion"].to_numpy(bool),
-            float((both["BrierChallenger"] - both["BrierChampion"]).mean()) if len(both) else float("nan"))
+            (both["BrierChallenger"] - both["BrierChampion"]).to_numpy(float))
     return paired
