@@ -229,7 +229,8 @@ def decide(challengers: dict[str, PairedOutcomes], rule: DecisionRule) -> dict[s
             verdict, reason = Verdict.NOT_YET, (f"{outcomes.pairs:,} paired outcomes of the "
                                                 f"{rule.min_pairs:,} required")
         elif not rejected:
-            verdict, reason = Verdict.NOT_YET, f"p = {p:.3g} > {level:.3g}: not distinguishable yet"
+            verdict, reason = Verdict.NOT_YET, (f"not distinguishable yet (p = {p:.3g}, Holm level "
+                                                f"{level:.3g})")
         elif abs(difference) < rule.margin:
             verdict, reason = Verdict.NOT_YET, (f"{100 * difference:+.1f} points, within the "
                                                 f"{100 * rule.margin:.1f}-point margin")
