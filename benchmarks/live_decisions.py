@@ -72,7 +72,7 @@ def main() -> None:
             store.add_challenger("one", keep=2)
             store.add_challenger("two", keep=2)
             started = time.perf_counter()
-            review = review_champion(store, frame, "recommend", rule, 20_000, 14,
+            review = review_champion(store, lambda versions: frame, "recommend", rule, 20_000, 14,
                                      logging.getLogger("benchmark"))
             timings.append(time.perf_counter() - started)
     print(f"review_champion on {len(frame):,} outcomes: {statistics.median(timings):.2f} s "

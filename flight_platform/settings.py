@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flight_platform.clients.security import KafkaSecurity, MongoSecurity, kafka_security, mongo_security
+from flight_platform.core import live_decisions
 from flight_platform.core.contract import MAX_MESSAGE_BYTES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-LIVE_DECISIONS = ("apply", "recommend", "off")  # what live outcomes do to the champion
 
 
 @dataclass(frozen=True)
@@ -78,9 +78,9 @@ class Settings:
     alert_live_accuracy_tolerance: float  # FlightChampionLiveAccuracyLow: live below offline by this
 
     def __post_init__(self):
-        if self.live_decisions not in LIVE_DECISIONS:
+        if self.live_decisions not in live_decisions.MODES:
             raise ValueError(f"FLIGHT_PLATFORM_LIVE_DECISIONS is {self.live_decisions!r}: use one of "
-                             f"{', '.join(LIVE_DECISIONS)}.")
+                             f"{', '.join(live_decisions.MODES)}.")
         if not 1 <= self.stream_workers <= self.request_topic_partitions:
             raise ValueError(
                 f"FLIGHT_PLATFORM_STREAM_WORKERS is {self.stream_workers}, but the request topic is "

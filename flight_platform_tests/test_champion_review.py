@@ -28,7 +28,8 @@ def store(tmp_path) -> ModelStore:
 
 
 def review(store: ModelStore, judged: pd.DataFrame, mode: str = "apply", probation_pairs: int = 20_000):
-    return review_champion(store, judged, mode, RULE, probation_pairs, 14, LOG)
+    return review_champion(store, lambda versions: judged[judged["ModelVersion"].isin(versions)], mode,
+                           RULE, probation_pairs, 14, LOG)
 
 
 def test_a_better_challenger_is_promoted_and_a_worse_successor_rolled_back(store):

@@ -209,7 +209,7 @@ def test_live_outcomes_promote_a_better_challenger_and_roll_back_a_worse_champio
         serving = (store.current_version(), store.challengers(), store.champions())
         settings = platform.settings
         recommended = review_champion(
-            store, read_outcomes_of(build_resources(settings)["warehouse"], [small, *store.challengers()]),
+            store, lambda versions: read_outcomes_of(build_resources(settings)["warehouse"], versions),
             "recommend", DecisionRule(settings.decision_alpha, settings.promotion_margin_points / 100,
                                       settings.decision_min_pairs),
             settings.probation_pairs, settings.probation_days, logging.getLogger(__name__))

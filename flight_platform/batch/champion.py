@@ -13,15 +13,15 @@ changes nothing, "off" tests nothing.
 
 import datetime as dt
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pandas as pd
 
 from flight_platform.core import monitoring
-from flight_platform.core.live_decisions import Decision, DecisionRule, Verdict, decide
+from flight_platform.core.live_decisions import APPLY, OFF, RECOMMEND, Decision, DecisionRule, Verdict, decide
 from flight_platform.core.model_store import ModelStore
 
-APPLY, RECOMMEND, OFF = "apply", "recommend", "off"
 EVIDENCE_COLUMNS = ["Champion", "Challenger", "OnProbation", "Pairs", "Discordant",
                     "ChallengerAccuracy", "ChampionAccuracy", "DifferencePoints", "IntervalPoints",
                     "PValue", "Level", "BrierDifference", "AccuracyZ", "BrierZ", "Verdict", "Reason",
@@ -63,14 +63,17 @@ def _probation_over(store: ModelStore, pairs: int, probation_pairs: int, probati
     return None
 
 
-def review_champion(store: ModelStore, outcomes: pd.DataFrame, mode: str, rule: DecisionRule,
-                    probation_pairs: int, probation_days: float, log: logging.Logger) -> Review:
-    """Test every challenger against the champion on `outcomes` (matched answers of any month,
-    as prediction_outcomes stores them) and, with `mode` "apply", act on the verdicts."""
+def review_champion(store: ModelStore, read_outcomes: Callable[[list[str]], pd.DataFrame], mode: str,
+                    rule: DecisionRule, probation_pairs: int, probation_days: float,
+                    log: logging.Logger) -> Review:
+    """Test every challenger against the champion on their outcomes (`read_outcomes(versions)`:
+    the judged answers of any month, as prediction_outcomes stores them; read only when there is
+    something to test) and, with `mode` "apply", act on the verdicts."""
     champion, challengers = store.current_version(), store.challengers()
     if mode == OFF or champion is None or not challengers:
         return Review(pd.DataFrame(columns=EVIDENCE_COLUMNS))
     predecessor = store.on_probation()
+    outcomes = read_outcomes([champion, *challengers])
     decisions = decide(monitoring.paired_by_version(outcomes, champion, challengers), rule)
     evidence = pd.DataFrame([evidence_row(champion, version, version == predecessor, decision)
                              for version, decision in decisions.items()], columns=EVIDENCE_COLUMNS)

@@ -50,9 +50,9 @@ def read_answers(mongo: MongoResource, months: list[str]) -> list[dict]:
     return find_answers_for_months(mongo.get_database(), months, fields)
 
 
-def read_outcomes_of(warehouse: WarehouseResource, versions: list[str | None]) -> pd.DataFrame:
+def read_outcomes_of(warehouse: WarehouseResource, versions: list[str]) -> pd.DataFrame:
     """The stored outcomes of `versions`, every month: what the live decisions judge."""
-    wanted = pa.array([v for v in versions if v], pa.string())
+    wanted = pa.array(versions, pa.string())
     return warehouse.read_table(
         PREDICTION_OUTCOMES, ["UUID", "ModelVersion", "Prediction", "Probabilities", "ActualBucket",
                               "Outcome"], pc.field("ModelVersion").isin(wanted))
@@ -117,8 +117,7 @@ def prediction_outcomes(context: AssetExecutionContext, mongo: MongoResource,
                               for version, matrix in monitoring.confusion_by_version(outcomes).items()
                               for row in confusion_frame(matrix).to_dict("records")])
     review = review_champion(
-        store, read_outcomes_of(warehouse, [store.current_version(), *store.challengers()]),
-        model_store.live_decisions,
+        store, lambda versions: read_outcomes_of(warehouse, versions), model_store.live_decisions,
         DecisionRule(model_store.decision_alpha, model_store.promotion_margin,
                      model_store.decision_min_pairs),
         model_store.probation_pairs, model_store.probation_days, context.log)

@@ -37,6 +37,12 @@ import numpy as np
 MIXTURE_A = 50.0
 
 
+# What live decisions do to the champion (FLIGHT_PLATFORM_LIVE_DECISIONS): act, only record, or
+# test nothing.
+APPLY, RECOMMEND, OFF = "apply", "recommend", "off"
+MODES = (APPLY, RECOMMEND, OFF)
+
+
 class Verdict(StrEnum):
     BETTER = "better"
     WORSE = "worse"
