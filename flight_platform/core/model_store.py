@@ -23,6 +23,11 @@ FLIGHT_DELAY_MODEL = "flight_delay_model"  # the asset saving versions here take
 PIPELINE_DIR = "spark_pipeline"
 
 
+def _now() -> str:
+    """When a champion came, went or ended its predecessor's probation, as champions.json says it."""
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
 class ModelStore:
     def __init__(self, root: Path):
         self.root = Path(root)
@@ -71,7 +76,7 @@ class ModelStore:
         previous = self.current_version()
         if previous == version:
             return
-        now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        now = _now()
         champions = self.champions()
         if champions and champions[-1]["version"] == previous:
             champions[-1].update(went=now, why_went=f"replaced by {version}: {reason}")
@@ -83,6 +88,9 @@ class ModelStore:
         if on_probation:
             self._replace(self.root / "challengers",
                           [v for v in self.challengers() if v != previous] + [previous])
+        self._write_champions(champions)
+
+    def _write_champions(self, champions: list[dict[str, Any]]) -> None:
         self._replace(self.root / "champions.json", [json.dumps(champions, indent=1)])
 
     def champions(self) -> list[dict[str, Any]]:
@@ -108,10 +116,9 @@ class ModelStore:
         if previous is None:
             return None
         champions = self.champions()
-        champions[-1].update(probation=False, probation_ended=dt.datetime.now(dt.UTC).isoformat(
-            timespec="seconds"), why_probation_ended=reason)
+        champions[-1].update(probation=False, probation_ended=_now(), why_probation_ended=reason)
         self.remove_challenger(previous)
-        self._replace(self.root / "champions.json", [json.dumps(champions, indent=1)])
+        self._write_champions(champions)
         return previous
 
     def challengers(self) -> list[str]:
