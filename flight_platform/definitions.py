@@ -4,9 +4,19 @@
 not when this module is imported, so tests and tools choose their endpoints first.
 """
 
+import datetime as dt
+
 import dagster as dg
 
-from flight_platform.batch import distances, drift, ingest, model, outcomes, training_features
+from flight_platform.batch import (
+    distances,
+    drift,
+    freshness,
+    ingest,
+    model,
+    outcomes,
+    training_features,
+)
 from flight_platform.batch.inbox import bts_inbox_sensor
 from flight_platform.resources import build_resources
 from flight_platform.settings import Settings, load_settings
@@ -25,6 +35,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     retrained_model = model.flight_delay_model.map_asset_specs(
         lambda spec: spec.replace_attributes(
             automation_condition=model.retraining_condition(settings.retrain_cron)))
+    retrain_window = dt.timedelta(minutes=settings.retrain_window_minutes)
     return dg.Definitions(
         assets=[
             ingest.on_time_performance,
@@ -36,9 +47,11 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         ],
         asset_checks=[
             drift.drift_check(settings.drift_psi_threshold),
+            freshness.model_freshness_check(retrain_window),
         ],
         jobs=[flight_delay_prediction_stream, promote_model, manage_challengers],
-        sensors=[prediction_stream_supervisor, bts_inbox_sensor, automation],
+        sensors=[prediction_stream_supervisor, bts_inbox_sensor, automation,
+                 freshness.model_freshness_sensor(retrain_window)],
         resources=build_resources(settings),
         # Every step of a run in one process: one Spark Connect session per run, not one per asset.
         executor=dg.in_process_executor,

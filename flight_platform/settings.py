@@ -45,6 +45,7 @@ class Settings:
     spark_remote: str  # the Spark Connect server the batch runs work on
     spark_master: str  # where that server runs Spark: local mode, or a cluster's master
     retrain_cron: str
+    retrain_window_minutes: float  # a month's features not in a training after this fails a check
     drift_psi_threshold: float
     promotion_tolerance: float
     max_challengers: int
@@ -207,6 +208,9 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         spark_master=_env("SPARK_MASTER", "local[2]"),
         # The model retrains on new months at most once per tick of this cron (see batch.model).
         retrain_cron=_env("RETRAIN_CRON", "0 * * * *"),
+        # The hourly cron's period, a training and a margin: a month's features waiting longer than
+        # this for a training fail the model's freshness check (see batch.freshness).
+        retrain_window_minutes=float(_env("RETRAIN_WINDOW_MINUTES", "120")),
         # The drift check of prediction_outcomes warns when a served feature's PSI is over this.
         drift_psi_threshold=float(_env("DRIFT_PSI_THRESHOLD", "0.2")),
         # How much less accurate than the current model a candidate may be and still be promoted.

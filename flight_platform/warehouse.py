@@ -21,6 +21,7 @@ ON_TIME_PERFORMANCE = "on_time_performance"
 FLIGHT_DELAY_FEATURES = "flight_delay_features"
 PREDICTION_OUTCOMES = "prediction_outcomes"
 DRIFT_CHECK = "served_features_within_drift_threshold"  # prediction_outcomes' check (batch.drift)
+MODEL_FRESHNESS_CHECK = "trained_on_every_month_landed"  # flight_delay_model's (batch.freshness)
 
 MONTH_COLUMN = "FlightMonth"  # the partition column: 'YYYY-MM', one directory per month
 PART_FILE = "part-00000.parquet"

@@ -7,6 +7,7 @@ opened wide, since this test is about the loop; test_batch_assets checks the gua
 import pytest
 from dagster import AssetKey
 
+from flight_platform.batch.freshness import CHECK_KEY
 from flight_platform.core.model_store import FLIGHT_DELAY_MODEL, ModelStore
 from flight_platform.local.processes import wait_until
 from flight_platform.local.stack import MONTHLY_ASSETS
@@ -41,6 +42,15 @@ def freshness(dagster_url: str) -> dict[str, str]:
     return {node["assetKey"]["path"][0]: node["freshnessStatusInfo"]["freshnessStatus"] for node in nodes}
 
 
+def trained_on_every_month(platform: PrivatePlatform, version: str) -> bool:
+    with platform.instance() as instance:
+        record = instance.get_latest_asset_check_evaluation_record(CHECK_KEY)
+    evaluation = record and record.evaluation
+    return bool(evaluation and evaluation.passed
+                and evaluation.metadata["model_version"].value == version
+                and evaluation.metadata["months_since_training"].value == [])
+
+
 def test_a_dropped_month_is_ingested_learned_and_served_unattended(materialized, settings,
                                                                    tmp_path_factory, capsys):
     platform = PrivatePlatform(tmp_path_factory.mktemp("automation"), seed_from=settings,
@@ -62,5 +72,8 @@ def test_a_dropped_month_is_ingested_learned_and_served_unattended(materialized,
         url = f"http://127.0.0.1:{platform.settings.dagster_port}"
         wait_until(lambda: freshness(url) == {ON_TIME_PERFORMANCE: "HEALTHY", FLIGHT_DELAY_MODEL: "HEALTHY"},
                    120, "the feed and the model judged fresh")
+        # The daemon's model_freshness sensor finds the new month in the new model's training.
+        wait_until(lambda: trained_on_every_month(platform, version), 120,
+                   f"{CHECK_KEY.name} passed on model {version}")
     finally:
         platform.stop()

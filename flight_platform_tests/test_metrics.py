@@ -18,8 +18,10 @@ from flight_platform.clients.security import Role
 from flight_platform.core.model_store import ModelStore
 from flight_platform.local.processes import wait_until
 from flight_platform.monitoring import exporter, prometheus
-from flight_platform.warehouse import ON_TIME_PERFORMANCE
+from flight_platform.warehouse import DRIFT_CHECK, MODEL_FRESHNESS_CHECK, ON_TIME_PERFORMANCE
 from flight_platform_dev.metrics import Scrape
+
+CHECK_PASSED = "flight_asset_check_passed"
 
 
 def promtool(*args: str) -> str:
@@ -31,7 +33,7 @@ def promtool(*args: str) -> str:
 def test_the_configuration_and_its_rules_pass_promtool(settings, tmp_path):
     config = prometheus.write(settings, tmp_path)
     promtool("check", "config", str(config))
-    assert "14 rules found" in promtool("check", "rules", str(tmp_path / prometheus.RULES_FILE))
+    assert "15 rules found" in promtool("check", "rules", str(tmp_path / prometheus.RULES_FILE))
 
 
 def alert(name: str, settings, **labels: str) -> dict:
@@ -88,6 +90,17 @@ def test_the_alerts_fire_when_they_should_and_only_then(settings, tmp_path):
          "alert_rule_test": [{"eval_time": "1m", "alertname": "FlightChampionLiveAccuracyLow",
                               "exp_alerts": [alert("FlightChampionLiveAccuracyLow", settings,
                                                    version="v2", role="champion")]}]},
+        {"interval": "15s",  # the model's freshness check fails; the drift check's failing does not page it
+         "input_series": [
+             {"series": f'{CHECK_PASSED}{{asset="flight_delay_model",check="{MODEL_FRESHNESS_CHECK}"}}',
+              "values": "1x4 0x4"},
+             {"series": f'{CHECK_PASSED}{{asset="prediction_outcomes",check="{DRIFT_CHECK}"}}',
+              "values": "0x8"}],
+         "alert_rule_test": [
+             {"eval_time": "45s", "alertname": "FlightModelNotRetrained", "exp_alerts": []},
+             {"eval_time": "1m30s", "alertname": "FlightModelNotRetrained",
+              "exp_alerts": [alert("FlightModelNotRetrained", settings, asset="flight_delay_model",
+                                   check=MODEL_FRESHNESS_CHECK)]}]},
     ]
     unit_tests = tmp_path / "alerts_test.yml"
     unit_tests.write_text(yaml.safe_dump({"rule_files": [prometheus.RULES_FILE], "evaluation_interval": "15s",
@@ -148,6 +161,8 @@ def test_the_exporter_reports_the_groups_lag_and_the_batch_state(materialized, s
                            asset=ON_TIME_PERFORMANCE) == pytest.approx(materialized_at)
         assert after.value("flight_asset_rows", asset=ON_TIME_PERFORMANCE) > 0
         assert after.value("flight_asset_materialization_duration_seconds", asset=ON_TIME_PERFORMANCE) > 0
+        # The materialization checked that the model learned every month it materialized.
+        assert after.value(CHECK_PASSED, asset="flight_delay_model", check=MODEL_FRESHNESS_CHECK) == 1
 
 
 def test_the_exporter_says_when_kafka_cannot_be_read(materialized, settings):

@@ -5,8 +5,8 @@
   lag alert fires when the stream is down.
 - The Dagster instance and the model store: each asset's last materialization (when, how long its
   step took, rows), the offline accuracy of the champion and the challengers, each version's live
-  accuracy on the month last judged (prediction_outcomes' metadata) and each feature's drift PSI
-  (its check's metadata).
+  accuracy on the month last judged (prediction_outcomes' metadata), each feature's drift PSI
+  (its check's metadata) and whether the drift and model freshness checks last passed.
 
 Everything is read when Prometheus scrapes (a custom collector; the batch side at most every
 BATCH_REFRESH_S), so nothing runs between scrapes. A process of its
@@ -39,11 +39,14 @@ from flight_platform.settings import Settings, load_settings
 from flight_platform.warehouse import (
     DRIFT_CHECK,
     FLIGHT_DELAY_FEATURES,
+    MODEL_FRESHNESS_CHECK,
     ON_TIME_PERFORMANCE,
     PREDICTION_OUTCOMES,
 )
 
 ASSETS = [ON_TIME_PERFORMANCE, DISTANCES, FLIGHT_DELAY_FEATURES, FLIGHT_DELAY_MODEL, PREDICTION_OUTCOMES]
+DRIFT = AssetCheckKey(AssetKey(PREDICTION_OUTCOMES), DRIFT_CHECK)
+CHECKS = [DRIFT, AssetCheckKey(AssetKey(FLIGHT_DELAY_MODEL), MODEL_FRESHNESS_CHECK)]
 RETIRED = "retired"  # a version neither serving nor in the champion's shadow any more
 BATCH_REFRESH_S = 10.0
 log = logging.getLogger(__name__)
@@ -107,7 +110,7 @@ class BatchState:
 
     def read(self) -> list[Metric]:
         if self._read is None or time.monotonic() - self._read[0] > BATCH_REFRESH_S:
-            self._read = (time.monotonic(), [*self._assets(), *self._models()])
+            self._read = (time.monotonic(), [*self._assets(), self._checks(), *self._models()])
         return self._read[1]
 
     def _assets(self) -> list[Metric]:
@@ -129,6 +132,15 @@ class BatchState:
             if row_count is not None:
                 rows.add_metric([asset], row_count.value)
         return [when, took, rows]
+
+    def _checks(self) -> Metric:
+        passed = GaugeMetricFamily("flight_asset_check_passed", "1 when the check's latest "
+                                   "evaluation passed, 0 when it failed.", labels=["asset", "check"])
+        for key in CHECKS:
+            record = self.instance.get_latest_asset_check_evaluation_record(key)
+            if record and record.evaluation:
+                passed.add_metric([key.asset_key.path[-1], key.name], int(record.evaluation.passed))
+        return passed
 
     def _models(self) -> list[Metric]:
         # One read of the store's pointers for the whole scrape: every series names the same roles.
@@ -155,8 +167,7 @@ class BatchState:
                     labels = [row["ModelVersion"], roles.get(row["ModelVersion"], RETIRED)]
                     live.add_metric(labels, row["Accuracy"])
                     judged.add_metric(labels, row["Matched"])
-        check = self.instance.get_latest_asset_check_evaluation_record(
-            AssetCheckKey(AssetKey(PREDICTION_OUTCOMES), DRIFT_CHECK))
+        check = self.instance.get_latest_asset_check_evaluation_record(DRIFT)
         evaluation = check and check.evaluation
         drift = evaluation.metadata.get("psi_by_feature") if evaluation else None
         for record in drift.value.records if drift else []:

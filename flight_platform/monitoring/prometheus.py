@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from flight_platform.settings import Settings, load_settings
+from flight_platform.warehouse import MODEL_FRESHNESS_CHECK
 
 CONFIG_FILE = "prometheus.yml"
 RULES_FILE = "flight_platform_rules.yml"
@@ -118,6 +119,12 @@ def rules(settings: Settings) -> dict:
               "The serving model is less accurate on real flights than on its held-out rows.",
               "Read prediction_outcomes' metadata (accuracy per version, drift) in the Dagster UI; "
               "a retrain on recent months or promoting a challenger may help."),
+        alert("FlightModelNotRetrained",
+              f"flight_asset_check_passed{{check=\"{MODEL_FRESHNESS_CHECK}\"}} == 0", 0,
+              "A month's features have waited longer than the retrain window for a training.",
+              f"The {MODEL_FRESHNESS_CHECK} check in the Dagster UI names the months; then the "
+              "flight_delay_model runs (a failed training says why), the batch_automation sensor "
+              "and the daemon."),
     ]
     return {"groups": [{"name": "flight_platform_recording", "rules": recording},
                        {"name": "flight_platform_alerts", "rules": alerts}]}
