@@ -16,6 +16,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -106,6 +107,28 @@ def pytest_sessionfinish(session, exitstatus):
             f"FAILED: the whole suite took {took:.0f} s, over its budget of {SUITE_BUDGET_S:.0f} s "
             f"(FLIGHT_PLATFORM_TEST_BUDGET_S); see the slowest tests", red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Seconds of setup, call and teardown per test module, the slowest first: where the suite's
+    time goes (a module's first setup includes the session fixtures its worker starts)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    seconds: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    tests: dict[str, int] = defaultdict(int)
+    for report in (r for reports in terminalreporter.stats.values() for r in reports
+                   if isinstance(r, pytest.TestReport)):
+        module = report.nodeid.split("::")[0].rsplit("/", 1)[-1]
+        seconds[module][report.when] += report.duration
+        tests[module] += report.when == "call"
+    if not seconds:
+        return
+    terminalreporter.write_sep("=", "seconds per module")
+    terminalreporter.write_line(f"{'module':<34}{'tests':>6}{'setup':>9}{'call':>9}{'teardown':>10}{'total':>9}")
+    for module, by_phase in sorted(seconds.items(), key=lambda item: -sum(item[1].values())):
+        terminalreporter.write_line(
+            f"{module:<34}{tests[module]:>6}{by_phase['setup']:>9.0f}{by_phase['call']:>9.0f}"
+            f"{by_phase['teardown']:>10.0f}{sum(by_phase.values()):>9.0f}")
 
 
 def pytest_unconfigure(config):
