@@ -27,7 +27,7 @@ from flight_platform.core import monitoring
 from flight_platform.core.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
 from flight_platform.core.model_store import ModelStore
 from flight_platform.resources import WarehouseResource, build_resources
-from flight_platform.warehouse import MONTH_COLUMN
+from flight_platform.warehouse import MODEL_FRESHNESS_CHECK, MONTH_COLUMN
 from flight_platform_dev.dagster_runs import ASSETS, latest_metadata, materialize_in_process
 from flight_platform_dev.derived_bts import write_bts_csv
 
@@ -48,7 +48,9 @@ def test_cli_validated_and_materialized_everything(materialized):
     assert run.tags["dagster/asset_partition_range_end"] == BUNDLED_MONTHS[-1]
     evaluations = [e.dagster_event.event_specific_data for e in instance.all_logs(run.run_id)
                    if e.dagster_event and e.dagster_event.event_type_value == "ASSET_CHECK_EVALUATION"]
-    assert len(evaluations) == 8
+    # The tables' and the model's checks, and the model's freshness: every month just trained on.
+    assert len(evaluations) == 9
+    assert MODEL_FRESHNESS_CHECK in {evaluation.check_name for evaluation in evaluations}
     assert all(evaluation.passed for evaluation in evaluations)
 
 

@@ -67,8 +67,11 @@ def test_a_month_waiting_for_a_training_passes_until_the_window_runs_out(instanc
 
 
 def test_features_never_trained_on_fail_after_the_window(instance):
-    assert model_freshness(instance, WINDOW, after(500)).passed  # nothing landed: nothing to learn
+    nothing = model_freshness(instance, WINDOW, after(500))  # nothing landed: nothing to learn
+    assert nothing.passed and nothing.description == "No month's features materialized yet."
     land(instance, "2013-01")
+    waiting = model_freshness(instance, WINDOW, after(1))
+    assert waiting.passed and "no model is trained yet; a training is due by" in waiting.description
     never = model_freshness(instance, WINDOW, after(121))
     assert not never.passed and never.waiting_months == ("2013-01",)
     assert never.model_record is None and "model_version" not in never.metadata

@@ -101,19 +101,19 @@ def model_freshness(instance: DagsterInstance, window: dt.timedelta, now: float)
         metadata |= {"last_training": MetadataValue.timestamp(model.timestamp),
                      **{key: trained[key] for key in ("model_version", "promoted", "months")
                         if key in trained}}
-        training = f"the last training ({_utc(model.timestamp)})"
+        last_training = f"the last training ({_utc(model.timestamp)})"
+        nothing_new, since = f"No month's features changed since {last_training}.", f"after {last_training}"
     else:
-        training = "any training"
+        nothing_new, since = "No month's features materialized yet.", "and no model is trained yet"
     if not since_training:
-        return Freshness(True, f"No month's features changed since {training}.", metadata, model,
-                         months)
+        return Freshness(True, nothing_new, metadata, model, months)
     first = since_training[0].timestamp
     metadata["first_landed"] = MetadataValue.timestamp(first)
     names = ", ".join(months[:6]) + (f" and {len(months) - 6} more" if len(months) > 6 else "")
     due = first + window.total_seconds()
     if now < due:
-        return Freshness(True, f"{names}: features landed {_ago(now - first)} ago, after "
-                         f"{training}; a training is due by {_utc(due)} ({WINDOW_SETTING}).",
+        return Freshness(True, f"{names}: features landed {_ago(now - first)} ago, "
+                         f"{since}; a training is due by {_utc(due)} ({WINDOW_SETTING}).",
                          metadata, model, months)
     return Freshness(False, f"{names}: features landed {_ago(now - first)} ago and no training has "
                      f"followed within {_ago(window.total_seconds())} ({WINDOW_SETTING}). Retraining "
