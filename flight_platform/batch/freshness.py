@@ -122,7 +122,7 @@ def model_freshness(instance: DagsterInstance, window: dt.timedelta, now: float)
 
 
 def model_freshness_check(window: dt.timedelta) -> AssetChecksDefinition:
-    @asset_check(asset=AssetKey(FLIGHT_DELAY_MODEL), name=MODEL_FRESHNESS_CHECK, blocking=False,
+    @asset_check(asset=CHECK_KEY.asset_key, name=CHECK_KEY.name, blocking=False,
                  description="Every month whose features changed is in a training within "
                  f"{_ago(window.total_seconds())} ({WINDOW_SETTING}); evaluated all the time by "
                  "the model_freshness sensor.")

@@ -24,12 +24,13 @@ import threading
 import time
 from collections.abc import Iterator
 
-from dagster import AssetCheckKey, AssetKey, DagsterInstance
+from dagster import AssetCheckEvaluation, AssetCheckKey, AssetKey, DagsterInstance
 from kafka import KafkaConsumer, TopicPartition
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from flight_platform.batch import freshness
 from flight_platform.clients.kafka import CLIENT_TIMEOUT_MS, connection
 from flight_platform.clients.mongo import DISTANCES
 from flight_platform.clients.security import Role
@@ -39,14 +40,13 @@ from flight_platform.settings import Settings, load_settings
 from flight_platform.warehouse import (
     DRIFT_CHECK,
     FLIGHT_DELAY_FEATURES,
-    MODEL_FRESHNESS_CHECK,
     ON_TIME_PERFORMANCE,
     PREDICTION_OUTCOMES,
 )
 
 ASSETS = [ON_TIME_PERFORMANCE, DISTANCES, FLIGHT_DELAY_FEATURES, FLIGHT_DELAY_MODEL, PREDICTION_OUTCOMES]
 DRIFT = AssetCheckKey(AssetKey(PREDICTION_OUTCOMES), DRIFT_CHECK)
-CHECKS = [DRIFT, AssetCheckKey(AssetKey(FLIGHT_DELAY_MODEL), MODEL_FRESHNESS_CHECK)]
+CHECKS = [DRIFT, freshness.CHECK_KEY]
 RETIRED = "retired"  # a version neither serving nor in the champion's shadow any more
 BATCH_REFRESH_S = 10.0
 log = logging.getLogger(__name__)
@@ -110,7 +110,11 @@ class BatchState:
 
     def read(self) -> list[Metric]:
         if self._read is None or time.monotonic() - self._read[0] > BATCH_REFRESH_S:
-            self._read = (time.monotonic(), [*self._assets(), self._checks(), *self._models()])
+            # Each check's latest evaluation, read once: its result and the drift check's PSI.
+            records = {key: self.instance.get_latest_asset_check_evaluation_record(key) for key in CHECKS}
+            evaluations = {key: record and record.evaluation for key, record in records.items()}
+            self._read = (time.monotonic(), [*self._assets(), self._checks(evaluations),
+                                             *self._models(evaluations[DRIFT])])
         return self._read[1]
 
     def _assets(self) -> list[Metric]:
@@ -133,16 +137,15 @@ class BatchState:
                 rows.add_metric([asset], row_count.value)
         return [when, took, rows]
 
-    def _checks(self) -> Metric:
+    def _checks(self, evaluations: dict[AssetCheckKey, AssetCheckEvaluation | None]) -> Metric:
         passed = GaugeMetricFamily("flight_asset_check_passed", "1 when the check's latest "
                                    "evaluation passed, 0 when it failed.", labels=["asset", "check"])
-        for key in CHECKS:
-            record = self.instance.get_latest_asset_check_evaluation_record(key)
-            if record and record.evaluation:
-                passed.add_metric([key.asset_key.path[-1], key.name], int(record.evaluation.passed))
+        for key, evaluation in evaluations.items():
+            if evaluation:
+                passed.add_metric([key.asset_key.path[-1], key.name], int(evaluation.passed))
         return passed
 
-    def _models(self) -> list[Metric]:
+    def _models(self, drift_evaluation: AssetCheckEvaluation | None) -> list[Metric]:
         # One read of the store's pointers for the whole scrape: every series names the same roles.
         champion, challengers = self.store.current_version(), self.store.challengers()
         roles = {**dict.fromkeys(challengers, CHALLENGER), **({champion: CHAMPION} if champion else {})}
@@ -167,9 +170,7 @@ class BatchState:
                     labels = [row["ModelVersion"], roles.get(row["ModelVersion"], RETIRED)]
                     live.add_metric(labels, row["Accuracy"])
                     judged.add_metric(labels, row["Matched"])
-        check = self.instance.get_latest_asset_check_evaluation_record(DRIFT)
-        evaluation = check and check.evaluation
-        drift = evaluation.metadata.get("psi_by_feature") if evaluation else None
+        drift = drift_evaluation.metadata.get("psi_by_feature") if drift_evaluation else None
         for record in drift.value.records if drift else []:
             psi.add_metric([record.data["Feature"]], record.data["PSI"])
         return [offline, live, judged, psi]
