@@ -43,12 +43,15 @@ def freshness(dagster_url: str) -> dict[str, str]:
 
 
 def trained_on_every_month(platform: PrivatePlatform, version: str) -> bool:
+    """Whether the check's latest evaluation passed on `version` with no month waiting. Until the
+    sensor's next tick, the latest may still be one from before any training, without a version."""
     with platform.instance() as instance:
         record = instance.get_latest_asset_check_evaluation_record(CHECK_KEY)
     evaluation = record and record.evaluation
-    return bool(evaluation and evaluation.passed
-                and evaluation.metadata["model_version"].value == version
-                and evaluation.metadata["months_since_training"].value == [])
+    if not (evaluation and evaluation.passed and "model_version" in evaluation.metadata):
+        return False
+    return (evaluation.metadata["model_version"].value == version
+            and evaluation.metadata["months_since_training"].value == [])
 
 
 def test_a_dropped_month_is_ingested_learned_and_served_unattended(materialized, settings,
