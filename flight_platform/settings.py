@@ -7,6 +7,7 @@ This module imports neither Dagster nor Spark: the web app and the service manag
 
 import os
 import random
+import shlex
 import socket
 import sys
 from collections.abc import Mapping
@@ -18,6 +19,8 @@ from flight_platform.core import live_decisions
 from flight_platform.core.contract import MAX_MESSAGE_BYTES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# What flight_platform.local.services runs on loopback (every Kafka node is a "kafka").
+MANAGED_SERVICES = frozenset({"kafka", "mongo", "spark"})
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,7 @@ class Settings:
     request_topic_min_insync_replicas: int
     kafka_libs_dir: Path  # Apache Kafka's jars for the local broker (see flight_platform.local.services)
     kafka_heap: str
+    kafka_jvm_options: tuple[str, ...]  # more flags for the local nodes' JVMs
     consumer_group: str
     consumer_session_timeout_ms: int
     stream_workers: int
@@ -44,6 +48,8 @@ class Settings:
     mongo_security: MongoSecurity  # a login per role
     spark_remote: str  # the Spark Connect server the batch runs work on
     spark_master: str  # where that server runs Spark: local mode, or a cluster's master
+    # Services used at their endpoints and never started or stopped here, even on loopback.
+    external_services: frozenset[str]
     retrain_cron: str
     retrain_window_minutes: float  # a month's features not in a training after this fails a check
     drift_psi_threshold: float
@@ -79,6 +85,9 @@ class Settings:
     alert_live_accuracy_tolerance: float  # FlightChampionLiveAccuracyLow: live below offline by this
 
     def __post_init__(self):
+        if unknown := self.external_services - MANAGED_SERVICES:
+            raise ValueError(f"FLIGHT_PLATFORM_EXTERNAL_SERVICES names {', '.join(sorted(unknown))}: "
+                             f"use a comma-separated list of {', '.join(sorted(MANAGED_SERVICES))}.")
         if self.live_decisions not in live_decisions.MODES:
             raise ValueError(f"FLIGHT_PLATFORM_LIVE_DECISIONS is {self.live_decisions!r}: use one of "
                              f"{', '.join(live_decisions.MODES)}.")
@@ -192,6 +201,7 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         request_topic_min_insync_replicas=int(_env("REQUEST_TOPIC_MIN_INSYNC_REPLICAS", "1")),
         kafka_libs_dir=Path(_env("KAFKA_LIBS_DIR", str(Path(sys.prefix) / "kafka" / "libs"))),
         kafka_heap=_env("KAFKA_HEAP", "512m"),  # per local node; Kafka's own default is 1g
+        kafka_jvm_options=tuple(shlex.split(_env("KAFKA_JVM_OPTIONS", ""))),
         consumer_group=_env("CONSUMER_GROUP", "flight_delay_prediction_stream"),
         # How soon the group notices a dead worker. Kafka's lowest by default
         # (group.min.session.timeout.ms), so any cluster with default settings accepts it.
@@ -206,6 +216,10 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         # holds the Spark driver; each batch run is a thin client with a session of its own.
         spark_remote=_env("SPARK_REMOTE", "sc://127.0.0.1:15002"),
         spark_master=_env("SPARK_MASTER", "local[2]"),
+        # A service on loopback is started here unless named: a server another stack runs, or a
+        # tunnel to a remote one (an endpoint off loopback is external anyway).
+        external_services=frozenset(name.strip().lower() for name in
+                                    _env("EXTERNAL_SERVICES", "").split(",") if name.strip()),
         # The model retrains on new months at most once per tick of this cron (see batch.model).
         retrain_cron=_env("RETRAIN_CRON", "0 * * * *"),
         # The hourly cron's period, a training and a margin: a month's features waiting longer than

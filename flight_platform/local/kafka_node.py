@@ -56,7 +56,7 @@ class KafkaNode(Service):
 
     def _java(self, *main: str, heap: str) -> list[str]:
         return [self.executable, f"-Xms{heap}", f"-Xmx{heap}", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
-                "-Djava.awt.headless=true",
+                *self.settings.kafka_jvm_options, "-Djava.awt.headless=true",
                 f"-Dlog4j2.configurationFile={self.directory / 'log4j2.properties'}",
                 "-cp", str(self.settings.kafka_libs_dir / "*"), *main]
 

@@ -31,8 +31,15 @@ class Service(ABC):
         return f"{self.host}:{self.port}"
 
     @property
+    def kind(self) -> str:
+        """What it is, as FLIGHT_PLATFORM_EXTERNAL_SERVICES names it: the nodes of a Kafka cluster
+        ("kafka-1", "kafka-2", ...) are all "kafka"."""
+        return self.name.split("-")[0]
+
+    @property
     def is_external(self) -> bool:
-        return not _is_loopback(self.host)
+        """Used at its endpoint and never started or stopped here: off loopback, or named external."""
+        return not _is_loopback(self.host) or self.kind in self.settings.external_services
 
     @property
     def pid_file(self) -> Path:

@@ -14,9 +14,10 @@
   batch run works on through a session of its own. It is batch work: it runs at
   FLIGHT_PLATFORM_BATCH_NICENESS, on the CPU the stream and the web app leave.
 
-A service whose endpoint (from settings) is not on loopback is external: it is left alone, so a real
-Kafka cluster or mongod is used unchanged. Pid and log files live in `settings.services_dir`; `down`
-stops only processes this manager started.
+A service whose endpoint (from settings) is not on loopback, or whose kind
+FLIGHT_PLATFORM_EXTERNAL_SERVICES names, is external: it is left alone, so a real Kafka cluster or
+mongod is used unchanged. Pid and log files live in `settings.services_dir`; `down` stops only
+processes this manager started.
 """
 
 import argparse
@@ -268,7 +269,11 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["up", "down", "status"])
     command = parser.parse_args(argv).command
-    settings = load_settings()
+    try:
+        settings = load_settings()
+    except ValueError as error:  # settings that contradict each other
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if command == "up":
         try:
             up(settings)
