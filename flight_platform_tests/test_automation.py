@@ -54,29 +54,25 @@ def trained_on_every_month(platform: PrivatePlatform, version: str) -> bool:
             and evaluation.metadata["months_since_training"].value == [])
 
 
-def test_a_dropped_month_is_ingested_learned_and_served_unattended(materialized, settings,
-                                                                   tmp_path_factory, capsys):
-    platform = PrivatePlatform(tmp_path_factory.mktemp("automation"), seed_from=settings,
-                               environment={"FLIGHT_PLATFORM_RETRAIN_CRON": "* * * * *",
-                                            "FLIGHT_PLATFORM_PROMOTION_TOLERANCE": "1"})
-    try:
-        platform.start()
-        result, version = drills.drill_new_month(platform, rate=5)
-        with capsys.disabled():
-            print(f"\nfile drop -> first answer by the new model: {result.serving_again_s:.0f} s")
-        # Every request sent meanwhile was answered (never twice: answers are keyed by request).
-        assert result.sent > 0 and result.lost == 0, result
-        with platform.instance() as instance:
-            for asset in MONTHLY_ASSETS:  # the sensor's run, then automation's
-                assert "2014-01" in instance.get_materialized_partitions(AssetKey(asset)), asset
-        info = ModelStore(platform.settings.model_store_dir).read_info(version)
-        assert info["months"][-1] == "2014-01" and "2013-12" in info["months"]
-        # Dagster's freshness daemon judges the feed and the model just rebuilt fresh.
-        url = f"http://127.0.0.1:{platform.settings.dagster_port}"
-        wait_until(lambda: freshness(url) == {ON_TIME_PERFORMANCE: "HEALTHY", FLIGHT_DELAY_MODEL: "HEALTHY"},
-                   120, "the feed and the model judged fresh")
-        # The daemon's model_freshness sensor finds the new month in the new model's training.
-        wait_until(lambda: trained_on_every_month(platform, version), 120,
-                   f"{CHECK_KEY.name} passed on model {version}")
-    finally:
-        platform.stop()
+def platform_environment() -> dict[str, str]:
+    return {"FLIGHT_PLATFORM_RETRAIN_CRON": "* * * * *", "FLIGHT_PLATFORM_PROMOTION_TOLERANCE": "1"}
+
+
+def test_a_dropped_month_is_ingested_learned_and_served_unattended(platform, capsys):
+    result, version = drills.drill_new_month(platform, rate=5)
+    with capsys.disabled():
+        print(f"\nfile drop -> first answer by the new model: {result.serving_again_s:.0f} s")
+    # Every request sent meanwhile was answered (never twice: answers are keyed by request).
+    assert result.sent > 0 and result.lost == 0, result
+    with platform.instance() as instance:
+        for asset in MONTHLY_ASSETS:  # the sensor's run, then automation's
+            assert "2014-01" in instance.get_materialized_partitions(AssetKey(asset)), asset
+    info = ModelStore(platform.settings.model_store_dir).read_info(version)
+    assert info["months"][-1] == "2014-01" and "2013-12" in info["months"]
+    # Dagster's freshness daemon judges the feed and the model just rebuilt fresh.
+    url = f"http://127.0.0.1:{platform.settings.dagster_port}"
+    wait_until(lambda: freshness(url) == {ON_TIME_PERFORMANCE: "HEALTHY", FLIGHT_DELAY_MODEL: "HEALTHY"},
+               120, "the feed and the model judged fresh")
+    # The daemon's model_freshness sensor finds the new month in the new model's training.
+    wait_until(lambda: trained_on_every_month(platform, version), 120,
+               f"{CHECK_KEY.name} passed on model {version}")

@@ -16,6 +16,7 @@ from flight_platform.local import services
 from flight_platform.local.processes import wait_until
 from flight_platform.local.prometheus_server import prometheus_server
 from flight_platform.local.stack import cancel_stream_runs
+from flight_platform.settings import free_port
 from flight_platform.streaming.job import flight_delay_prediction_stream
 from flight_platform.streaming.supervisor import prediction_stream_supervisor
 from flight_platform_dev import drills
@@ -28,6 +29,13 @@ from web.metrics import STATUS_EXPRESSIONS
 pytestmark = [pytest.mark.services, pytest.mark.faults]
 RATE = 50  # requests per second: steady, and light enough for two cores shared with everything
 NOT_SERVING, LAG_GROWING = "FlightStreamNotServing", "FlightConsumerLagGrowing"
+
+
+def platform_environment() -> dict[str, str]:
+    """A Spark server of its own: the hard kill is a power cut, and the restart starts every
+    service again, as `make run` on that machine would."""
+    return {"FLIGHT_PLATFORM_SPARK_REMOTE": f"sc://127.0.0.1:{free_port()}",
+            "FLIGHT_PLATFORM_EXTERNAL_SERVICES": ""}
 
 
 def stream_runs(platform: PrivatePlatform) -> dict[str, DagsterRunStatus]:

@@ -43,8 +43,8 @@ def env(tmp_path):
 
 
 def pids(tmp_path) -> dict[str, int]:
-    return {name: int((tmp_path / "services" / f"{name}.pid").read_text())
-            for name in ("kafka-1", "mongo", "spark")}
+    """The pid of each service the manager started, by name."""
+    return {path.stem: int(path.read_text()) for path in (tmp_path / "services").glob("*.pid")}
 
 
 def test_up_status_down(env, tmp_path):
@@ -55,7 +55,9 @@ def test_up_status_down(env, tmp_path):
     for name in ("kafka-1", "mongo  ", "spark  "):
         assert f"{name} started" in up.stdout
     started = pids(tmp_path)
-    assert all(alive(pid) for pid in started.values())
+    assert set(started) == {"kafka-1", "mongo", "spark"} and all(alive(pid) for pid in started.values())
+    # FLIGHT_PLATFORM_KAFKA_JVM_OPTIONS (the suite's, see conftest) reaches the broker's JVM.
+    assert "-XX:TieredStopAtLevel=1" in psutil.Process(started["kafka-1"]).cmdline()
 
     status = manager(env, "status")
     assert status.returncode == 0
@@ -108,6 +110,7 @@ def test_refuses_to_start_a_second_copy(env, tmp_path):
 
 
 def test_mongo_data_survives_a_restart(env):
+    env["FLIGHT_PLATFORM_EXTERNAL_SERVICES"] = "spark"  # not this test's: no Spark JVM to start
     assert manager(env, "up").returncode == 0
     with mongo.create_client(load_settings(env), Role.ADMIN) as client:
         client.test.kept.insert_one({"_id": 1})
@@ -304,17 +307,28 @@ def test_a_service_deaf_to_sigterm_is_killed_and_its_port_free_when_stop_returns
 
 
 def test_external_services_are_left_alone(env, tmp_path):
+    """Off loopback, or on loopback and named in FLIGHT_PLATFORM_EXTERNAL_SERVICES (a tunnel to a
+    remote server, a server another stack runs)."""
     env["FLIGHT_PLATFORM_KAFKA_BOOTSTRAP_SERVERS"] = "kafka.example.internal:9092"
     env["FLIGHT_PLATFORM_MONGO_URI"] = "mongodb://mongo-0.example.internal:27017/?replicaSet=rs0"
-    env["FLIGHT_PLATFORM_SPARK_REMOTE"] = "sc://spark-connect.example.internal:15002"
+    env["FLIGHT_PLATFORM_EXTERNAL_SERVICES"] = "spark"
+    spark_endpoint = env["FLIGHT_PLATFORM_SPARK_REMOTE"].removeprefix("sc://")
     up = manager(env, "up")
     assert up.returncode == 0
     assert up.stdout.count("external") == 3
+    assert f"spark   external at {spark_endpoint}: not managed here" in up.stdout
     assert not (tmp_path / "services").exists()
+
+    env["FLIGHT_PLATFORM_EXTERNAL_SERVICES"] = "spark,postgres"
+    refused = manager(env, "up")
+    assert refused.returncode == 2
+    assert "FLIGHT_PLATFORM_EXTERNAL_SERVICES names postgres: use a comma-separated list of kafka, " \
+           "mongo, spark" in refused.stderr
 
 
 @pytest.mark.parametrize("stop", ["down", "kill -9"])
 def test_kafka_keeps_acknowledged_messages_topics_and_group_offsets_across_a_restart(env, tmp_path, stop):
+    env["FLIGHT_PLATFORM_EXTERNAL_SERVICES"] = "spark"  # not this test's: no Spark JVM to start
     settings = load_settings(env)
     assert manager(env, "up").returncode == 0
     producer = create_producer(connection(settings, Role.BATCH))
