@@ -59,9 +59,7 @@ def pytest_configure(config):
                        "FLIGHT_PLATFORM_SPARK_DRIVER_MEMORY": "2g",
                        # The suite starts Kafka nodes dozens of times and loads them lightly: with
                        # the C1 compiler alone, a node starts on half the CPU (9.7 -> 5.2 s).
-                       "FLIGHT_PLATFORM_KAFKA_JVM_OPTIONS": "-XX:TieredStopAtLevel=1",
-                       # Each alert holds for a number of scrape intervals: seconds, not minutes.
-                       "FLIGHT_PLATFORM_PROMETHEUS_SCRAPE_INTERVAL_S": "1"})
+                       "FLIGHT_PLATFORM_KAFKA_JVM_OPTIONS": "-XX:TieredStopAtLevel=1"})
     os.environ.update(dagster_environment(load_settings()))
     # pytest sets each test's warning filters afresh: the package's own filter of the Beta/Preview
     # notices it chose does not reach inside a test, so the same list is given to pytest.

@@ -33,9 +33,11 @@ NOT_SERVING, LAG_GROWING = "FlightStreamNotServing", "FlightConsumerLagGrowing"
 
 def platform_environment() -> dict[str, str]:
     """A Spark server of its own: the hard kill is a power cut, and the restart starts every
-    service again, as `make run` on that machine would."""
+    service again, as `make run` on that machine would. Prometheus scrapes every second: each alert
+    holds for a number of scrape intervals, seconds here rather than minutes."""
     return {"FLIGHT_PLATFORM_SPARK_REMOTE": f"sc://127.0.0.1:{free_port()}",
-            "FLIGHT_PLATFORM_EXTERNAL_SERVICES": ""}
+            "FLIGHT_PLATFORM_EXTERNAL_SERVICES": "",
+            "FLIGHT_PLATFORM_PROMETHEUS_SCRAPE_INTERVAL_S": "1"}
 
 
 def stream_runs(platform: PrivatePlatform) -> dict[str, DagsterRunStatus]:
