@@ -129,7 +129,10 @@ class BatchState:
             if event is None:
                 continue
             when.add_metric([asset], event.timestamp)
-            step = self.instance.get_run_step_stats(event.run_id, step_keys=[event.step_key])
+            # A materialization reported without a run (the UI's "Report materialization", a
+            # sensor's runless event) has no step, and so no duration.
+            step = event.step_key and self.instance.get_run_step_stats(event.run_id,
+                                                                       step_keys=[event.step_key])
             if step and step[0].start_time and step[0].end_time:
                 took.add_metric([asset], step[0].end_time - step[0].start_time)
             row_count = event.asset_materialization.metadata.get("dagster/row_count")
