@@ -7,18 +7,32 @@ import subprocess
 import uuid
 from dataclasses import replace
 
+import pandas as pd
 import pytest
 import yaml
-from dagster import DagsterInstance
+from dagster import (
+    AssetCheckEvaluation,
+    AssetCheckSeverity,
+    AssetKey,
+    AssetMaterialization,
+    DagsterInstance,
+    instance_for_test,
+)
 from prometheus_client import generate_latest
 
+from flight_platform.batch.metadata import frame_table
 from flight_platform.clients.kafka import connection, create_consumer, create_producer
 from flight_platform.clients.kafka_access import prepare_topic
 from flight_platform.clients.security import Role
 from flight_platform.core.model_store import ModelStore
 from flight_platform.local.processes import wait_until
 from flight_platform.monitoring import exporter, prometheus
-from flight_platform.warehouse import DRIFT_CHECK, MODEL_FRESHNESS_CHECK, ON_TIME_PERFORMANCE
+from flight_platform.warehouse import (
+    DRIFT_CHECK,
+    MODEL_FRESHNESS_CHECK,
+    ON_TIME_PERFORMANCE,
+    PREDICTION_OUTCOMES,
+)
 from flight_platform_dev.metrics import Scrape
 
 CHECK_PASSED = "flight_asset_check_passed"
@@ -171,3 +185,38 @@ def test_the_exporter_says_when_kafka_cannot_be_read(materialized, settings):
         scraped = exposition(exporter.registry(unreachable, instance))
     assert scraped.value("flight_exporter_source_up", source="kafka") == 0
     assert scraped.value("flight_exporter_source_up", source="dagster") == 1
+
+
+def test_the_exporter_reports_live_accuracy_and_drift_as_prediction_outcomes_last_judged(materialized,
+                                                                                      settings):
+    """From the latest prediction_outcomes materialization and drift check evaluation, with the
+    metadata the asset and its check give them, reported to an instance of its own (the session's
+    is left as it is)."""
+    store = ModelStore(settings.model_store_dir)
+    champion = store.current_version()
+    with instance_for_test() as instance:
+        before = exposition(exporter.registry(settings, instance))
+        assert before.value("flight_exporter_source_up", source="dagster") == 1
+        assert before.total("flight_model_live_accuracy") == before.total("flight_feature_drift_psi") == 0
+
+        outcomes = AssetKey(PREDICTION_OUTCOMES)
+        instance.report_runless_asset_event(AssetMaterialization(outcomes, partition="2013-06", metadata={
+            "accuracy_by_version": frame_table(pd.DataFrame({
+                "ModelVersion": [champion, "20130101T000000Z-retired"], "Accuracy": [0.61, 0.55],
+                "Matched": [900, 900]}))}))
+        instance.report_runless_asset_event(AssetCheckEvaluation(
+            asset_key=outcomes, check_name=DRIFT_CHECK, passed=False, severity=AssetCheckSeverity.WARN,
+            metadata={"psi_by_feature": frame_table(pd.DataFrame({"Feature": ["DepDelay", "Distance"],
+                                                                 "PSI": [0.31, 0.02]}))}))
+        after = exposition(exporter.registry(settings, instance))
+    # Reported without a run, as the UI's "Report materialization" does: no step, so no duration.
+    assert after.value("flight_exporter_source_up", source="dagster") == 1
+    assert after.value("flight_asset_last_materialization_timestamp_seconds", asset=PREDICTION_OUTCOMES) > 0
+    assert after.value("flight_asset_materialization_duration_seconds", asset=PREDICTION_OUTCOMES) is None
+    assert after.value("flight_model_live_accuracy", version=champion, role="champion") == 0.61
+    assert after.value("flight_model_live_matched_answers", version=champion, role="champion") == 900
+    assert after.value("flight_model_live_accuracy", version="20130101T000000Z-retired",
+                       role=exporter.RETIRED) == 0.55
+    assert after.value("flight_feature_drift_psi", feature="DepDelay") == pytest.approx(0.31)
+    assert after.value("flight_feature_drift_psi", feature="Distance") == pytest.approx(0.02)
+    assert after.value(CHECK_PASSED, asset=PREDICTION_OUTCOMES, check=DRIFT_CHECK) == 0
