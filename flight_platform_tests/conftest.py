@@ -193,7 +193,7 @@ def start_stream(materialized, tmp_path) -> Iterator[Callable[..., PlatformProce
 def on_session_spark(settings: Settings) -> dict[str, str]:
     """Settings for a private stack whose batch runs work on the session's Spark Connect server, as
     a stack pointed at a company's Spark does: it starts no Spark JVM of its own, and trains on a
-    server already warm. The session runs one module at a time, so one server at a time uses it."""
+    server already warm. A worker runs one module at a time, so one stack at a time works on it."""
     return {"FLIGHT_PLATFORM_SPARK_REMOTE": settings.spark_remote,
             "FLIGHT_PLATFORM_EXTERNAL_SERVICES": "spark"}
 
