@@ -10,11 +10,12 @@ import sys
 import time
 from pathlib import Path
 
+import bson
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 from pymongo import MongoClient
 from pymongo.database import Database
 
-from flight_platform.clients.mongo import DISTANCE_PARTIALS, DISTANCES, create_client
+from flight_platform.clients.mongo import DISTANCE_PARTIALS, DISTANCES, create_client, ensure_index
 from flight_platform.clients.security import Role
 from flight_platform.core.model_store import ModelStore
 from flight_platform.local import processes, services
@@ -34,6 +35,7 @@ from flight_platform_dev.load import SteadyLoad, WebLoad, request_factory, secon
 
 STACK_UP_TIMEOUT_S = 600  # a first start materializes every asset
 RECOVERY_TIMEOUT_S = 180
+ROUTE_COLLECTIONS = (DISTANCES, DISTANCE_PARTIALS)
 
 
 class PlatformProcess:
@@ -92,9 +94,38 @@ def copy_materialized(source: Settings, target: Settings) -> None:
     shutil.copytree(source.warehouse_dir, target.warehouse_dir)
     shutil.copytree(source.model_store_dir, target.model_store_dir)
     with create_client(source, Role.ADMIN) as from_client, create_client(target, Role.ADMIN) as to_client:
-        for collection in (DISTANCES, DISTANCE_PARTIALS):
+        for collection in ROUTE_COLLECTIONS:
             to_client[target.mongo_database][collection].insert_many(
                 from_client[source.mongo_database][collection].find())
+
+
+def save_materialized(settings: Settings, snapshot: Path) -> None:
+    """What `settings`' materialization made, saved as the directory `snapshot` for platforms on
+    other servers to start from (`restore_materialized`): its tables, model store and routes, and
+    its Dagster instance (the SQLite files under DAGSTER_HOME: the runs' records tests read)."""
+    partial = snapshot.with_name(f"{snapshot.name}.partial")
+    shutil.copytree(settings.warehouse_dir, partial / "warehouse")
+    shutil.copytree(settings.model_store_dir, partial / "models")
+    shutil.copytree(settings.dagster_home, partial / "dagster_home")
+    (partial / "routes").mkdir()
+    with create_client(settings, Role.ADMIN) as client:
+        for collection in ROUTE_COLLECTIONS:
+            documents = client[settings.mongo_database][collection].find()
+            (partial / "routes" / f"{collection}.bson").write_bytes(b"".join(map(bson.encode, documents)))
+    partial.rename(snapshot)  # whole or not at all: others may be waiting for it
+
+
+def restore_materialized(snapshot: Path, settings: Settings) -> None:
+    """`snapshot` (`save_materialized`) given to a platform whose services run and hold nothing yet."""
+    shutil.copytree(snapshot / "warehouse", settings.warehouse_dir)
+    shutil.copytree(snapshot / "models", settings.model_store_dir)
+    shutil.copytree(snapshot / "dagster_home", settings.dagster_home, dirs_exist_ok=True)
+    with create_client(settings, Role.ADMIN) as client:
+        database = client[settings.mongo_database]
+        for collection in ROUTE_COLLECTIONS:
+            database[collection].insert_many(
+                bson.decode_all((snapshot / "routes" / f"{collection}.bson").read_bytes()))
+            ensure_index(database, collection)
 
 
 def share_services(source: Settings, database: str) -> dict[str, str]:

