@@ -102,8 +102,10 @@ def copy_materialized(source: Settings, target: Settings) -> None:
 def save_materialized(settings: Settings, snapshot: Path) -> None:
     """What `settings`' materialization made, saved as the directory `snapshot` for platforms on
     other servers to start from (`restore_materialized`): its tables, model store and routes, and
-    its Dagster instance (the SQLite files under DAGSTER_HOME: the runs' records tests read)."""
+    its Dagster instance (the SQLite files under DAGSTER_HOME: the runs' records tests read), with
+    the passwords its run was given (its secrets dir), which tests search those records for."""
     partial = snapshot.with_name(f"{snapshot.name}.partial")
+    shutil.copytree(settings.secrets_dir, partial / "secrets")  # modes kept: owner-only
     shutil.copytree(settings.warehouse_dir, partial / "warehouse")
     shutil.copytree(settings.model_store_dir, partial / "models")
     shutil.copytree(settings.dagster_home, partial / "dagster_home")
@@ -115,8 +117,9 @@ def save_materialized(settings: Settings, snapshot: Path) -> None:
     partial.rename(snapshot)  # whole or not at all: others may be waiting for it
 
 
-def restore_materialized(snapshot: Path, settings: Settings) -> None:
-    """`snapshot` (`save_materialized`) given to a platform whose services run and hold nothing yet."""
+def restore_materialized(snapshot: Path, settings: Settings) -> Path:
+    """`snapshot` (`save_materialized`) given to a platform whose services run and hold nothing yet;
+    returns the secrets dir of the platform that made it."""
     shutil.copytree(snapshot / "warehouse", settings.warehouse_dir)
     shutil.copytree(snapshot / "models", settings.model_store_dir)
     shutil.copytree(snapshot / "dagster_home", settings.dagster_home, dirs_exist_ok=True)
@@ -126,6 +129,7 @@ def restore_materialized(snapshot: Path, settings: Settings) -> None:
             database[collection].insert_many(
                 bson.decode_all((snapshot / "routes" / f"{collection}.bson").read_bytes()))
             ensure_index(database, collection)
+    return snapshot / "secrets"
 
 
 def share_services(source: Settings, database: str) -> dict[str, str]:

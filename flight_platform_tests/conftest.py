@@ -19,6 +19,7 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -166,20 +167,30 @@ def running_services(settings) -> Iterator[Settings]:
         services.down(settings)
 
 
+@dataclass(frozen=True)
+class Materialization:
+    """The session's materialization: `dg check defs`' result, and the secrets dir of the platform
+    whose run made it (another worker's copy, when this one restored it), whose passwords are the
+    ones its records could hold."""
+    validate: subprocess.CompletedProcess
+    secrets_dir: Path
+
+
 @pytest.fixture(scope="session")
-def materialized(running_services, settings, tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
+def materialized(running_services, settings, tmp_path_factory) -> Materialization:
     """The whole asset graph, materialized with `dg launch` as CI and `make run` do: every
     bundled month and the model in one run. On xdist workers, the first to get here materializes
     and saves what it made; the others start from that (their own copy on their own servers)
     rather than make the same again on the same cores."""
     results = {"validate": run_cli("dg", "check", "defs")}
+    made_by = settings.secrets_dir
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         results["materialize"] = materialize_all(settings)
     else:
         snapshot = tmp_path_factory.getbasetemp().parent / "materialized"  # this run's workers'
         with FileLock(f"{snapshot}.lock"):
             if snapshot.exists():
-                restore_materialized(snapshot, settings)
+                made_by = restore_materialized(snapshot, settings)
             else:
                 results["materialize"] = materialize_all(settings)
                 if results["materialize"].returncode == 0:
@@ -187,7 +198,7 @@ def materialized(running_services, settings, tmp_path_factory) -> dict[str, subp
     for name, result in results.items():
         if result.returncode != 0:
             pytest.fail(f"dagster {name} failed ({result.returncode}):\n{result.stderr[-5000:]}")
-    return results
+    return Materialization(results["validate"], made_by)
 
 
 @pytest.fixture

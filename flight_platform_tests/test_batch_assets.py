@@ -35,7 +35,7 @@ MONTHLY = ASSETS[:3]
 
 
 def test_cli_validated_and_materialized_everything(materialized):
-    validate = materialized["validate"]
+    validate = materialized.validate
     assert "All definitions loaded successfully" in validate.stdout + validate.stderr
     instance = DagsterInstance.get()
     for asset in MONTHLY:
