@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import dagster
 import psutil
@@ -47,6 +48,17 @@ def pids(tmp_path) -> dict[str, int]:
     return {path.stem: int(path.read_text()) for path in (tmp_path / "services").glob("*.pid")}
 
 
+@pytest.fixture(scope="module")
+def services_up(tmp_path_factory) -> Iterator[tuple[dict, Path]]:
+    """(environment, data dir) of private services the manager started, for the tests that look at
+    them running; test_up_status_down starts and stops its own."""
+    data_dir = tmp_path_factory.mktemp("services_up")
+    env = {**os.environ, **private_environment(data_dir)}
+    assert manager(env, "up").returncode == 0
+    yield env, data_dir
+    manager(env, "down")
+
+
 def test_up_status_down(env, tmp_path):
     assert manager(env, "status").returncode == 3
 
@@ -69,12 +81,12 @@ def test_up_status_down(env, tmp_path):
     assert manager(env, "status").returncode == 3
 
 
-def test_batch_work_runs_below_serving(env, tmp_path):
+def test_batch_work_runs_below_serving(services_up):
     """The Spark server's JVM, where Spark works, and the process of a run using Spark yield the CPU
     to the stream and the web app, every thread of them; the broker and the Mongo-protocol server,
     which serving waits on, do not."""
-    assert manager(env, "up").returncode == 0
-    started = pids(tmp_path)
+    env, data_dir = services_up
+    started = pids(data_dir)
     assert load_settings(env).batch_niceness == 19
 
     def priorities(pid: int) -> set[int]:
@@ -98,13 +110,13 @@ def test_batch_work_runs_below_serving(env, tmp_path):
     assert run.stdout.splitlines()[-1] == "0 [19]"
 
 
-def test_refuses_to_start_a_second_copy(env, tmp_path):
-    assert manager(env, "up").returncode == 0
-    first = pids(tmp_path)
+def test_refuses_to_start_a_second_copy(services_up):
+    env, data_dir = services_up
+    first = pids(data_dir)
     again = manager(env, "up")
     assert again.stdout.count("already running") == 3
-    assert pids(tmp_path) == first
-    brokers = subprocess.run(["pgrep", "-f", str(tmp_path / "services" / "kafka-1")],
+    assert pids(data_dir) == first
+    brokers = subprocess.run(["pgrep", "-f", str(data_dir / "services" / "kafka-1")],
                              capture_output=True, text=True).stdout.split()
     assert brokers == [str(first["kafka-1"])]
 
