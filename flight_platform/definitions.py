@@ -24,14 +24,14 @@ from flight_platform.streaming.job import PREDICTION_REQUESTS, flight_delay_pred
 from flight_platform.streaming.model_roles import manage_challengers, promote_model
 from flight_platform.streaming.supervisor import prediction_stream_supervisor
 
-# Evaluates the assets' automation conditions: a month's features and distances follow its on-time
-# data, and the model retrains on new months (see batch.model.retraining_condition).
-automation = dg.AutomationConditionSensorDefinition(
-    "batch_automation", target=dg.AssetSelection.all(), minimum_interval_seconds=15,
-    default_status=dg.DefaultSensorStatus.RUNNING)
-
 
 def build_definitions(settings: Settings) -> dg.Definitions:
+    # Evaluates the assets' automation conditions: a month's features and distances follow its
+    # on-time data, and the model retrains on new months (see batch.model.retraining_condition).
+    automation = dg.AutomationConditionSensorDefinition(
+        "batch_automation", target=dg.AssetSelection.all(),
+        minimum_interval_seconds=settings.batch_sensor_interval_s,
+        default_status=dg.DefaultSensorStatus.RUNNING)
     retrained_model = model.flight_delay_model.map_asset_specs(
         lambda spec: spec.replace_attributes(
             automation_condition=model.retraining_condition(settings.retrain_cron)))
@@ -50,8 +50,9 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             freshness.model_freshness_check(retrain_window),
         ],
         jobs=[flight_delay_prediction_stream, promote_model, manage_challengers],
-        sensors=[prediction_stream_supervisor, bts_inbox_sensor, automation,
-                 freshness.model_freshness_sensor(retrain_window)],
+        sensors=[prediction_stream_supervisor, bts_inbox_sensor(settings.batch_sensor_interval_s),
+                 automation,
+                 freshness.model_freshness_sensor(retrain_window, settings.batch_sensor_interval_s)],
         resources=build_resources(settings),
         # Every step of a run in one process: one Spark Connect session per run, not one per asset.
         executor=dg.in_process_executor,

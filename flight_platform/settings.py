@@ -51,6 +51,7 @@ class Settings:
     # Services used at their endpoints and never started or stopped here, even on loopback.
     external_services: frozenset[str]
     retrain_cron: str
+    batch_sensor_interval_s: int  # how often the inbox, automation and model freshness sensors tick
     retrain_window_minutes: float  # a month's features not in a training after this fails a check
     drift_psi_threshold: float
     promotion_tolerance: float
@@ -222,6 +223,9 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
                                     _env("EXTERNAL_SERVICES", "").split(",") if name.strip()),
         # The model retrains on new months at most once per tick of this cron (see batch.model).
         retrain_cron=_env("RETRAIN_CRON", "0 * * * *"),
+        # A month dropped into the inbox waits up to three ticks (ingest, then features and
+        # distances, then the retrain); Dagster's daemon ticks no sensor more often than every 5 s.
+        batch_sensor_interval_s=int(_env("BATCH_SENSOR_INTERVAL_S", "15")),
         # The hourly cron's period, a training and a margin: a month's features waiting longer than
         # this for a training fail the model's freshness check (see batch.freshness).
         retrain_window_minutes=float(_env("RETRAIN_WINDOW_MINUTES", "120")),

@@ -7,7 +7,7 @@ import zipfile
 import pytest
 from dagster import RunRequest, SensorResult, SkipReason, build_sensor_context, instance_for_test
 
-from flight_platform.batch.inbox import bts_inbox_sensor
+from flight_platform.batch.inbox import look_in_inbox
 from flight_platform.resources import WarehouseResource
 from flight_platform_dev.derived_bts import bts_file_name, derived_month, write_bts_csv
 
@@ -40,7 +40,7 @@ def write_month(inbox, nyc_flights):
 def evaluate(instance, inbox, cursor=None):
     context = build_sensor_context(instance=instance, cursor=cursor, resources={
         "warehouse": WarehouseResource(root=str(inbox.parent / "warehouse"), bts_dir=str(inbox))})
-    return bts_inbox_sensor(context), context.cursor
+    return look_in_inbox(context, context.resources.warehouse), context.cursor
 
 
 def requested_months(result) -> list[str]:

@@ -78,7 +78,7 @@ def test_features_never_trained_on_fail_after_the_window(instance):
 
 
 def test_the_sensor_reports_each_change_once_without_a_run(instance):
-    sensor = model_freshness_sensor(dt.timedelta(0))  # every month waiting is late at once
+    sensor = model_freshness_sensor(dt.timedelta(0), 15)  # every month waiting is late at once
 
     def tick(cursor):
         result = sensor(build_sensor_context(instance=instance, cursor=cursor))

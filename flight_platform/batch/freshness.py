@@ -134,8 +134,8 @@ def model_freshness_check(window: dt.timedelta) -> AssetChecksDefinition:
     return _check
 
 
-def model_freshness_sensor(window: dt.timedelta) -> SensorDefinition:
-    @sensor(name="model_freshness", minimum_interval_seconds=30,
+def model_freshness_sensor(window: dt.timedelta, interval_s: int) -> SensorDefinition:
+    @sensor(name="model_freshness", minimum_interval_seconds=interval_s,
             default_status=DefaultSensorStatus.RUNNING,
             description=f"Evaluates {MODEL_FRESHNESS_CHECK} on {FLIGHT_DELAY_MODEL} without a run, "
             "and reports it when its result changes.")

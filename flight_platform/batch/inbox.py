@@ -15,6 +15,7 @@ from dagster import (
     AssetRecordsFilter,
     DefaultSensorStatus,
     RunRequest,
+    SensorDefinition,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
@@ -39,14 +40,8 @@ def last_materialized(context: SensorEvaluationContext, month: str) -> float | N
     return records[0].timestamp if records else None
 
 
-@sensor(
-    asset_selection=[on_time_performance],
-    default_status=DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=15,
-    description="Watches the BTS inbox: a new or replaced monthly download registers its month as a "
-    "partition and materializes it; unreadable files are reported and skipped.",
-)
-def bts_inbox_sensor(context: SensorEvaluationContext, warehouse: WarehouseResource):
+def look_in_inbox(context: SensorEvaluationContext, warehouse: WarehouseResource):
+    """One tick of the inbox sensor."""
     seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
     known = set(context.instance.get_dynamic_partitions(flight_months.name))
     new_months: list[str] = []
@@ -76,3 +71,14 @@ def bts_inbox_sensor(context: SensorEvaluationContext, warehouse: WarehouseResou
     return SensorResult(run_requests=list(requests.values()),
                         dynamic_partitions_requests=[flight_months.build_add_request(new_months)]
                         if new_months else None)
+
+
+def bts_inbox_sensor(interval_s: int) -> SensorDefinition:
+    return sensor(
+        name="bts_inbox_sensor",
+        asset_selection=[on_time_performance],
+        default_status=DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=interval_s,
+        description="Watches the BTS inbox: a new or replaced monthly download registers its month "
+        "as a partition and materializes it; unreadable files are reported and skipped.",
+    )(look_in_inbox)
