@@ -112,7 +112,11 @@ class BatchState:
         if self._read is None or time.monotonic() - self._read[0] > BATCH_REFRESH_S:
             # Each check's latest evaluation, read once: its result and the drift check's PSI.
             records = {key: self.instance.get_latest_asset_check_evaluation_record(key) for key in CHECKS}
-            evaluations = {key: record and record.evaluation for key, record in records.items()}
+            # A check a run has planned but not yet evaluated (in progress, or its run died) has
+            # no result: it is left out, not read as one.
+            evaluations = {key: evaluation if isinstance(evaluation := record and record.evaluation,
+                                                         AssetCheckEvaluation) else None
+                           for key, record in records.items()}
             self._read = (time.monotonic(), [*self._assets(), self._checks(evaluations),
                                              *self._models(evaluations[DRIFT])])
         return self._read[1]
