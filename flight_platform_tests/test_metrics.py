@@ -13,10 +13,13 @@ import yaml
 from dagster import (
     AssetCheckEvaluation,
     AssetCheckSeverity,
+    AssetCheckSpec,
     AssetKey,
     AssetMaterialization,
     DagsterInstance,
+    asset,
     instance_for_test,
+    materialize,
 )
 from prometheus_client import generate_latest
 
@@ -122,6 +125,11 @@ def test_the_alerts_fire_when_they_should_and_only_then(settings, tmp_path):
     assert "SUCCESS" in promtool("test", "rules", str(unit_tests))
 
 
+@asset(name=PREDICTION_OUTCOMES, check_specs=[AssetCheckSpec(DRIFT_CHECK, asset=PREDICTION_OUTCOMES)])
+def prediction_outcomes_whose_run_dies():
+    raise RuntimeError("the run died before the drift check was evaluated")
+
+
 @pytest.fixture
 def stream_group(settings):
     """Settings whose request topic and consumer group are fresh, with the stream user's rights."""
@@ -208,6 +216,10 @@ def test_the_exporter_reports_live_accuracy_and_drift_as_prediction_outcomes_las
             asset_key=outcomes, check_name=DRIFT_CHECK, passed=False, severity=AssetCheckSeverity.WARN,
             metadata={"psi_by_feature": frame_table(pd.DataFrame({"Feature": ["DepDelay", "Distance"],
                                                                  "PSI": [0.31, 0.02]}))}))
+        # A later run plans the drift check and dies before evaluating it: the result before stands.
+        died = materialize([prediction_outcomes_whose_run_dies], instance=instance, raise_on_error=False)
+        assert not died.success
+        assert instance.get_latest_asset_check_evaluation_record(exporter.DRIFT).status.value == "PLANNED"
         after = exposition(exporter.registry(settings, instance))
     # Reported without a run, as the UI's "Report materialization" does: no step, so no duration.
     assert after.value("flight_exporter_source_up", source="dagster") == 1

@@ -25,6 +25,9 @@ import time
 from collections.abc import Iterator
 
 from dagster import AssetCheckEvaluation, AssetCheckKey, AssetKey, DagsterInstance
+from dagster._core.storage.asset_check_execution_record import (
+    COMPLETED_ASSET_CHECK_EXECUTION_RECORD_STATUSES,
+)
 from kafka import KafkaConsumer, TopicPartition
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -111,15 +114,17 @@ class BatchState:
     def read(self) -> list[Metric]:
         if self._read is None or time.monotonic() - self._read[0] > BATCH_REFRESH_S:
             # Each check's latest evaluation, read once: its result and the drift check's PSI.
-            records = {key: self.instance.get_latest_asset_check_evaluation_record(key) for key in CHECKS}
-            # A check a run has planned but not yet evaluated (in progress, or its run died) has
-            # no result: it is left out, not read as one.
-            evaluations = {key: evaluation if isinstance(evaluation := record and record.evaluation,
-                                                         AssetCheckEvaluation) else None
-                           for key, record in records.items()}
+            evaluations = {key: self._latest_evaluation(key) for key in CHECKS}
             self._read = (time.monotonic(), [*self._assets(), self._checks(evaluations),
                                              *self._models(evaluations[DRIFT])])
         return self._read[1]
+
+    def _latest_evaluation(self, key: AssetCheckKey) -> AssetCheckEvaluation | None:
+        # The latest record that has a result: a check a run has planned but not evaluated (in
+        # progress, or its run died) leaves the result before it standing.
+        records = self.instance.event_log_storage.get_asset_check_execution_history(
+            key, limit=1, status=COMPLETED_ASSET_CHECK_EXECUTION_RECORD_STATUSES)
+        return records[0].evaluation if records else None
 
     def _assets(self) -> list[Metric]:
         when = GaugeMetricFamily("flight_asset_last_materialization_timestamp_seconds",
