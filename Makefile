@@ -11,12 +11,14 @@ KAFKA_LIBS := $(VENV)/kafka/libs
 
 install: $(VENV)/.installed $(KAFKA_LIBS)/.installed
 
-# Apache Kafka's broker: the jars of its release tarball's libs/, from Maven Central.
+# Apache Kafka's broker: the jars of its release tarball's libs/, from Maven Central, and the
+# class-data archive its nodes start from (without it, they start on more CPU: not an error).
 $(KAFKA_LIBS)/.installed: scripts/kafka/pom.xml $(VENV)/.installed
 	@scripts/check_prerequisites $(PYTHON)
 	rm -rf $(KAFKA_LIBS)
 	mvn --quiet --batch-mode -Dstyle.color=never -f scripts/kafka/pom.xml dependency:copy-dependencies \
 	  -DincludeScope=runtime -DoutputDirectory=$(abspath $(KAFKA_LIBS))
+	-$(BIN)/python -m flight_platform.local.services archive-kafka-classes
 	@touch $@
 
 $(VENV)/.installed: pyproject.toml constraints.txt

@@ -81,6 +81,17 @@ def test_up_status_down(env, tmp_path):
     assert manager(env, "status").returncode == 3
 
 
+def test_kafka_nodes_start_from_the_class_archive_make_install_made(settings):
+    """The node's JVM maps Kafka's classes from the archive instead of loading them from the jars."""
+    node = services.kafka_nodes(settings)[0]
+    java = node.command()
+    assert f"-XX:SharedArchiveFile={node.class_archive}" in java
+    loaded = subprocess.run([*java[:java.index("kafka.Kafka")], "-Xlog:class+load=info", "kafka.Kafka",
+                             "--version"], capture_output=True, text=True, timeout=60)
+    assert loaded.returncode == 0, loaded.stderr
+    assert "kafka.Kafka source: shared objects file (top)" in loaded.stdout
+
+
 def test_batch_work_runs_below_serving(services_up):
     """The Spark server's JVM, where Spark works, and the process of a run using Spark yield the CPU
     to the stream and the web app, every thread of them; the broker and the Mongo-protocol server,

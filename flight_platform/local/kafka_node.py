@@ -22,10 +22,14 @@ from flight_platform.clients.kafka_diagnosis import diagnose_role
 from flight_platform.clients.security import Password, Role
 from flight_platform.local import certificates
 from flight_platform.local.service import STARTUP_TIMEOUT_S, Service, ServiceError
-from flight_platform.settings import free_port
+from flight_platform.settings import Settings, free_port
 
 LOCAL_PROTOCOLS = ("SASL_SSL", "PLAINTEXT")
 CONTROLLER_USER = "controller"
+
+
+def class_archive(settings: Settings) -> Path:
+    return settings.kafka_libs_dir.parent / "kafka-classes.jsa"
 
 
 @dataclass(frozen=True)
@@ -54,9 +58,18 @@ class KafkaNode(Service):
     def identity(self) -> str:
         return str(self.config_file)
 
+    @property
+    def class_archive(self) -> Path:
+        """The JVM's class-data archive of Kafka's classes, beside the jars it was made from."""
+        return class_archive(self.settings)
+
     def _java(self, *main: str, heap: str) -> list[str]:
+        # With the archive, the JVM maps Kafka's classes already parsed and verified instead of
+        # loading them from the jars: a node starts on ~0.6x the CPU. A JVM that cannot use it
+        # (another JDK since it was made) warns in its log and loads the jars.
+        archive = [f"-XX:SharedArchiveFile={self.class_archive}"] if self.class_archive.is_file() else []
         return [self.executable, f"-Xms{heap}", f"-Xmx{heap}", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
-                *self.settings.kafka_jvm_options, "-Djava.awt.headless=true",
+                *archive, *self.settings.kafka_jvm_options, "-Djava.awt.headless=true",
                 f"-Dlog4j2.configurationFile={self.directory / 'log4j2.properties'}",
                 "-cp", str(self.settings.kafka_libs_dir / "*"), *main]
 

@@ -1,6 +1,6 @@
 """Start, health-check and stop the local Kafka broker, MongoDB-protocol server and Spark server.
 
-    python -m flight_platform.local.services up|down|status
+    python -m flight_platform.local.services up|down|status|archive-kafka-classes
 
 - kafka: Apache Kafka in KRaft mode (each node both broker and controller), from the jars
   `make install` copies from Maven Central (scripts/kafka/pom.xml). One node per loopback address in
@@ -14,6 +14,9 @@
   batch run works on through a session of its own. It is batch work: it runs at
   FLIGHT_PLATFORM_BATCH_NICENESS, on the CPU the stream and the web app leave.
 
+`archive-kafka-classes` (run by `make install`) makes the Kafka nodes' class-data archive: a node
+started and stopped once, PLAINTEXT in a scratch dir, with the JVM writing the classes it loaded.
+
 A service whose endpoint (from settings) is not on loopback, or whose kind
 FLIGHT_PLATFORM_EXTERNAL_SERVICES names, is external: it is left alone, so a real Kafka cluster or
 mongod is used unchanged. Pid and log files live in `settings.services_dir`; `down` stops only
@@ -21,10 +24,12 @@ processes this manager started.
 """
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,11 +40,11 @@ from flight_platform.clients import kafka_access, spark
 from flight_platform.clients.kafka_diagnosis import diagnose_role
 from flight_platform.clients.security import CredentialError, Role
 from flight_platform.local import processes
-from flight_platform.local.kafka_node import KafkaNode
+from flight_platform.local.kafka_node import KafkaNode, class_archive
 from flight_platform.local.mongo_server import MongoServer
 from flight_platform.local.service import STARTUP_TIMEOUT_S, Service, ServiceError, port_in_use
 from flight_platform.local.spark_server import SPARK_HOME, SparkConnectServer
-from flight_platform.settings import Settings, load_settings
+from flight_platform.settings import Settings, load_settings, private_environment
 
 SHUTDOWN_TIMEOUT_S = 30.0  # a Kafka node's controlled shutdown moves its leaderships first
 # A Kafka node still running once too few of its cluster's controllers run to form a quorum waits
@@ -259,6 +264,27 @@ def check_kafka_logins(settings: Settings) -> None:
             raise ServiceError(diagnosis.reason)
 
 
+def archive_kafka_classes(settings: Settings) -> Path:
+    """Make (again) the class-data archive every local Kafka node starts with; returns its path."""
+    archive = class_archive(settings)
+    archive.unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory(prefix="kafka-classes-") as scratch:
+        written = Path(scratch) / archive.name
+        node = kafka_nodes(load_settings({
+            **os.environ, **private_environment(Path(scratch) / "data"),
+            "FLIGHT_PLATFORM_KAFKA_LIBS_DIR": str(settings.kafka_libs_dir),
+            "FLIGHT_PLATFORM_EXTERNAL_SERVICES": "",
+            "FLIGHT_PLATFORM_KAFKA_SECURITY_PROTOCOL": "PLAINTEXT",
+            "FLIGHT_PLATFORM_KAFKA_JVM_OPTIONS": f"-XX:ArchiveClassesAtExit={written}"}))[0]
+        start(node)
+        stop(node)  # the JVM writes the archive as it exits
+        if not written.is_file():
+            raise ServiceError(f"{node.name}'s JVM exited without writing the archive: "
+                               f"{node.log_file.read_text()[-2000:]}")
+        shutil.move(written, archive)
+    return archive
+
+
 def down(settings: Settings) -> None:
     for name, report in stop_all(services(settings)).items():
         print(f"{name:7} {report}", flush=True)
@@ -267,7 +293,7 @@ def down(settings: Settings) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flight_platform.local.services", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument("command", choices=["up", "down", "status", "archive-kafka-classes"])
     command = parser.parse_args(argv).command
     try:
         settings = load_settings()
@@ -282,6 +308,12 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     elif command == "down":
         down(settings)
+    elif command == "archive-kafka-classes":
+        try:
+            print(f"kafka   class-data archive: {archive_kafka_classes(settings)}")
+        except ServiceError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
     else:
         all_healthy = True
         for service in services(settings):
