@@ -248,6 +248,8 @@ class WarehouseResource(ConfigurableResource):
 
 class ModelStoreResource(ConfigurableResource):
     root: str
+    # The months a training learns unless its run config says (the latest N; 0: every month).
+    training_recent_months: int = 0
     # Unattended promotion: a candidate at most this much less accurate than the current model on
     # the same held-out rows (the forest's run-to-run noise) is promoted; a worse one is only kept.
     promotion_tolerance: float = 0.005
@@ -294,6 +296,7 @@ def build_resources(settings: Settings) -> dict[str, ConfigurableResource]:
         "warehouse": WarehouseResource(root=str(settings.warehouse_dir),
                                        bts_dir=str(settings.bts_dir)),
         "model_store": ModelStoreResource(root=str(settings.model_store_dir),
+                                          training_recent_months=settings.training_recent_months,
                                           promotion_tolerance=settings.promotion_tolerance,
                                           max_challengers=settings.max_challengers,
                                           explain_answers=settings.explain_answers,

@@ -51,6 +51,7 @@ class Settings:
     # Services used at their endpoints and never started or stopped here, even on loopback.
     external_services: frozenset[str]
     retrain_cron: str
+    training_recent_months: int  # the months a training learns, the latest; 0: every month
     batch_sensor_interval_s: int  # how often the inbox, automation and model freshness sensors tick
     retrain_window_minutes: float  # a month's features not in a training after this fails a check
     drift_psi_threshold: float
@@ -92,6 +93,9 @@ class Settings:
         if self.live_decisions not in live_decisions.MODES:
             raise ValueError(f"FLIGHT_PLATFORM_LIVE_DECISIONS is {self.live_decisions!r}: use one of "
                              f"{', '.join(live_decisions.MODES)}.")
+        if self.training_recent_months < 0:
+            raise ValueError(f"FLIGHT_PLATFORM_TRAINING_RECENT_MONTHS is {self.training_recent_months}: "
+                             f"use the number of latest months a training learns, or 0 for every month.")
         if not 1 <= self.stream_workers <= self.request_topic_partitions:
             raise ValueError(
                 f"FLIGHT_PLATFORM_STREAM_WORKERS is {self.stream_workers}, but the request topic is "
@@ -223,6 +227,9 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
                                     _env("EXTERNAL_SERVICES", "").split(",") if name.strip()),
         # The model retrains on new months at most once per tick of this cron (see batch.model).
         retrain_cron=_env("RETRAIN_CRON", "0 * * * *"),
+        # A training without recent_months in its run config (the automated retrain's, make run's)
+        # learns the latest this many months: a sliding window that forgets old habits; 0: every month.
+        training_recent_months=int(_env("TRAINING_RECENT_MONTHS", "0")),
         # A month dropped into the inbox waits up to three ticks (ingest, then features and
         # distances, then the retrain); Dagster's daemon ticks no sensor more often than every 5 s.
         batch_sensor_interval_s=int(_env("BATCH_SENSOR_INTERVAL_S", "15")),

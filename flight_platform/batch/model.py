@@ -56,8 +56,9 @@ class ModelTrainingConfig(Config):
     test_fraction: float = 0.2
     parity_rows: int = 1000
     keep_versions: int = 5
-    # Train on the most recent N months only; 0 trains on every materialized month.
-    recent_months: int = 0
+    # Train on the most recent N months only; 0 trains on every materialized month; unset: the
+    # platform's FLIGHT_PLATFORM_TRAINING_RECENT_MONTHS (what an automated retrain learns).
+    recent_months: int | None = None
 
 
 def retraining_condition(cron: str) -> AutomationCondition:
@@ -165,7 +166,8 @@ def flight_delay_model(context: AssetExecutionContext, config: ModelTrainingConf
                        spark: SparkResource, warehouse: WarehouseResource,
                        model_store: ModelStoreResource) -> MaterializeResult:
     features = spark.spark_session.read.parquet(warehouse.table_path(FLIGHT_DELAY_FEATURES))
-    months = training_months(features, config.recent_months)
+    months = training_months(features, model_store.training_recent_months
+                             if config.recent_months is None else config.recent_months)
     # Both sets come from one read of the table, kept in this run's session (checkpointed data is
     # the session's alone; a cached plan would be shared by every session of the server).
     labelled = (Bucketizer(splits=ARRIVAL_DELAY_SPLITS, inputCol="ArrDelay", outputCol=LABEL)
