@@ -119,25 +119,34 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 def pytest_terminal_summary(terminalreporter):
-    """Seconds of setup, call and teardown per test module, the slowest first: where the suite's
-    time goes (a module's first setup includes the session fixtures its worker starts)."""
+    """Seconds of setup, call and teardown per test module, the slowest first, and the worker that
+    ran it: where the suite's time goes, and how evenly the workers share it (a module's first setup
+    includes the session fixtures its worker starts)."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
         return
     seconds: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     tests: dict[str, int] = defaultdict(int)
+    workers: dict[str, str] = {}
     for report in (r for reports in terminalreporter.stats.values() for r in reports
                    if isinstance(r, pytest.TestReport)):
         module = report.nodeid.split("::")[0].rsplit("/", 1)[-1]
         seconds[module][report.when] += report.duration
         tests[module] += report.when == "call"
+        workers[module] = getattr(report, "worker_id", "-")  # xdist's; "-" in one process
     if not seconds:
         return
     terminalreporter.write_sep("=", "seconds per module")
-    terminalreporter.write_line(f"{'module':<34}{'tests':>6}{'setup':>9}{'call':>9}{'teardown':>10}{'total':>9}")
+    terminalreporter.write_line(f"{'module':<34}{'worker':>7}{'tests':>6}{'setup':>9}{'call':>9}"
+                                f"{'teardown':>10}{'total':>9}")
     for module, by_phase in sorted(seconds.items(), key=lambda item: -sum(item[1].values())):
         terminalreporter.write_line(
-            f"{module:<34}{tests[module]:>6}{by_phase['setup']:>9.0f}{by_phase['call']:>9.0f}"
-            f"{by_phase['teardown']:>10.0f}{sum(by_phase.values()):>9.0f}")
+            f"{module:<34}{workers[module]:>7}{tests[module]:>6}{by_phase['setup']:>9.0f}"
+            f"{by_phase['call']:>9.0f}{by_phase['teardown']:>10.0f}{sum(by_phase.values()):>9.0f}")
+    by_worker: dict[str, float] = defaultdict(float)
+    for module, by_phase in seconds.items():
+        by_worker[workers[module]] += sum(by_phase.values())
+    terminalreporter.write_line("per worker: " + ", ".join(f"{worker} {total:.0f} s"
+                                                          for worker, total in sorted(by_worker.items())))
 
 
 def pytest_unconfigure(config):
