@@ -109,7 +109,7 @@ def spark_cluster(root: Path, cores: int = 1, memory: str = "2g") -> Iterator[Sp
         master = _start(_spark_class("master.Master", "--host", HOST,
                                      "--port", str(cluster.master_port),
                                      "--webui-port", str(cluster.master_ui_port)), master_log)
-        running.callback(processes.stop, master, STOP_TIMEOUT_S)
+        running.callback(processes.stop, master, timeout=STOP_TIMEOUT_S)
         _wait_until(cluster.master_answers, master, master_log, "the Spark master starting")
         worker_log = cluster.log_file("worker")
         worker = _start(_spark_class("worker.Worker", cluster.master_url, "--host", HOST,
@@ -117,7 +117,7 @@ def spark_cluster(root: Path, cores: int = 1, memory: str = "2g") -> Iterator[Sp
                                      "--webui-port", str(cluster.worker_ui_port),
                                      "--work-dir", str(cluster.work_dir)), worker_log)
         # Callbacks run last-in first-out: the worker stops first.
-        running.callback(processes.stop, worker, STOP_TIMEOUT_S)
+        running.callback(processes.stop, worker, timeout=STOP_TIMEOUT_S)
         _wait_until(lambda: cluster.alive_workers() >= 1, worker, worker_log,
                     "the Spark worker registering with the master")
         yield cluster

@@ -120,29 +120,36 @@ def _group_alive(group: int) -> bool:
         return False
 
 
-def stop(process: subprocess.Popen, timeout: float = STOP_TIMEOUT_S) -> bool:
-    """SIGTERM `process`, its process group and any descendant that left the group; SIGKILL what is
-    left after `timeout`. The group (`start` makes one) also holds what its members start while
-    they stop, such as a code server `dg dev` restarts. Returns whether anything had to be killed."""
-    others = tree(process.pid)
+def stop(*started: subprocess.Popen, timeout: float = STOP_TIMEOUT_S) -> bool:
+    """SIGTERM each process, its process group and any descendant that left the group, all at once
+    (they stop side by side); SIGKILL what is left after `timeout`. The group (`start` makes one)
+    also holds what its members start while they stop, such as a code server `dg dev` restarts.
+    Returns whether anything had to be killed."""
+    others = [pid for process in started for pid in tree(process.pid)]
+    names = ", ".join(str(process.args[0]) for process in started)
 
     def ended() -> bool:
-        process.poll()  # reaps it: a zombie still counts as a member of its group
-        return not _group_alive(process.pid) and not any(alive(pid) for pid in others)
+        for process in started:
+            process.poll()  # reaps it: a zombie still counts as a member of its group
+        return (not any(_group_alive(process.pid) for process in started)
+                and not any(alive(pid) for pid in others))
 
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    _signal(others, signal.SIGTERM)
+    def send(sig: signal.Signals) -> None:
+        for process in started:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, sig)
+        _signal(others, sig)
+
+    send(signal.SIGTERM)
     try:
-        wait_until(ended, timeout, f"{process.args[0]} to stop", interval=0.05)
+        wait_until(ended, timeout, f"{names} to stop", interval=0.05)
         killed = False
     except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        _signal(others, signal.SIGKILL)
-        wait_until(ended, KILL_TIMEOUT_S, f"{process.args[0]} to end after SIGKILL", interval=0.05)
+        send(signal.SIGKILL)
+        wait_until(ended, KILL_TIMEOUT_S, f"{names} to end after SIGKILL", interval=0.05)
         killed = True
-    process.wait()
+    for process in started:
+        process.wait()
     return killed
 
 

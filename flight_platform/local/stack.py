@@ -254,8 +254,7 @@ def serve(settings: Settings, env: dict[str, str], materialize: bool) -> None:
             except Exception as error:  # noqa: BLE001 - the SIGTERM below still stops it cleanly
                 print(f"Could not terminate the streaming run through Dagster ({error}); "
                       f"stopping it by signal.", file=sys.stderr)
-        for server in [*reversed(servers), *monitoring]:
-            processes.stop(server)
+        processes.stop(*servers, *monitoring)
         if services.running_pid(prometheus) is not None:
             print(f"prometheus {services.stop(prometheus)}", flush=True)
         services.down(settings)
