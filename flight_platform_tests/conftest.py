@@ -82,7 +82,9 @@ def pytest_collection_modifyitems(items):
 
     Modules run longest kind first (fault drills and clusters, then the rest on services, then
     those without any), each module's tests in their own order: on several workers the long ones
-    start at once instead of meeting at the end."""
+    start at once instead of meeting at the end. The first module's worker makes the session's
+    materialization; the second module is the first on services that needs no materialization,
+    so that the next worker starts on it rather than wait for that materialization."""
     for item in items:
         if "running_services" in item.fixturenames:
             item.add_marker(pytest.mark.services)
@@ -91,9 +93,16 @@ def pytest_collection_modifyitems(items):
         markers = {mark.name for mark in item.iter_markers()}
         return 0 if markers & {"faults", "cluster"} else 1 if "services" in markers else 2
 
-    order = {}  # module -> its kind, the longest of its tests'
+    order: dict = {}  # module -> its place: its kind, the longest of its tests'
     for item in items:
         order[item.module] = min(order.get(item.module, 2), kind(item))
+    materializing = {item.module for item in items if "materialized" in item.fixturenames}
+    first = min(order, key=order.get)  # the first module of the longest kind, in collection order
+    on_own_services = [module for module, place in order.items()
+                       if place < 2 and module is not first and module not in materializing]
+    order[first] = -2
+    if on_own_services:
+        order[on_own_services[0]] = -1
     items.sort(key=lambda item: order[item.module])  # stable: modules and tests keep their order
 
 
