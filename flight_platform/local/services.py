@@ -281,6 +281,14 @@ def archive_kafka_classes(settings: Settings) -> Path:
         if not written.is_file():
             raise ServiceError(f"{node.name}'s JVM exited without writing the archive: "
                                f"{node.log_file.read_text()[-2000:]}")
+        # Tried before it is used: a JVM mapping a truncated archive (one killed while writing it)
+        # crashes instead of loading the jars. -Xshare:on fails rather than run without it.
+        tried = subprocess.run([node.executable, "-Xshare:on", f"-XX:SharedArchiveFile={written}",
+                                "-Xlog:class+load=info", "-cp", str(settings.kafka_libs_dir / "*"),
+                                "kafka.Kafka", "--version"], capture_output=True, text=True, timeout=60)
+        if tried.returncode != 0 or "kafka.Kafka source: shared objects file" not in tried.stdout:
+            raise ServiceError(f"the class-data archive {node.name}'s JVM wrote does not load "
+                               f"(exit {tried.returncode}): {(tried.stderr or tried.stdout)[-2000:]}")
         shutil.move(written, archive)
     return archive
 
