@@ -33,7 +33,7 @@ run: install
 	$(BIN)/python -m flight_platform.local.stack
 
 # Test modules on this many pytest-xdist workers, each with a platform of its own; 0: one process.
-# Two took 0.80-0.87x of one process's time on two cores (the suite is mostly CPU).
+# Two took 0.80-0.87x of one process's time on two cores (the suite is mostly CPU); three, 1.04x of two's.
 TEST_WORKERS ?= 2
 
 test: install

@@ -106,7 +106,7 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: order[item.module])  # stable: modules and tests keep their order
 
 
-# The whole suite's time from a fresh clone on the two-core development box (1,084-1,138 s on two workers
+# The whole suite's time from a fresh clone on the two-core development box (886-911 s on two workers
 # on 2026-12-05, see README, "Set-up") with a margin for CI's slower machines; a slower one raises it.
 SUITE_BUDGET_S = float(os.environ.get("FLIGHT_PLATFORM_TEST_BUDGET_S", "2400"))
 _started = time.monotonic()
