@@ -23,6 +23,7 @@ from flight_platform.clients.kafka import connection, create_consumer, create_pr
 from flight_platform.clients.mongo import DEAD_LETTERS, DISTANCES, RESPONSES
 from flight_platform.clients.security import CredentialError, Role
 from flight_platform.local import certificates, services
+from flight_platform.local.kafka_node import class_archive
 from flight_platform.local.mongo_server import MongoServer
 from flight_platform.local.processes import alive
 from flight_platform.resources import build_resources
@@ -85,7 +86,7 @@ def test_kafka_nodes_start_from_the_class_archive_make_install_made(settings):
     """The node's JVM maps Kafka's classes from the archive instead of loading them from the jars."""
     node = services.kafka_nodes(settings)[0]
     java = node.command()
-    assert f"-XX:SharedArchiveFile={node.class_archive}" in java
+    assert f"-XX:SharedArchiveFile={class_archive(settings)}" in java
     loaded = subprocess.run([*java[:java.index("kafka.Kafka")], "-Xlog:class+load=info", "kafka.Kafka",
                              "--version"], capture_output=True, text=True, timeout=60)
     assert loaded.returncode == 0, loaded.stderr

@@ -29,6 +29,7 @@ CONTROLLER_USER = "controller"
 
 
 def class_archive(settings: Settings) -> Path:
+    """The JVM's class-data archive of Kafka's classes, beside the jars it was made from."""
     return settings.kafka_libs_dir.parent / "kafka-classes.jsa"
 
 
@@ -58,18 +59,14 @@ class KafkaNode(Service):
     def identity(self) -> str:
         return str(self.config_file)
 
-    @property
-    def class_archive(self) -> Path:
-        """The JVM's class-data archive of Kafka's classes, beside the jars it was made from."""
-        return class_archive(self.settings)
-
     def _java(self, *main: str, heap: str) -> list[str]:
         # With the archive, the JVM maps Kafka's classes already parsed and verified instead of
         # loading them from the jars: a node starts on ~0.6x the CPU. `make install` makes it, and
         # tries it before putting it here (services.archive_kafka_classes).
-        archive = [f"-XX:SharedArchiveFile={self.class_archive}"] if self.class_archive.is_file() else []
+        archive = class_archive(self.settings)
+        sharing = [f"-XX:SharedArchiveFile={archive}"] if archive.is_file() else []
         return [self.executable, f"-Xms{heap}", f"-Xmx{heap}", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
-                *archive, *self.settings.kafka_jvm_options, "-Djava.awt.headless=true",
+                *sharing, *self.settings.kafka_jvm_options, "-Djava.awt.headless=true",
                 f"-Dlog4j2.configurationFile={self.directory / 'log4j2.properties'}",
                 "-cp", str(self.settings.kafka_libs_dir / "*"), *main]
 
