@@ -75,6 +75,8 @@ class Settings:
     web_trusted_proxies: int  # proxies in front of the web app that set X-Forwarded-For
     dagster_port: int
     dagster_read_only: bool  # the UI shows everything and launches nothing (see local.stack)
+    dagster_dequeue_interval_s: int  # how often the daemon launches queued runs (see local.stack)
+    stream_supervisor_interval_s: int  # how often the stream's supervisor ticks
     # The address each stream worker serves its metrics on, as Prometheus reaches it (a port is
     # picked per worker), and the platform exporter's port (flight_platform.monitoring.exporter).
     metrics_host: str
@@ -274,6 +276,10 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         web_trusted_proxies=int(_env("WEB_TRUSTED_PROXIES", "0")),
         dagster_port=int(_env("DAGSTER_PORT", "3000")),
         dagster_read_only=_env("DAGSTER_READ_ONLY", "false").lower() == "true",
+        # Dagster's default. A run a sensor asks for (the stream's, a roll-out's, an automated
+        # materialization's) waits up to this long in the queue before its process starts.
+        dagster_dequeue_interval_s=int(_env("DAGSTER_DEQUEUE_INTERVAL_S", "5")),
+        stream_supervisor_interval_s=int(_env("STREAM_SUPERVISOR_INTERVAL_S", "5")),
         metrics_host=_env("METRICS_HOST", "127.0.0.1"),
         exporter_port=int(_env("EXPORTER_PORT", "9108")),
         prometheus_port=prometheus_port,

@@ -67,7 +67,12 @@ def pytest_configure(config):
                        "FLIGHT_PLATFORM_SPARK_DRIVER_MEMORY": "2g",
                        # The suite starts Kafka nodes dozens of times and loads them lightly: with
                        # the C1 compiler alone, a node starts on half the CPU (9.7 -> 5.2 s).
-                       "FLIGHT_PLATFORM_KAFKA_JVM_OPTIONS": "-XX:TieredStopAtLevel=1"})
+                       "FLIGHT_PLATFORM_KAFKA_JVM_OPTIONS": "-XX:TieredStopAtLevel=1",
+                       # The private stacks' drills wait on every stream start and roll-out: a
+                       # run asked for starts within a second of the queue, and the supervisor
+                       # ticks every 2 s (a roll-out takes two ticks), on no more idle CPU.
+                       "FLIGHT_PLATFORM_DAGSTER_DEQUEUE_INTERVAL_S": "1",
+                       "FLIGHT_PLATFORM_STREAM_SUPERVISOR_INTERVAL_S": "2"})
     os.environ.update(dagster_environment(load_settings()))
     # pytest sets each test's warning filters afresh: the package's own filter of the Beta/Preview
     # notices it chose does not reach inside a test, so the same list is given to pytest.

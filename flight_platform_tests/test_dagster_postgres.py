@@ -122,7 +122,7 @@ def test_webserver_and_daemon_on_postgres(materialized, settings, searchable_tmp
     url = f"http://127.0.0.1:{port}"
     with postgres_server(searchable_tmp_dir / "postgres", free_port()) as server, \
             create_client(settings, Role.ADMIN) as mongo, ExitStack() as running:
-        (dagster_home / "dagster.yaml").write_text(dagster_yaml(server))
+        (dagster_home / "dagster.yaml").write_text(dagster_yaml(settings, server))
         asset = build_definitions(load_settings(env)).get_assets_def(AssetKey(CHEAP_ASSET))
         # Opening the instance creates the storage's tables now, rather than three processes
         # racing to create them.

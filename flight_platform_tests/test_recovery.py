@@ -18,7 +18,7 @@ from flight_platform.local.prometheus_server import prometheus_server
 from flight_platform.local.stack import cancel_stream_runs
 from flight_platform.settings import free_port
 from flight_platform.streaming.job import flight_delay_prediction_stream
-from flight_platform.streaming.supervisor import prediction_stream_supervisor
+from flight_platform.streaming.supervisor import SUPERVISOR
 from flight_platform_dev import drills
 from flight_platform_dev.dagster_runs import run_cli
 from flight_platform_dev.load import answered
@@ -97,7 +97,7 @@ def test_the_alerts_fire_while_the_stream_is_stopped_and_clear_once_it_serves(pl
     worker serving' and 'lag growing' (the exporter reads the group's lag from the broker, so it
     grows with no worker running); the supervisor on again, both clear and nothing is lost."""
     # The code location as the stack's daemon loads it (workspace.yaml), whose sensor state counts.
-    supervisor = ["dagster", "sensor", "-w", "workspace.yaml", prediction_stream_supervisor.name]
+    supervisor = ["dagster", "sensor", "-w", "workspace.yaml", SUPERVISOR]
     both = {NOT_SERVING, LAG_GROWING}
     run_cli(*supervisor[:2], "stop", *supervisor[2:], env=platform.env)
     load = platform.load(RATE)

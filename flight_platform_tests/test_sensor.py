@@ -52,7 +52,7 @@ def evaluate(instance, store, workers: int = 1):
                           stream_workers=workers)
     context = build_sensor_context(instance=instance, resources={
         "model_store": ModelStoreResource(root=str(store.root)), "kafka": kafka})
-    return prediction_stream_supervisor(context)
+    return prediction_stream_supervisor(interval_s=5)(context)
 
 
 def launched(result) -> list[RunRequest]:

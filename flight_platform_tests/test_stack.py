@@ -6,7 +6,12 @@ from dagster import AssetMaterialization, DagsterInstance
 
 from flight_platform.batch.sources import BUNDLED_MONTHS, flight_months
 from flight_platform.core.model_store import ModelStore
-from flight_platform.local.stack import MONTHLY_ASSETS, register_months, unmaterialized
+from flight_platform.local.stack import (
+    MONTHLY_ASSETS,
+    dagster_environment,
+    register_months,
+    unmaterialized,
+)
 from flight_platform.settings import free_port, load_settings, private_environment
 from flight_platform_dev.derived_bts import write_derived_months
 
@@ -43,6 +48,15 @@ def test_a_restart_with_everything_materialized_materializes_nothing(tmp_path):
         instance.report_runless_asset_event(
             AssetMaterialization("flight_delay_features", partition="2013-05"))
     assert unmaterialized(settings, months) == []
+
+
+def test_the_daemon_launches_queued_runs_as_often_as_the_setting_says(tmp_path):
+    settings = load_settings({**private_environment(tmp_path / "data"),
+                              "FLIGHT_PLATFORM_DAGSTER_DEQUEUE_INTERVAL_S": "3"})
+    dagster_environment(settings)  # writes DAGSTER_HOME's dagster.yaml
+    with DagsterInstance.from_config(str(settings.dagster_home)) as instance:
+        assert instance.run_coordinator.dequeue_interval_seconds == 3
+        assert instance.run_monitoring_enabled  # the project's own settings are there too
 
 
 def test_more_workers_than_partitions_is_refused_saying_what_to_change():

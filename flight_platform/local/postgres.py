@@ -1,7 +1,7 @@
 """A private PostgreSQL server for Dagster's instance storage (runs, event logs, schedules).
 
     with postgres_server(Path("/tmp/pg"), port=5433) as server:
-        (dagster_home / "dagster.yaml").write_text(dagster_yaml(server))
+        (dagster_home / "dagster.yaml").write_text(dagster_yaml(settings, server))
 
 Debian's PostgreSQL 15 (`scripts/install_debian_package`), one cluster in its own directory, on a loopback
 port only: no Unix socket (its default directory belongs to the system's own server), and trust
@@ -27,7 +27,7 @@ from flight_platform.settings import Settings
 POSTGRES_BIN = Path("/usr/lib/postgresql/15/bin")
 SERVER_USER = "postgres"  # only when the caller is root
 START_TIMEOUT_S = 60
-INSTANCE_SETTINGS = Path(__file__).with_name("dagster.yaml")  # copied into DAGSTER_HOME
+INSTANCE_SETTINGS = Path(__file__).with_name("dagster.yaml")  # the base of DAGSTER_HOME's (dagster_yaml)
 
 
 @dataclass(frozen=True)
@@ -115,17 +115,22 @@ def postgres_server(root: Path, port: int, database: str = "dagster") -> Iterato
              cwd=server.root)
 
 
-def dagster_yaml(server: PostgresServer) -> str:
-    """The project's instance settings (INSTANCE_SETTINGS) with Dagster's storage on `server`.
-    No password: the server trusts loopback connections."""
+def dagster_yaml(settings: Settings, server: PostgresServer | None = None) -> str:
+    """DAGSTER_HOME's dagster.yaml: the project's instance settings (INSTANCE_SETTINGS) with the run
+    queue's interval from `settings`, and Dagster's storage on `server` when given (SQLite files in
+    DAGSTER_HOME otherwise). No password: the server trusts loopback connections."""
+    # JSON is YAML: appended as flow-style mappings, the repo's file and comments stay as they are.
+    run_queue = {"dequeue_interval_seconds": settings.dagster_dequeue_interval_s}
+    text = (INSTANCE_SETTINGS.read_text() + "# Added from FLIGHT_PLATFORM_DAGSTER_DEQUEUE_INTERVAL_S.\n"
+            f"run_queue: {json.dumps(run_queue)}\n")
+    if server is None:
+        return text
     storage = {"postgres": {"postgres_db": {
         "hostname": server.host, "port": server.port, "db_name": server.database,
         "username": server.user,
         # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3; dagster-postgres brings psycopg2.
         "scheme": "postgresql+psycopg2"}}}
-    # JSON is YAML: appended as one flow-style mapping, the repo's file and comments stay as they are.
-    return (INSTANCE_SETTINGS.read_text()
-            + f"# Added by flight_platform.local.postgres: runs, events and schedules in PostgreSQL.\n"
+    return (text + "# Added by flight_platform.local.postgres: runs, events and schedules in PostgreSQL.\n"
             f"storage: {json.dumps(storage)}\n")
 
 
@@ -143,5 +148,5 @@ def dagster_storage(settings: Settings) -> Iterator[None]:
         raise ValueError(f"FLIGHT_PLATFORM_DAGSTER_STORAGE must be sqlite or postgres, not "
                          f"{settings.dagster_storage!r}")
     with postgres_server(settings.services_dir / "postgres", settings.postgres_port) as server:
-        (settings.dagster_home / "dagster.yaml").write_text(dagster_yaml(server))
+        (settings.dagster_home / "dagster.yaml").write_text(dagster_yaml(settings, server))
         yield

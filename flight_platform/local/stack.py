@@ -17,7 +17,6 @@
 
 import argparse
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from flight_platform.batch.sources import flight_months, month_sources
 from flight_platform.clients.mongo import DISTANCES
 from flight_platform.core.model_store import FLIGHT_DELAY_MODEL, ModelStore
 from flight_platform.local import processes, services
-from flight_platform.local.postgres import INSTANCE_SETTINGS, dagster_storage
+from flight_platform.local.postgres import dagster_storage, dagster_yaml
 from flight_platform.local.prometheus_server import PrometheusServer, prometheus_server
 from flight_platform.local.prometheus_server import executable as prometheus_executable
 from flight_platform.settings import REPO_ROOT, Settings, load_settings
@@ -107,7 +106,7 @@ def dagster_environment(settings: Settings) -> dict[str, str]:
     instance settings (dagster.yaml) in it, and this virtualenv as the active one (`dg` warns when
     the project's .venv is not)."""
     settings.dagster_home.mkdir(parents=True, exist_ok=True)
-    shutil.copy(INSTANCE_SETTINGS, settings.dagster_home / "dagster.yaml")
+    (settings.dagster_home / "dagster.yaml").write_text(dagster_yaml(settings))
     return {**os.environ, "DAGSTER_HOME": str(settings.dagster_home), "VIRTUAL_ENV": sys.prefix}
 
 

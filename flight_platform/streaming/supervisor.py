@@ -26,6 +26,7 @@ from dagster import (
     RunConfig,
     RunRequest,
     RunsFilter,
+    SensorDefinition,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
@@ -135,17 +136,27 @@ def plan(alive: list[DagsterRun], serving: tuple[str, str], workers: int) -> Pla
     return result
 
 
-@sensor(
-    job=flight_delay_prediction_stream,
-    default_status=DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=5,  # a tick reads two small files and the run table: cheap
-    description="Keeps FLIGHT_PLATFORM_STREAM_WORKERS flight_delay_prediction_stream runs alive in "
-    "one consumer group, on the current model version and challengers: launches into empty slots, "
-    "rolls a new version out blue/green one slot at a time, and backs off only while runs keep "
-    "failing soon after they start.",
-)
-def prediction_stream_supervisor(context: SensorEvaluationContext,
-                                 model_store: ModelStoreResource, kafka: KafkaResource):
+SUPERVISOR = "prediction_stream_supervisor"
+
+
+def prediction_stream_supervisor(interval_s: int) -> SensorDefinition:
+    """The supervisor, ticking every `interval_s` (FLIGHT_PLATFORM_STREAM_SUPERVISOR_INTERVAL_S): a
+    tick reads two small files and the run table, so it is cheap; a roll-out waits for two ticks
+    (launch the replacement, then stop the old run once the replacement has joined)."""
+    return sensor(
+        name=SUPERVISOR,
+        job=flight_delay_prediction_stream,
+        default_status=DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=interval_s,
+        description="Keeps FLIGHT_PLATFORM_STREAM_WORKERS flight_delay_prediction_stream runs alive in "
+        "one consumer group, on the current model version and challengers: launches into empty slots, "
+        "rolls a new version out blue/green one slot at a time, and backs off only while runs keep "
+        "failing soon after they start.",
+    )(supervise_stream)
+
+
+def supervise_stream(context: SensorEvaluationContext, model_store: ModelStoreResource,
+                     kafka: KafkaResource):
     store = model_store.store()
     current = store.current_version()
     if current is None:
