@@ -80,31 +80,40 @@ def pytest_configure(config):
         config.addinivalue_line("filterwarnings", f"ignore:{message}")
 
 
+# A whole private stack, or the session's stream: a module on one of these serves for a while.
+SERVING_FIXTURES = {"platform", "start_stream", "live_stack"}
+
+
 def pytest_collection_modifyitems(items):
     """Every test on the suite's shared services (the `running_services` fixture, directly or through
     `materialized`, `live_stack`, ...) is marked `services`; tests starting services of their own
     carry the marker themselves. `-m "not services"` runs the rest without any server.
 
-    Modules run longest kind first (fault drills and clusters, then the rest on services, then
-    those without any), each module's tests in their own order: on several workers the long ones
-    start at once instead of meeting at the end. The first module's worker makes the session's
-    materialization; the second module is the first on services that needs no materialization,
-    so that the next worker starts on it rather than wait for that materialization."""
+    Modules run longest kind first (fault drills and clusters; then those serving on a whole
+    stack or the session's stream; then the rest on services; then those without any), each
+    module's tests in their own order: on several workers the long ones start at once, and the
+    short ones fill the end. The first module's worker makes the session's materialization; the
+    second module is the first on services that needs no materialization, so that the next worker
+    starts on it rather than wait for that materialization."""
     for item in items:
         if "running_services" in item.fixturenames:
             item.add_marker(pytest.mark.services)
 
     def kind(item: pytest.Item) -> int:
         markers = {mark.name for mark in item.iter_markers()}
-        return 0 if markers & {"faults", "cluster"} else 1 if "services" in markers else 2
+        if markers & {"faults", "cluster"}:
+            return 0
+        if SERVING_FIXTURES & set(item.fixturenames):
+            return 1
+        return 2 if "services" in markers else 3
 
     order: dict = {}  # module -> its place: its kind, the longest of its tests'
     for item in items:
-        order[item.module] = min(order.get(item.module, 2), kind(item))
+        order[item.module] = min(order.get(item.module, 3), kind(item))
     materializing = {item.module for item in items if "materialized" in item.fixturenames}
     first = min(order, key=order.get)  # the first module of the longest kind, in collection order
     on_own_services = [module for module, place in order.items()
-                       if place < 2 and module is not first and module not in materializing]
+                       if place < 3 and module is not first and module not in materializing]
     order[first] = -2
     if on_own_services:
         order[on_own_services[0]] = -1

@@ -24,6 +24,7 @@ from flight_platform_dev.dagster_runs import BIN
 from flight_platform_dev.derived_bts import write_derived_months
 from flight_platform_dev.platform import copy_materialized, share_services
 
+pytestmark = pytest.mark.faults
 NEW_MONTH = "2014-01"
 RUN_TIMEOUT_S = 600
 
