@@ -25,7 +25,7 @@ from flight_platform.core.features import ARRIVAL_DELAY_LABELS
 from flight_platform.core.model_store import ModelStore
 from flight_platform.core.scoring import PipelineScorer
 from flight_platform.local.processes import wait_until
-from flight_platform.streaming.worker import GroupNotJoined, PredictionStreamWorker
+from flight_platform.streaming.worker import GroupNotJoined, PositionsUnknown, PredictionStreamWorker
 from flight_platform_dev.dagster_runs import latest_metadata, materialize_in_process
 from flight_platform_dev.load import answered, hostile_messages, send_messages
 from flight_platform_dev.metrics import announced_targets, scrape, stream_target
@@ -330,6 +330,22 @@ def test_consumers_polling_briefly_through_a_rebalance_join_their_group(running_
             wait_until(partial(joined, consumer), 20, f"consumer {attempt} to join its group", interval=0)
         finally:
             consumer.close(autocommit=False)
+
+
+def test_a_worker_without_positions_in_time_fails_its_run(running_services, settings, topic, database):
+    """A member of its group that never learns where to read (kafka-python 3.0.12, its group's
+    coordinator killed in a failover, waited for ever for the committed offsets): its run fails at
+    the deadline, for the supervisor to start a fresh one, instead of serving nothing while looking
+    alive."""
+    group = f"no_positions_{topic}"
+    prepare_topic(settings, topic, group, partitions=3)
+    consumer = create_consumer(connection(settings, Role.STREAM), group, topic, session_timeout_ms=6000)
+    consumer.position = lambda partition, timeout_ms=None: None  # as the waiting consumer answered
+    worker = PredictionStreamWorker(consumer, scorer=None, model_version="none", database=database,
+                                    log=logging.getLogger(__name__), position_deadline_s=3)
+    given_up = time.monotonic() + 60
+    with pytest.raises(PositionsUnknown, match=rf"partitions \[0, 1, 2\] of the consumer group {group}"):
+        worker.run(stop_requested=lambda: time.monotonic() > given_up)
 
 
 def test_a_worker_not_in_its_group_in_time_fails_its_run(running_services, settings, topic, database):

@@ -58,6 +58,12 @@ RETRY_FIRST_S, RETRY_MAX_S = 0.5, 5.0
 # bug like the one clients.kafka.GroupConsumer works around). A healthy join takes at most a dead
 # predecessor's session timeout (6 s).
 JOIN_DEADLINE_S = 45.0
+# A run holding a partition it has known no position in for this long fails too, for the same
+# reason: kafka-python 3.0.12's consumer was seen waiting for ever for the committed offsets of
+# partitions reassigned while a broker killed under load took the group's coordinator with it, its
+# run alive and serving nothing. A fresh consumer resumes from the committed offsets. A healthy
+# lookup takes a round trip; a partition leader's failover, up to the request timeout (30 s).
+POSITION_DEADLINE_S = 60.0
 LAG_REFRESH_S = 1.0  # how often the lag metric is brought up to date (reading it is local, no request)
 OVERSIZED_PAYLOAD_PREFIX = 1024  # bytes of an oversized message kept in its dead letter
 MAX_REASON_CHARS = 1000
@@ -140,6 +146,10 @@ class GroupNotJoined(RuntimeError):
     pass
 
 
+class PositionsUnknown(RuntimeError):
+    pass
+
+
 class StreamDenied(RuntimeError):
     """Kafka's ACLs refuse the stream what it needs: no retry helps until an admin grants it."""
 
@@ -150,7 +160,8 @@ class PredictionStreamWorker:
                  max_message_bytes: int = MAX_MESSAGE_BYTES,
                  challengers: Sequence[tuple[str, PipelineScorer]] = (), explain: bool = True,
                  on_group_joined: Callable[[list[TopicPartition]], None] = lambda partitions: None,
-                 join_deadline_s: float = JOIN_DEADLINE_S, metrics: StreamMetrics | None = None,
+                 join_deadline_s: float = JOIN_DEADLINE_S,
+                 position_deadline_s: float = POSITION_DEADLINE_S, metrics: StreamMetrics | None = None,
                  on_progress: Callable[[Progress], None] = lambda progress: None):
         self.consumer = consumer
         self.on_progress = on_progress
@@ -158,6 +169,8 @@ class PredictionStreamWorker:
         self.metrics.serving(model_version, [version for version, _ in challengers], explain)
         self._lag_refreshed = 0.0
         self.join_deadline_s = join_deadline_s
+        self.position_deadline_s = position_deadline_s
+        self._positions_known_at = time.monotonic()
         self.on_group_joined = on_group_joined
         self._generation: int | None = None
         self.max_message_bytes = max_message_bytes
@@ -190,7 +203,7 @@ class PredictionStreamWorker:
         committing in one loop."""
         self._stop_requested = stop_requested
         in_flight: deque[tuple[_Batch, Future]] = deque()
-        started = time.monotonic()
+        started = self._positions_known_at = time.monotonic()
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mongo-writer") as writer:
             try:
                 while not stop_requested():
@@ -206,6 +219,7 @@ class PredictionStreamWorker:
                     if time.monotonic() - self._lag_refreshed >= LAG_REFRESH_S:
                         self.metrics.held(self.partition_lags())
                         self._lag_refreshed = time.monotonic()
+                        self.check_positions_known()
                     if time.monotonic() - self._window_started >= self.progress_interval_s:
                         self.report_progress()
                 self.commit_stored(in_flight, keep_at_most=0)
@@ -395,6 +409,20 @@ class PredictionStreamWorker:
             lags[partition.topic, partition.partition] = (
                 max(0, highwater - position) if highwater is not None and position is not None else None)
         return lags
+
+    def check_positions_known(self) -> None:
+        """Raise PositionsUnknown once a held partition has had no position for
+        `position_deadline_s` (see POSITION_DEADLINE_S)."""
+        unknown = sorted(partition.partition for partition in self.consumer.assignment()
+                         if self.consumer.position(partition, timeout_ms=0) is None)
+        if not unknown:
+            self._positions_known_at = time.monotonic()
+        elif time.monotonic() - self._positions_known_at > self.position_deadline_s:
+            raise PositionsUnknown(
+                f"No position in partitions {unknown} of the consumer group "
+                f"{self.consumer.config['group_id']} for {self.position_deadline_s:.0f} s (its "
+                f"committed offsets never came): failing the run, so that the supervisor starts a "
+                f"fresh one")
 
     def lag(self) -> int | None:
         """Records behind the broker's high watermarks, all partitions held, as of the last fetch."""
