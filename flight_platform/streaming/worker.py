@@ -217,9 +217,10 @@ class PredictionStreamWorker:
                         in_flight.append((batch, writer.submit(self.store, batch)))
                     self.commit_stored(in_flight, keep_at_most=MAX_BATCHES_IN_FLIGHT)
                     if time.monotonic() - self._lag_refreshed >= LAG_REFRESH_S:
-                        self.metrics.held(self.partition_lags())
+                        positions = self.positions()
+                        self.metrics.held(self.partition_lags(positions))
                         self._lag_refreshed = time.monotonic()
-                        self.check_positions_known()
+                        self.check_positions_known(positions)
                     if time.monotonic() - self._window_started >= self.progress_interval_s:
                         self.report_progress()
                 self.commit_stored(in_flight, keep_at_most=0)
@@ -254,7 +255,7 @@ class PredictionStreamWorker:
         if group.state is MemberState.STABLE and group.generation_id != self._generation:
             self._generation = group.generation_id
             self.metrics.rebalances.inc()
-            self.metrics.held(self.partition_lags())
+            self.metrics.held(self.partition_lags(self.positions()))
             self.on_group_joined(sorted(self.consumer.assignment()))
 
     def prepare(self, records: list[ConsumerRecord]) -> _Batch:
@@ -396,25 +397,30 @@ class PredictionStreamWorker:
                                  f"({type(error).__name__}: {error}); answers stored without it.")
         return shadows
 
-    def partition_lags(self) -> dict[tuple[str, int], int | None]:
-        """Per partition held, records behind the broker's high watermark as of the last fetch
-        (None before the first)."""
+    def positions(self) -> dict[TopicPartition, int | None]:
+        """Per partition held, the offset it reads next (None while not known)."""
+        # Without a timeout, `position` waits for any offset lookup or leader-epoch validation in
+        # flight, which a partition leader's failover can hold for the request timeout (30 s) while
+        # no partition is polled; 0 reads what the consumer knows now.
+        return {partition: self.consumer.position(partition, timeout_ms=0)
+                for partition in self.consumer.assignment()}
+
+    def partition_lags(self, positions: dict[TopicPartition, int | None]
+                       ) -> dict[tuple[str, int], int | None]:
+        """Per partition held (`positions`), records behind the broker's high watermark as of the
+        last fetch (None before the first)."""
         lags = {}
-        for partition in self.consumer.assignment():
-            # Without a timeout, `position` waits for any offset lookup or leader-epoch validation
-            # in flight, which a partition leader's failover can hold for the request timeout (30 s)
-            # while no partition is polled; 0 reads what the consumer knows now.
+        for partition, position in positions.items():
             highwater = self.consumer.highwater(partition)
-            position = self.consumer.position(partition, timeout_ms=0)
             lags[partition.topic, partition.partition] = (
                 max(0, highwater - position) if highwater is not None and position is not None else None)
         return lags
 
-    def check_positions_known(self) -> None:
+    def check_positions_known(self, positions: dict[TopicPartition, int | None]) -> None:
         """Raise PositionsUnknown once a held partition has had no position for
         `position_deadline_s` (see POSITION_DEADLINE_S)."""
-        unknown = sorted(partition.partition for partition in self.consumer.assignment()
-                         if self.consumer.position(partition, timeout_ms=0) is None)
+        unknown = sorted(partition.partition for partition, position in positions.items()
+                         if position is None)
         if not unknown:
             self._positions_known_at = time.monotonic()
         elif time.monotonic() - self._positions_known_at > self.position_deadline_s:
@@ -426,7 +432,7 @@ class PredictionStreamWorker:
 
     def lag(self) -> int | None:
         """Records behind the broker's high watermarks, all partitions held, as of the last fetch."""
-        known = [lag for lag in self.partition_lags().values() if lag is not None]
+        known = [lag for lag in self.partition_lags(self.positions()).values() if lag is not None]
         return sum(known) if known else None
 
     def report_progress(self) -> None:
