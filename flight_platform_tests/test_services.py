@@ -303,15 +303,34 @@ def test_a_port_taken_by_someone_else_is_an_error_and_nothing_is_left_running(en
     assert not services.port_in_use(kafka_host, int(kafka_port))
 
 
+# A JVM whose shutdown hook never returns, as a Kafka node waiting for its controlled shutdown to be
+# approved: SIGTERM does not end it.
+STUCK_IN_SHUTDOWN = """
+public class StuckInShutdown {
+    public static void main(String[] args) throws Exception {
+        var server = new java.net.ServerSocket(Integer.parseInt(args[0]), 50,
+                                               java.net.InetAddress.getLoopbackAddress());
+        Runtime.getRuntime().addShutdownHook(new Thread(StuckInShutdown::awaitApproval));
+        Thread.sleep(600_000);
+    }
+
+    static void awaitApproval() {
+        try { Thread.sleep(600_000); } catch (InterruptedException e) { }
+    }
+}
+"""
+
+
 @dataclass(frozen=True)
-class StubbornServer(services.Service):
-    """Listens on its port and ignores SIGTERM, as a Kafka node stuck in its controlled shutdown."""
+class StuckJvm(services.Service):
+    source: Path = Path()
+
+    @property
+    def is_jvm(self) -> bool:
+        return True
 
     def command(self) -> list[str]:
-        return [self.executable, "-c", "import signal, socket, time\n"
-                "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-                f"server = socket.create_server(({self.host!r}, {self.port}))\n"
-                "time.sleep(600)"]
+        return [self.executable, str(self.source), str(self.port)]
 
     def is_healthy(self) -> bool:
         return services.port_in_use(self.host, self.port)
@@ -319,12 +338,18 @@ class StubbornServer(services.Service):
 
 def test_a_service_deaf_to_sigterm_is_killed_and_its_port_free_when_stop_returns(tmp_path,
                                                                                   monkeypatch):
+    """And a JVM's report points at its threads' stacks in its log, to show where it waited."""
     monkeypatch.setattr(services, "SHUTDOWN_TIMEOUT_S", 1.0)
     settings = load_settings({**os.environ, **private_environment(tmp_path)})
-    server = StubbornServer("stubborn", "127.0.0.1", free_port(), sys.executable, settings)
+    source = tmp_path / "StuckInShutdown.java"
+    source.write_text(STUCK_IN_SHUTDOWN)
+    server = StuckJvm("stuck", "127.0.0.1", free_port(), "java", settings, source)
     services.start(server)
 
-    assert "without exiting on SIGTERM" in services.stop(server)
+    report = services.stop(server)
+    assert "without exiting on SIGTERM" in report, report
+    assert f"its threads' stacks at the time are in {server.log_file}" in report
+    assert "StuckInShutdown.awaitApproval" in server.log_file.read_text()
     assert not services.port_in_use(server.host, server.port)
     assert "started" in services.start(server)  # at once, as a rolling restart does
     services.stop(server)

@@ -56,6 +56,10 @@ class KafkaNode(Service):
         return self.settings.services_dir / "kafka-cluster.json"
 
     @property
+    def is_jvm(self) -> bool:
+        return True
+
+    @property
     def identity(self) -> str:
         return str(self.config_file)
 
@@ -225,6 +229,8 @@ class KafkaNode(Service):
 # The broker logs its own warnings and errors, that it started, refused logins and denied requests;
 # no request traffic.
 LOG4J2_PROPERTIES = """\
+# Log4j's own shutdown hook would stop logging while the node's hook still shuts it down.
+shutdownHook = disable
 appender.console.type = Console
 appender.console.name = STDOUT
 appender.console.layout.type = PatternLayout
@@ -238,6 +244,13 @@ logger.selector.name = org.apache.kafka.common.network.Selector
 logger.selector.level = INFO
 logger.authorizer.name = kafka.authorizer.logger
 logger.authorizer.level = INFO
+# Its lifecycle (a few lines per start and stop): where a stop waits, when it does.
+logger.broker.name = kafka.server.BrokerServer
+logger.broker.level = INFO
+logger.lifecycle.name = org.apache.kafka.server.BrokerLifecycleManager
+logger.lifecycle.level = INFO
+logger.controller.name = kafka.server.ControllerServer
+logger.controller.level = INFO
 """
 KAFKA_VERSION = "4.4.0"  # as pinned in scripts/kafka/pom.xml
 

@@ -99,15 +99,19 @@ def kill(pids: Sequence[int]) -> None:
 
 
 def terminate(pids: Sequence[int], timeout: float = STOP_TIMEOUT_S,
-              give_up: Callable[[], bool] = lambda: False) -> set[int]:
+              give_up: Callable[[], bool] = lambda: False,
+              before_kill: Callable[[list[int]], None] = lambda left: None) -> set[int]:
     """SIGTERM them together (a server's workers would be orphaned otherwise), SIGKILL what is left
     after `timeout`, or as soon as `give_up()` says the rest cannot end by itself, and return once
-    every one has ended. Returns the pids that had to be killed."""
+    every one has ended. `before_kill` gets what is left first. Returns the pids that had to be
+    killed."""
     _signal(pids, signal.SIGTERM)
     with contextlib.suppress(TimeoutError):
         wait_until(lambda: not any(alive(pid) for pid in pids) or give_up(), timeout,
                    f"processes {list(pids)} to end after SIGTERM", interval=0.05)
     left = [pid for pid in pids if alive(pid)]
+    if left:
+        before_kill(left)
     kill(left)
     return set(left)
 

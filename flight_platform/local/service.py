@@ -55,6 +55,11 @@ class Service(ABC):
         return self.executable
 
     @property
+    def is_jvm(self) -> bool:
+        """Whether it is a JVM, which prints every thread's stack to its log on SIGQUIT and runs on."""
+        return False
+
+    @property
     def niceness(self) -> int:
         """Its CPU priority, as `nice` (0: an equal share)."""
         return 0

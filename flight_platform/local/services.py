@@ -24,8 +24,10 @@ processes this manager started.
 """
 
 import argparse
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import sysconfig
@@ -51,6 +53,10 @@ SHUTDOWN_TIMEOUT_S = 30.0  # a Kafka node's controlled shutdown moves its leader
 # for a controlled-shutdown approval that cannot come (Kafka waits 5 minutes): after this grace,
 # in which a node approved just before flushes its logs and exits, it is killed.
 QUORUM_LOST_GRACE_S = 3.0
+# A JVM that did not end on SIGTERM is asked for its threads' stacks before the kill, to show where
+# its shutdown waited; HotSpot ends the dump with this line.
+JVM_THREAD_DUMP_END = b"JNI global refs:"
+THREAD_DUMP_TIMEOUT_S = 5.0
 
 
 def services(settings: Settings) -> list[Service]:
@@ -168,7 +174,15 @@ def stop_all(to_stop: list[Service]) -> dict[str, str]:
             stopping[service.name] = pid
     nodes = [s for s in to_stop if isinstance(s, KafkaNode) and s.name in stopping]
     quorum_lost = _Sustained(_stranded_kafka_nodes(nodes, stopping), QUORUM_LOST_GRACE_S)
-    killed = processes.terminate(list(stopping.values()), SHUTDOWN_TIMEOUT_S, give_up=quorum_lost)
+    by_pid = {pid: service for service in to_stop if (pid := stopping.get(service.name))}
+    dumped: set[int] = set()
+
+    def dump_stuck_jvms(left: list[int]) -> None:
+        if quorum_lost.since is None:  # a stranded node's wait is known: nothing to look into
+            dumped.update(pid for pid in left if by_pid[pid].is_jvm and _dump_threads(by_pid[pid], pid))
+
+    killed = processes.terminate(list(stopping.values()), SHUTDOWN_TIMEOUT_S, give_up=quorum_lost,
+                                 before_kill=dump_stuck_jvms)
     for name, pid in stopping.items():
         if pid not in killed:
             reports[name] = f"stopped (pid {pid})"
@@ -178,7 +192,29 @@ def stop_all(to_stop: list[Service]) -> dict[str, str]:
         else:
             reports[name] = (f"killed (pid {pid}) after {SHUTDOWN_TIMEOUT_S:.0f}s without exiting "
                              f"on SIGTERM")
+            if pid in dumped:
+                reports[name] += f"; its threads' stacks at the time are in {by_pid[pid].log_file}"
     return {service.name: reports[service.name] for service in to_stop}
+
+
+def _dump_threads(service: Service, pid: int) -> bool:
+    """SIGQUIT a JVM service: it appends every thread's stack to its log and runs on. Whether the
+    dump was written within THREAD_DUMP_TIMEOUT_S."""
+    written = service.log_file.stat().st_size if service.log_file.exists() else 0
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGQUIT)
+
+    def dump_end_written() -> bool:
+        with open(service.log_file, "rb") as log:
+            log.seek(written)
+            return JVM_THREAD_DUMP_END in log.read()
+
+    try:
+        processes.wait_until(dump_end_written, THREAD_DUMP_TIMEOUT_S, f"{service.name}'s thread dump",
+                             interval=0.05)
+        return True
+    except TimeoutError:
+        return False
 
 
 def _stranded_kafka_nodes(nodes: list[KafkaNode], pids: dict[str, int]) -> Callable[[], bool]:

@@ -30,6 +30,10 @@ class SparkConnectServer(Service):
         return f"sc://{self.endpoint}"
 
     @property
+    def is_jvm(self) -> bool:
+        return True
+
+    @property
     def identity(self) -> str:
         return f"spark.connect.grpc.binding.port={self.port}"
 
