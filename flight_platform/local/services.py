@@ -200,14 +200,19 @@ def stop_all(to_stop: list[Service]) -> dict[str, str]:
 def _dump_threads(service: Service, pid: int) -> bool:
     """SIGQUIT a JVM service: it appends every thread's stack to its log and runs on. Whether the
     dump was written within THREAD_DUMP_TIMEOUT_S."""
-    written = service.log_file.stat().st_size if service.log_file.exists() else 0
+    if not service.log_file.is_file():  # deleted while it ran: the dump would go nowhere
+        return False
+    written = service.log_file.stat().st_size
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGQUIT)
 
     def dump_end_written() -> bool:
-        with open(service.log_file, "rb") as log:
-            log.seek(written)
-            return JVM_THREAD_DUMP_END in log.read()
+        try:
+            with open(service.log_file, "rb") as log:
+                log.seek(written)
+                return JVM_THREAD_DUMP_END in log.read()
+        except OSError:
+            return False
 
     try:
         processes.wait_until(dump_end_written, THREAD_DUMP_TIMEOUT_S, f"{service.name}'s thread dump",
