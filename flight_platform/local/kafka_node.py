@@ -226,7 +226,7 @@ class KafkaNode(Service):
         kafka_access.prepare(self.settings)
 
 
-# The broker logs its own warnings and errors, that it started, refused logins and denied requests;
+# The node logs its own warnings and errors, its start and stop, refused logins and denied requests;
 # no request traffic.
 LOG4J2_PROPERTIES = """\
 # Log4j's own shutdown hook would stop logging while the node's hook still shuts it down.
