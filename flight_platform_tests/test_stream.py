@@ -357,5 +357,26 @@ def test_a_worker_not_in_its_group_in_time_fails_its_run(running_services, setti
     consumer = create_consumer(connection(settings, Role.STREAM), group, topic, session_timeout_ms=1000)
     worker = PredictionStreamWorker(consumer, scorer=None, model_version="none", database=database,
                                     log=logging.getLogger(__name__), join_deadline_s=3)
-    with pytest.raises(GroupNotJoined, match=group):
+    with pytest.raises(GroupNotJoined, match=rf"group {group} for 3 s since the run started"):
         worker.run(stop_requested=lambda: False)
+
+
+def test_a_worker_fallen_out_of_its_group_too_long_fails_its_run(running_services, settings, topic,
+                                                                  database):
+    """A member that joined, then fell out of its group and did not get back in (holding no
+    partition, so no position is missing either): its run fails at the deadline, for the
+    supervisor to start a fresh one."""
+    group = f"falls_out_{topic}"
+    prepare_topic(settings, topic, group, partitions=3)
+    consumer = create_consumer(connection(settings, Role.STREAM), group, topic, session_timeout_ms=6000)
+    membership = consumer.group_metadata
+
+    def fall_out(_partitions) -> None:  # from now on, as a member stuck rejoining answers
+        consumer.group_metadata = lambda: membership()._replace(state=MemberState.UNJOINED)
+
+    worker = PredictionStreamWorker(consumer, scorer=None, model_version="none", database=database,
+                                    log=logging.getLogger(__name__), join_deadline_s=3,
+                                    on_group_joined=fall_out)
+    given_up = time.monotonic() + 60
+    with pytest.raises(GroupNotJoined, match=rf"group {group} for 3 s after it was in it"):
+        worker.run(stop_requested=lambda: time.monotonic() > given_up)

@@ -53,10 +53,11 @@ COMMIT_INTERVAL_S = 0.2
 COMMIT_TIMEOUT_MS = 5000  # while the broker is down, a commit gives up after this (not 30 s)
 # Waits between attempts while MongoDB or the broker is unreachable: doubling up to the maximum.
 RETRY_FIRST_S, RETRY_MAX_S = 0.5, 5.0
-# A run still not in its consumer group by then fails, so that the supervisor starts a fresh one
-# rather than a run serving nothing while looking alive (a broker refusing the member, or a client
-# bug like the one clients.kafka.GroupConsumer works around). A healthy join takes at most a dead
-# predecessor's session timeout (6 s).
+# A run out of its consumer group this long fails, so that the supervisor starts a fresh one rather
+# than a run serving nothing while looking alive: one never let in (a broker refusing the member, or
+# a client bug like the one clients.kafka.GroupConsumer works around), or one fallen out and never
+# back. A healthy join takes at most a dead predecessor's session timeout (6 s); a broker outage
+# leaves a member in its group (its state stays stable while the coordinator is unknown).
 JOIN_DEADLINE_S = 45.0
 # A run holding a partition it has known no position in for this long fails too, for the same
 # reason: kafka-python 3.0.12's consumer was seen waiting for ever for the committed offsets of
@@ -170,7 +171,7 @@ class PredictionStreamWorker:
         self._lag_refreshed = 0.0
         self.join_deadline_s = join_deadline_s
         self.position_deadline_s = position_deadline_s
-        self._positions_known_at = time.monotonic()
+        self._positions_known_at = self._in_group_at = time.monotonic()
         self.on_group_joined = on_group_joined
         self._generation: int | None = None
         self.max_message_bytes = max_message_bytes
@@ -203,15 +204,12 @@ class PredictionStreamWorker:
         committing in one loop."""
         self._stop_requested = stop_requested
         in_flight: deque[tuple[_Batch, Future]] = deque()
-        started = self._positions_known_at = time.monotonic()
+        self._positions_known_at = self._in_group_at = time.monotonic()
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mongo-writer") as writer:
             try:
                 while not stop_requested():
                     records = self.poll()
-                    if self._generation is None and time.monotonic() - started > self.join_deadline_s:
-                        raise GroupNotJoined(f"Not in the consumer group {self.consumer.config['group_id']} "
-                                             f"after {self.join_deadline_s:.0f} s: failing the run, "
-                                             "so that the supervisor starts a fresh one")
+                    self.check_in_group()
                     if records:
                         batch = self.prepare(records)
                         in_flight.append((batch, writer.submit(self.store, batch)))
@@ -415,6 +413,17 @@ class PredictionStreamWorker:
             lags[partition.topic, partition.partition] = (
                 max(0, highwater - position) if highwater is not None and position is not None else None)
         return lags
+
+    def check_in_group(self) -> None:
+        """Raise GroupNotJoined once the consumer has been out of a stable membership of its group
+        for `join_deadline_s` (see JOIN_DEADLINE_S): never in it, or fallen out and not back."""
+        if self.consumer.group_metadata().state is MemberState.STABLE:
+            self._in_group_at = time.monotonic()
+        elif time.monotonic() - self._in_group_at > self.join_deadline_s:
+            since = "since the run started" if self._generation is None else "after it was in it"
+            raise GroupNotJoined(f"Not in the consumer group {self.consumer.config['group_id']} for "
+                                 f"{self.join_deadline_s:.0f} s {since}: failing the run, so that the "
+                                 f"supervisor starts a fresh one")
 
     def check_positions_known(self, positions: dict[TopicPartition, int | None]) -> None:
         """Raise PositionsUnknown once a held partition has had no position for
