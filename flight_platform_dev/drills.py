@@ -9,6 +9,7 @@ benchmarks/faults.py prints it as a table.
 import time
 from dataclasses import dataclass
 
+from dagster import RunsFilter
 from kafka.errors import KafkaError
 
 from flight_platform.clients import kafka_access
@@ -17,6 +18,7 @@ from flight_platform.core.model_store import ModelStore
 from flight_platform.local import services
 from flight_platform.local.processes import wait_until
 from flight_platform.settings import Settings
+from flight_platform.streaming.job import flight_delay_prediction_stream
 from flight_platform.streaming.supervisor import CRASH_LOOP_RUN_S
 from flight_platform_dev.derived_bts import write_derived_months
 from flight_platform_dev.load import SteadyLoad, answered, hostile_messages, request_factory, send_messages
@@ -33,6 +35,7 @@ from flight_platform_dev.platform import (
 
 NEW_MONTH_TIMEOUT_S = 600  # ingest, automation, a retrain and a roll-out on two busy cores
 STALLED_S = 20  # no new answer for this long: what is unanswered by then is lost
+STATE_LINES = 8  # of each stream run's log, in the error of a drill that waited in vain
 
 
 @dataclass
@@ -54,13 +57,37 @@ class DrillResult:
         return self.sent - self.answered
 
 
+def _state(platform: PrivatePlatform, load: SteadyLoad, since_wall: float) -> str:
+    """What a drill that waited in vain needs to say: whether requests were still acknowledged,
+    and what the stream runs were doing (the last lines each logged)."""
+    since = load.ids_sent_since(since_wall)
+    lines = [f"{len(since)} requests acknowledged since (of {len(load.ids())}, {load.refused} refused), "
+             f"{answered(platform.database, since)} of them answered"]
+    with platform.instance() as instance:
+        for run in instance.get_runs(RunsFilter(job_name=flight_delay_prediction_stream.name), limit=3):
+            logged = [entry for entry in instance.all_logs(run.run_id) if entry.user_message][-STATE_LINES:]
+            lines += [f"stream run {run.run_id} {run.status.value}:"] + [
+                f"  {time.strftime('%H:%M:%S', time.gmtime(entry.timestamp))} {entry.user_message[:300]}"
+                for entry in logged]
+    return "\n".join(lines)
+
+
+def _waited_in_vain(platform: PrivatePlatform, load: SteadyLoad, since_wall: float, condition,
+                    what: str, interval: float = 0.2) -> None:
+    """`wait_until`, its TimeoutError saying the platform's `_state`."""
+    try:
+        wait_until(condition, RECOVERY_TIMEOUT_S, what, interval=interval)
+    except TimeoutError as error:
+        raise TimeoutError(f"{error}\n{_state(platform, load, since_wall)}") from None
+
+
 def _serving_again_after(platform: PrivatePlatform, load: SteadyLoad, since_wall: float) -> float:
     """Seconds from `since_wall` until a request the load sent after it is answered."""
     def answered_since() -> bool:
         return answered(platform.database, load.ids_sent_since(since_wall)) > 0
 
-    wait_until(answered_since, RECOVERY_TIMEOUT_S, "an answer to a request sent after the fault",
-               interval=0.1)
+    _waited_in_vain(platform, load, since_wall, answered_since,
+                    "an answer to a request sent after the fault", interval=0.1)
     return time.time() - since_wall
 
 
@@ -89,9 +116,10 @@ def _finish(platform: PrivatePlatform, load: SteadyLoad, fault: str, outage_s: f
 
 
 def _busy_load(platform: PrivatePlatform, rate: float, through_web_app: bool = False) -> SteadyLoad:
+    started = time.time()
     load = platform.load(rate, seed=int(time.time()), through_web_app=through_web_app)
-    wait_until(lambda: answered(platform.database, load.ids()) >= rate, RECOVERY_TIMEOUT_S,
-               "the stream to be busy")
+    _waited_in_vain(platform, load, started, lambda: answered(platform.database, load.ids()) >= rate,
+                    "the stream to be busy")
     return load
 
 
