@@ -77,6 +77,10 @@ class Settings:
     dagster_read_only: bool  # the UI shows everything and launches nothing (see local.stack)
     dagster_dequeue_interval_s: int  # how often the daemon launches queued runs (see local.stack)
     stream_supervisor_interval_s: int  # how often the stream's supervisor ticks
+    # A stream run failing sooner than this after it started is part of a crash loop (a bad model,
+    # a missing service), relaunched with backoff; one that served longer crashed once and is
+    # replaced at once.
+    stream_crash_loop_run_s: float
     # The address each stream worker serves its metrics on, as Prometheus reaches it (a port is
     # picked per worker), and the platform exporter's port (flight_platform.monitoring.exporter).
     metrics_host: str
@@ -280,6 +284,7 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         # materialization's) waits up to this long in the queue before its process starts.
         dagster_dequeue_interval_s=int(_env("DAGSTER_DEQUEUE_INTERVAL_S", "5")),
         stream_supervisor_interval_s=int(_env("STREAM_SUPERVISOR_INTERVAL_S", "5")),
+        stream_crash_loop_run_s=float(_env("STREAM_CRASH_LOOP_RUN_S", "45")),
         metrics_host=_env("METRICS_HOST", "127.0.0.1"),
         exporter_port=int(_env("EXPORTER_PORT", "9108")),
         prometheus_port=prometheus_port,

@@ -19,7 +19,6 @@ from flight_platform.local import services
 from flight_platform.local.processes import wait_until
 from flight_platform.settings import Settings
 from flight_platform.streaming.job import flight_delay_prediction_stream
-from flight_platform.streaming.supervisor import CRASH_LOOP_RUN_S
 from flight_platform_dev.derived_bts import write_derived_months
 from flight_platform_dev.load import SteadyLoad, answered, hostile_messages, request_factory, send_messages
 from flight_platform_dev.platform import (
@@ -147,7 +146,8 @@ def drill_worker_kill(platform: PrivatePlatform, rate: float) -> DrillResult:
         # A run that dies young counts as a crash loop and is relaunched with backoff: kill one
         # that has served a while, as a production worker has.
         wait_until(lambda: (run := serving_run(instance)) and time.time() - instance.get_run_record_by_id(
-            run.run_id).start_time > CRASH_LOOP_RUN_S, RECOVERY_TIMEOUT_S, "a run that served a while")
+            run.run_id).start_time > platform.settings.stream_crash_loop_run_s, RECOVERY_TIMEOUT_S,
+            "a run that served a while")
         kill_stream_worker(instance)
         # Once it has ended: a request acknowledged before might still be answered by the killed
         # worker, and serving again would look instant while the drill stops waiting too early.

@@ -34,10 +34,12 @@ NOT_SERVING, LAG_GROWING = "FlightStreamNotServing", "FlightConsumerLagGrowing"
 def platform_environment() -> dict[str, str]:
     """A Spark server of its own: the hard kill is a power cut, and the restart starts every
     service again, as `make run` on that machine would. Prometheus scrapes every second: each alert
-    holds for a number of scrape intervals, seconds here rather than minutes."""
+    holds for a number of scrape intervals, seconds here rather than minutes. A run that served 10 s
+    counts as crashed once, not as a crash loop: the worker kill need not wait for one 45 s old."""
     return {"FLIGHT_PLATFORM_SPARK_REMOTE": f"sc://127.0.0.1:{free_port()}",
             "FLIGHT_PLATFORM_EXTERNAL_SERVICES": "",
-            "FLIGHT_PLATFORM_PROMETHEUS_SCRAPE_INTERVAL_S": "1"}
+            "FLIGHT_PLATFORM_PROMETHEUS_SCRAPE_INTERVAL_S": "1",
+            "FLIGHT_PLATFORM_STREAM_CRASH_LOOP_RUN_S": "10"}
 
 
 def stream_runs(platform: PrivatePlatform) -> dict[str, DagsterRunStatus]:

@@ -24,11 +24,11 @@ from flight_platform.streaming.job import (
 )
 from flight_platform.streaming.supervisor import (
     BACKOFF_BASE_S,
-    CRASH_LOOP_RUN_S,
     prediction_stream_supervisor,
     restart_delay,
 )
 
+CRASH_LOOP_RUN_S = 45.0  # FLIGHT_PLATFORM_STREAM_CRASH_LOOP_RUN_S's default
 
 @pytest.fixture
 def instance():
@@ -52,7 +52,7 @@ def evaluate(instance, store, workers: int = 1):
                           stream_workers=workers)
     context = build_sensor_context(instance=instance, resources={
         "model_store": ModelStoreResource(root=str(store.root)), "kafka": kafka})
-    return prediction_stream_supervisor(interval_s=5)(context)
+    return prediction_stream_supervisor(interval_s=5, crash_loop_run_s=CRASH_LOOP_RUN_S)(context)
 
 
 def launched(result) -> list[RunRequest]:
@@ -212,13 +212,13 @@ def test_backs_off_after_consecutive_failures(instance, store):
     assert isinstance(result, SkipReason) and "backing off" in result.skip_message
 
     now = time.time()
-    assert 0 < restart_delay(instance, now) <= BACKOFF_BASE_S
-    assert restart_delay(instance, now + BACKOFF_BASE_S + 1) == 0
+    assert 0 < restart_delay(instance, now, CRASH_LOOP_RUN_S) <= BACKOFF_BASE_S
+    assert restart_delay(instance, now + BACKOFF_BASE_S + 1, CRASH_LOOP_RUN_S) == 0
     stream_run(instance, DagsterRunStatus.FAILURE, "v1")
     stream_run(instance, DagsterRunStatus.FAILURE, "v1")
     # Three failures in a row: wait 4x the base delay.
-    assert restart_delay(instance, now + 2 * BACKOFF_BASE_S) > BACKOFF_BASE_S
-    assert restart_delay(instance, now + 4 * BACKOFF_BASE_S + 1) == 0
+    assert restart_delay(instance, now + 2 * BACKOFF_BASE_S, CRASH_LOOP_RUN_S) > BACKOFF_BASE_S
+    assert restart_delay(instance, now + 4 * BACKOFF_BASE_S + 1, CRASH_LOOP_RUN_S) == 0
 
 
 def failed_after_serving(instance, seconds: float):
@@ -235,19 +235,19 @@ def test_a_crash_after_serving_a_while_is_replaced_at_once(instance, store):
     for _ in range(3):  # an earlier, unrelated crash loop...
         stream_run(instance, DagsterRunStatus.FAILURE, "v1")
     failed_after_serving(instance, CRASH_LOOP_RUN_S + 60)  # ...then a healthy run was killed
-    assert restart_delay(instance, time.time()) == 0
+    assert restart_delay(instance, time.time(), CRASH_LOOP_RUN_S) == 0
     assert len(launched(evaluate(instance, store))) == 1
 
 
 def test_a_run_that_dies_soon_after_starting_is_a_crash_loop(instance, store):
     publish(store, "v1")
     failed_after_serving(instance, CRASH_LOOP_RUN_S / 4)
-    assert restart_delay(instance, time.time()) > 0
+    assert restart_delay(instance, time.time(), CRASH_LOOP_RUN_S) > 0
 
 
 def test_a_clean_stop_resets_the_backoff(instance, store):
     publish(store, "v1")
     stream_run(instance, DagsterRunStatus.FAILURE, "v1")
     stream_run(instance, DagsterRunStatus.CANCELED, "v1")
-    assert restart_delay(instance, time.time()) == 0
+    assert restart_delay(instance, time.time(), CRASH_LOOP_RUN_S) == 0
     assert len(launched(evaluate(instance, store))) == 1

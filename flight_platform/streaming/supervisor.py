@@ -48,20 +48,19 @@ ALIVE = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus
 FINISHED = [DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED]
 BACKOFF_BASE_S = 15.0
 BACKOFF_MAX_S = 600.0
-# A run that failed sooner than this after starting is part of a crash loop (a bad model, a missing
-# service); one that served longer crashed once and is replaced at once.
-CRASH_LOOP_RUN_S = 45.0
 
 
-def crash_looping(record, now: float) -> bool:
-    """Whether a finished run failed soon after it started (a run that never started counts)."""
+def crash_looping(record, now: float, crash_loop_run_s: float) -> bool:
+    """Whether a finished run failed within `crash_loop_run_s` of starting (a run that never
+    started counts): a crash loop (a bad model, a missing service), where one that served longer
+    crashed once."""
     if record.dagster_run.status != DagsterRunStatus.FAILURE:
         return False
     started = record.start_time or record.create_timestamp.timestamp()
-    return (record.end_time or now) - started < CRASH_LOOP_RUN_S
+    return (record.end_time or now) - started < crash_loop_run_s
 
 
-def restart_delay(instance: DagsterInstance, now: float) -> float:
+def restart_delay(instance: DagsterInstance, now: float, crash_loop_run_s: float) -> float:
     """Seconds still to wait before relaunching: doubling per consecutive crash-looping run, from
     BACKOFF_BASE_S up to BACKOFF_MAX_S; zero when the last run stopped cleanly or had served a
     while before it failed (a crash, not a loop: serving resumes at once)."""
@@ -69,7 +68,7 @@ def restart_delay(instance: DagsterInstance, now: float) -> float:
         RunsFilter(job_name=flight_delay_prediction_stream.name, statuses=FINISHED), limit=10)
     failures = 0
     for record in finished:
-        if not crash_looping(record, now):
+        if not crash_looping(record, now, crash_loop_run_s):
             break
         failures += 1
     if not failures:
@@ -139,10 +138,16 @@ def plan(alive: list[DagsterRun], serving: tuple[str, str], workers: int) -> Pla
 SUPERVISOR = "prediction_stream_supervisor"
 
 
-def prediction_stream_supervisor(interval_s: int) -> SensorDefinition:
+def prediction_stream_supervisor(interval_s: int, crash_loop_run_s: float) -> SensorDefinition:
     """The supervisor, ticking every `interval_s` (FLIGHT_PLATFORM_STREAM_SUPERVISOR_INTERVAL_S): a
     tick reads two small files and the run table, so it is cheap; a roll-out waits for two ticks
-    (launch the replacement, then stop the old run once the replacement has joined)."""
+    (launch the replacement, then stop the old run once the replacement has joined). Runs failing
+    within `crash_loop_run_s` of starting (FLIGHT_PLATFORM_STREAM_CRASH_LOOP_RUN_S) are a crash loop,
+    relaunched with backoff."""
+    def supervise(context: SensorEvaluationContext, model_store: ModelStoreResource,
+                  kafka: KafkaResource):
+        return supervise_stream(context, model_store, kafka, crash_loop_run_s)
+
     return sensor(
         name=SUPERVISOR,
         job=flight_delay_prediction_stream,
@@ -152,11 +157,11 @@ def prediction_stream_supervisor(interval_s: int) -> SensorDefinition:
         "one consumer group, on the current model version and challengers: launches into empty slots, "
         "rolls a new version out blue/green one slot at a time, and backs off only while runs keep "
         "failing soon after they start.",
-    )(supervise_stream)
+    )(supervise)
 
 
 def supervise_stream(context: SensorEvaluationContext, model_store: ModelStoreResource,
-                     kafka: KafkaResource):
+                     kafka: KafkaResource, crash_loop_run_s: float):
     store = model_store.store()
     current = store.current_version()
     if current is None:
@@ -172,7 +177,7 @@ def supervise_stream(context: SensorEvaluationContext, model_store: ModelStoreRe
     notes = "; ".join(decided.notes)
     if not decided.launch:
         return SkipReason(notes)
-    delay = restart_delay(instance, time.time())
+    delay = restart_delay(instance, time.time(), crash_loop_run_s)
     if delay:
         return SkipReason(f"The last runs failed; backing off {delay:.0f}s before relaunching. {notes}")
     context.log.info(notes)
