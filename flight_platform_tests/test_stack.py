@@ -1,11 +1,14 @@
 """What `make run` decides before serving: which months exist, and whether anything must be
-materialized (a restart with everything in place serves at once)."""
+materialized (a restart with everything in place serves at once); and how it stops what it started."""
+
+import sys
 
 import pytest
 from dagster import AssetMaterialization, DagsterInstance
 
 from flight_platform.batch.sources import BUNDLED_MONTHS, flight_months
 from flight_platform.core.model_store import ModelStore
+from flight_platform.local import processes
 from flight_platform.local.stack import (
     MONTHLY_ASSETS,
     dagster_environment,
@@ -80,3 +83,30 @@ def test_free_ports_come_from_the_private_range_when_one_is_set(monkeypatch):
     ports = [free_port() for _ in range(200)]
     assert len(set(ports)) == len(ports)
     assert all(41000 <= port <= 41499 for port in ports)
+
+
+# A group's leader that, stopping, starts its child again, as `dg dev` restarts a code server that
+# exited before `dg dev` itself stopped: the new child was not there for the group's SIGTERM.
+RESTARTS_ITS_CHILD = """
+import signal, subprocess, sys
+CHILD = [sys.executable, "-c", "import time; time.sleep(600)"]
+child = subprocess.Popen(CHILD)
+
+def stop(*_):
+    child.wait()  # ended by the group's SIGTERM
+    subprocess.Popen(CHILD).wait()  # started again: it ends on a signal of its own only
+    sys.exit(0)
+
+signal.signal(signal.SIGTERM, stop)
+print("ready", flush=True)
+signal.pause()
+"""
+
+
+def test_stopping_reaches_a_process_started_into_the_group_while_it_stops(tmp_path):
+    script, log = tmp_path / "restarts_its_child.py", tmp_path / "restarts_its_child.log"
+    script.write_text(RESTARTS_ITS_CHILD)
+    leader = processes.start([sys.executable, str(script)], log)
+    processes.wait_until(lambda: "ready" in log.read_text(), 30, "the leader to start", process=leader)
+    assert processes.stop(leader, timeout=20) == []  # nothing left to kill
+    assert leader.returncode == 0

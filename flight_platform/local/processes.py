@@ -14,6 +14,7 @@ import psutil
 
 STOP_TIMEOUT_S = 30.0  # SIGTERM -> SIGKILL: a streaming run stores and commits its batch first
 KILL_TIMEOUT_S = 30.0  # SIGKILL -> gone: a JVM takes a moment to die
+COMMAND_LINE_CHARS = 200  # of a process reported as killed
 
 
 def start(command: Sequence, log_file: Path | None = None, env: Mapping[str, str] | None = None,
@@ -124,18 +125,36 @@ def _group_alive(group: int) -> bool:
         return False
 
 
-def stop(*started: subprocess.Popen, timeout: float = STOP_TIMEOUT_S) -> bool:
+def _members(groups: set[int]) -> set[int]:
+    """The processes of the process `groups`."""
+    members = set()
+    for process in psutil.process_iter():
+        with contextlib.suppress(OSError, psutil.Error):  # ended meanwhile
+            if os.getpgid(process.pid) in groups:
+                members.add(process.pid)
+    return members
+
+
+def _describe(pid: int) -> str:
+    return f"{pid} {(command_line(pid) or '(ended)')[:COMMAND_LINE_CHARS]}"
+
+
+def stop(*started: subprocess.Popen, timeout: float = STOP_TIMEOUT_S) -> list[str]:
     """SIGTERM each process, its process group and any descendant that left the group, all at once
-    (they stop side by side); SIGKILL what is left after `timeout`. The group (`start` makes one)
-    also holds what its members start while they stop, such as a code server `dg dev` restarts.
-    Returns whether anything had to be killed."""
+    (they stop side by side); SIGKILL what is left after `timeout`. A process that joins a group
+    while it stops gets a SIGTERM of its own: `dg dev` restarts a code server that exits before
+    `dg dev` itself has stopped. Returns what had to be killed ('pid command line' each)."""
+    groups = {process.pid for process in started}
     others = [pid for process in started for pid in tree(process.pid)]
     names = ", ".join(str(process.args[0]) for process in started)
 
     def ended() -> bool:
         for process in started:
             process.poll()  # reaps it: a zombie still counts as a member of its group
-        return (not any(_group_alive(process.pid) for process in started)
+        newcomers = _members(groups) - signaled
+        _signal(list(newcomers), signal.SIGTERM)
+        signaled.update(newcomers)
+        return (not any(_group_alive(group) for group in groups)
                 and not any(alive(pid) for pid in others))
 
     def send(sig: signal.Signals) -> None:
@@ -145,13 +164,14 @@ def stop(*started: subprocess.Popen, timeout: float = STOP_TIMEOUT_S) -> bool:
         _signal(others, sig)
 
     send(signal.SIGTERM)
+    signaled = _members(groups) | set(others)
     try:
         wait_until(ended, timeout, f"{names} to stop", interval=0.05)
-        killed = False
+        killed = []
     except TimeoutError:
+        killed = [_describe(pid) for pid in sorted(_members(groups) | set(others)) if alive(pid)]
         send(signal.SIGKILL)
         wait_until(ended, KILL_TIMEOUT_S, f"{names} to end after SIGKILL", interval=0.05)
-        killed = True
     for process in started:
         process.wait()
     return killed

@@ -253,7 +253,9 @@ def serve(settings: Settings, env: dict[str, str], materialize: bool) -> None:
             except Exception as error:  # noqa: BLE001 - the SIGTERM below still stops it cleanly
                 print(f"Could not terminate the streaming run through Dagster ({error}); "
                       f"stopping it by signal.", file=sys.stderr)
-        processes.stop(*servers, *monitoring)
+        if killed := processes.stop(*servers, *monitoring):
+            print(f"Killed, still running {processes.STOP_TIMEOUT_S:.0f} s after SIGTERM: "
+                  f"{'; '.join(killed)}", file=sys.stderr, flush=True)
         if services.running_pid(prometheus) is not None:
             print(f"prometheus {services.stop(prometheus)}", flush=True)
         services.down(settings)
