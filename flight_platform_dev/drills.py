@@ -139,16 +139,21 @@ def drill_poison_message(platform: PrivatePlatform, rate: float) -> DrillResult:
     return result
 
 
+def _kill_a_worker_that_served_a_while(platform: PrivatePlatform, instance) -> str:
+    """kill -9 the worker of a serving run once that run is older than the crash-loop threshold,
+    as a production worker is: one that dies young counts as a crash loop, relaunched only after a
+    backoff. Returns the run's id."""
+    wait_until(lambda: (run := serving_run(instance)) and time.time() - instance.get_run_record_by_id(
+        run.run_id).start_time > platform.settings.stream_crash_loop_run_s, RECOVERY_TIMEOUT_S,
+        "a run that served a while")
+    return kill_stream_worker(instance)
+
+
 def drill_worker_kill(platform: PrivatePlatform, rate: float) -> DrillResult:
     """kill -9 the serving stream worker under load; the supervisor replaces it."""
     load = _busy_load(platform, rate)
     with platform.instance() as instance:
-        # A run that dies young counts as a crash loop and is relaunched with backoff: kill one
-        # that has served a while, as a production worker has.
-        wait_until(lambda: (run := serving_run(instance)) and time.time() - instance.get_run_record_by_id(
-            run.run_id).start_time > platform.settings.stream_crash_loop_run_s, RECOVERY_TIMEOUT_S,
-            "a run that served a while")
-        kill_stream_worker(instance)
+        _kill_a_worker_that_served_a_while(platform, instance)
         # Once it has ended: a request acknowledged before might still be answered by the killed
         # worker, and serving again would look instant while the drill stops waiting too early.
         killed_at = time.time()
@@ -231,8 +236,8 @@ def drill_worker_loss(platform: PrivatePlatform, rate: float) -> DrillResult:
         workers = platform.settings.stream_workers
         wait_until(lambda: len(serving_runs(instance)) == workers, RECOVERY_TIMEOUT_S,
                    f"{workers} serving runs")
+        killed = _kill_a_worker_that_served_a_while(platform, instance)
         killed_at = time.monotonic()
-        killed = kill_stream_worker(instance)
         wait_until(lambda: len([r for r in serving_runs(instance) if r.run_id != killed]) == workers,
                    RECOVERY_TIMEOUT_S, f"the supervisor to restore {workers} serving runs")
     return _finish(platform, load, f"1 of {workers} workers kill -9", 0.0,

@@ -29,7 +29,9 @@ ASSIGNED = re.compile(r"assigned partitions (\[[0-9, ]*\]|none)")
 
 
 def platform_environment() -> dict[str, str]:
-    return {"FLIGHT_PLATFORM_STREAM_WORKERS": str(WORKERS)}
+    """Two workers. The worker lost may have served only seconds since the roll-out before it:
+    counted as crashed once (not as a crash loop, relaunched after a backoff) once it served 5 s."""
+    return {"FLIGHT_PLATFORM_STREAM_WORKERS": str(WORKERS), "FLIGHT_PLATFORM_STREAM_CRASH_LOOP_RUN_S": "5"}
 
 
 def assignments(instance: DagsterInstance, run_id: str) -> list[set[int]]:
