@@ -3,7 +3,10 @@ given to `promtool test rules` (Prometheus' own rule engine, on a simulated cloc
 exporter reports the consumer group's lag as the broker sees it and the batch side from the Dagster
 instance and the model store."""
 
+import os
+import signal
 import subprocess
+import sys
 import uuid
 from dataclasses import replace
 
@@ -28,8 +31,11 @@ from flight_platform.clients.kafka import connection, create_consumer, create_pr
 from flight_platform.clients.kafka_access import prepare_topic
 from flight_platform.clients.security import Role
 from flight_platform.core.model_store import ModelStore
+from flight_platform.local import processes
 from flight_platform.local.processes import wait_until
+from flight_platform.local.stack import dagster_environment
 from flight_platform.monitoring import exporter, prometheus
+from flight_platform.settings import load_settings, private_environment
 from flight_platform.warehouse import (
     DRIFT_CHECK,
     MODEL_FRESHNESS_CHECK,
@@ -193,6 +199,34 @@ def test_the_exporter_says_when_kafka_cannot_be_read(materialized, settings):
         scraped = exposition(exporter.registry(unreachable, instance))
     assert scraped.value("flight_exporter_source_up", source="kafka") == 0
     assert scraped.value("flight_exporter_source_up", source="dagster") == 1
+
+
+# The exporter with a thread that never ends, as a library's hung thread would: the interpreter
+# waits for it at exit.
+HANGS_WHEN_STOPPING = """
+import sys, threading
+from flight_platform.monitoring import exporter
+threading.Thread(target=threading.Event().wait).start()
+sys.exit(exporter.main())
+"""
+
+
+def test_an_exporter_hung_while_stopping_logs_its_threads_and_ends(tmp_path):
+    env = {**os.environ, **private_environment(tmp_path / "data")}
+    settings = load_settings(env)
+    settings.dagster_home.mkdir(parents=True)
+    log = tmp_path / "exporter.log"
+    process = processes.start([sys.executable, "-c", HANGS_WHEN_STOPPING], log,
+                              env={**env, **dagster_environment(settings)})
+    try:
+        wait_until(lambda: "Serving the platform's metrics" in log.read_text(), 60, "the exporter to serve",
+                   process=process)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(exporter.SHUTDOWN_TIMEOUT_S + 30) == 1  # ended by itself, not killed
+    finally:
+        process.kill()
+    output = log.read_text()
+    assert "Stopping" in output and "Thread 0x" in output and "in wait" in output, output[-3000:]
 
 
 def test_the_exporter_reports_live_accuracy_and_drift_as_prediction_outcomes_last_judged(materialized,

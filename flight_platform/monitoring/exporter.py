@@ -17,6 +17,7 @@ cannot be read says so (`flight_exporter_source_up`) instead of failing the scra
     python -m flight_platform.monitoring.exporter     (the local stack starts it)
 """
 
+import faulthandler
 import logging
 import signal
 import sys
@@ -52,6 +53,9 @@ DRIFT = AssetCheckKey(AssetKey(PREDICTION_OUTCOMES), DRIFT_CHECK)
 CHECKS = [DRIFT, freshness.CHECK_KEY]
 RETIRED = "retired"  # a version neither serving nor in the champion's shadow any more
 BATCH_REFRESH_S = 10.0
+# Stopping waits on library threads (the Kafka client's, Dagster's storage's): one that hangs gets
+# every thread's stack logged and the process ends after this, well before its SIGKILL.
+SHUTDOWN_TIMEOUT_S = 10
 log = logging.getLogger(__name__)
 
 
@@ -228,6 +232,8 @@ def main() -> int:
         log.info(f"Serving the platform's metrics at http://{settings.metrics_host}:"
                  f"{settings.exporter_port}/metrics")
         stopped.wait()
+        log.info("Stopping")
+        faulthandler.dump_traceback_later(SHUTDOWN_TIMEOUT_S, exit=True)
         server.shutdown()
         thread.join()
     return 0
