@@ -15,6 +15,10 @@ import psutil
 STOP_TIMEOUT_S = 30.0  # SIGTERM -> SIGKILL: a streaming run stores and commits its batch first
 KILL_TIMEOUT_S = 30.0  # SIGKILL -> gone: a JVM takes a moment to die
 COMMAND_LINE_CHARS = 200  # of a process reported as killed
+# A process that joins a group while it stops is signalled once it is this old: between its fork and
+# its exec it still has its parent's Python signal handler, which only flags the signal, and the exec
+# drops the flag.
+NEWCOMER_AGE_S = 0.5
 
 
 def start(command: Sequence, log_file: Path | None = None, env: Mapping[str, str] | None = None,
@@ -135,6 +139,14 @@ def _members(groups: set[int]) -> set[int]:
     return members
 
 
+def _age(pid: int) -> float:
+    """Seconds since `pid` started (0 if it has ended)."""
+    try:
+        return time.time() - psutil.Process(pid).create_time()
+    except psutil.Error:
+        return 0.0
+
+
 def _describe(pid: int) -> str:
     return f"{pid} {(command_line(pid) or '(ended)')[:COMMAND_LINE_CHARS]}"
 
@@ -145,14 +157,20 @@ def stop(*started: subprocess.Popen, timeout: float = STOP_TIMEOUT_S) -> list[st
     while it stops gets a SIGTERM of its own: `dg dev` restarts a code server that exits before
     `dg dev` itself has stopped. Returns what had to be killed ('pid command line' each)."""
     groups = {process.pid for process in started}
-    others = [pid for process in started for pid in tree(process.pid)]
+    # Read just before the signal: one started after the read gets a SIGTERM of its own, even if
+    # the group's reached it too, rather than none.
+    signaled = _members(groups)
+    # Descendants that left the groups (into a session of their own) are signalled one by one; a
+    # member signalled twice would be interrupted in its handler of the first.
+    others = [pid for process in started for pid in tree(process.pid) if pid not in signaled]
+    signaled |= set(others)
     names = ", ".join(str(process.args[0]) for process in started)
 
     def ended() -> bool:
         for process in started:
             process.poll()  # reaps it: a zombie still counts as a member of its group
-        newcomers = _members(groups) - signaled
-        _signal(list(newcomers), signal.SIGTERM)
+        newcomers = [pid for pid in _members(groups) - signaled if _age(pid) >= NEWCOMER_AGE_S]
+        _signal(newcomers, signal.SIGTERM)
         signaled.update(newcomers)
         return (not any(_group_alive(group) for group in groups)
                 and not any(alive(pid) for pid in others))
@@ -164,7 +182,6 @@ def stop(*started: subprocess.Popen, timeout: float = STOP_TIMEOUT_S) -> list[st
         _signal(others, sig)
 
     send(signal.SIGTERM)
-    signaled = _members(groups) | set(others)
     try:
         wait_until(ended, timeout, f"{names} to stop", interval=0.05)
         killed = []
