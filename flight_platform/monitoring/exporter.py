@@ -223,16 +223,16 @@ def registry(settings: Settings, instance: DagsterInstance) -> CollectorRegistry
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     settings = load_settings()
-    stopped = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda signum, _frame: stopped.set())
+    stop_signals = {signal.SIGINT, signal.SIGTERM}
+    # Blocked in every thread (those started below inherit it) and waited for: no handler runs, so
+    # a second signal cannot interrupt the first one's handling.
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     with DagsterInstance.from_config(str(settings.dagster_home)) as instance:
         server, thread = start_http_server(settings.exporter_port, addr=settings.metrics_host,
                                            registry=registry(settings, instance))
         log.info(f"Serving the platform's metrics at http://{settings.metrics_host}:"
                  f"{settings.exporter_port}/metrics")
-        stopped.wait()
-        log.info("Stopping")
+        log.info(f"Stopping on {signal.Signals(signal.sigwait(stop_signals)).name}")
         faulthandler.dump_traceback_later(SHUTDOWN_TIMEOUT_S, exit=True)
         server.shutdown()
         thread.join()
