@@ -77,7 +77,11 @@ def _waited_in_vain(platform: PrivatePlatform, load: SteadyLoad, since_wall: flo
     try:
         wait_until(condition, RECOVERY_TIMEOUT_S, what, interval=interval)
     except TimeoutError as error:
-        raise TimeoutError(f"{error}\n{_state(platform, load, since_wall)}") from None
+        try:
+            state = _state(platform, load, since_wall)
+        except Exception as unreadable:  # noqa: BLE001 - the timeout is what to report
+            state = f"(the platform's state could not be read: {type(unreadable).__name__}: {unreadable})"
+        raise TimeoutError(f"{error}\n{state}") from None
 
 
 def _serving_again_after(platform: PrivatePlatform, load: SteadyLoad, since_wall: float) -> float:
