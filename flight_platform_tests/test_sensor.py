@@ -15,6 +15,7 @@ from dagster import (
 
 from flight_platform.core.model_store import ModelStore
 from flight_platform.resources import KafkaResource, ModelStoreResource
+from flight_platform.settings import load_settings
 from flight_platform.streaming.job import (
     CHALLENGERS_TAG,
     JOINED_TAG,
@@ -28,7 +29,8 @@ from flight_platform.streaming.supervisor import (
     restart_delay,
 )
 
-CRASH_LOOP_RUN_S = 45.0  # FLIGHT_PLATFORM_STREAM_CRASH_LOOP_RUN_S's default
+CRASH_LOOP_RUN_S = load_settings({}).stream_crash_loop_run_s  # the setting's default
+
 
 @pytest.fixture
 def instance():
