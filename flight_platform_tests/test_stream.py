@@ -25,7 +25,12 @@ from flight_platform.core.features import ARRIVAL_DELAY_LABELS
 from flight_platform.core.model_store import ModelStore
 from flight_platform.core.scoring import PipelineScorer
 from flight_platform.local.processes import wait_until
-from flight_platform.streaming.worker import GroupNotJoined, PositionsUnknown, PredictionStreamWorker
+from flight_platform.streaming.worker import (
+    ConsumingStalled,
+    GroupNotJoined,
+    PositionsUnknown,
+    PredictionStreamWorker,
+)
 from flight_platform_dev.dagster_runs import latest_metadata, materialize_in_process
 from flight_platform_dev.load import answered, hostile_messages, send_messages
 from flight_platform_dev.metrics import announced_targets, scrape, stream_target
@@ -380,3 +385,26 @@ def test_a_worker_fallen_out_of_its_group_too_long_fails_its_run(running_service
     given_up = time.monotonic() + 60
     with pytest.raises(GroupNotJoined, match=rf"group {group} for 3 s after it was in it"):
         worker.run(stop_requested=lambda: time.monotonic() > given_up)
+
+
+def test_a_worker_fetching_nothing_while_requests_wait_fails_its_run(running_services, settings, topic,
+                                                                     database):
+    """A member in its group with its positions known that fetches nothing while requests wait on
+    the broker (as a run did in CI once its broker, killed -9 under load, was back): its run fails
+    at the deadline, for the supervisor to start a fresh one."""
+    consumer = create_consumer(connection(settings, Role.STREAM), f"group_{topic}", topic,
+                               session_timeout_ms=6000)
+
+    def stop_fetching_then_requests_arrive(partitions) -> None:
+        consumer.pause(*partitions)
+        produce(settings, topic, [b"{}"] * 30)
+
+    worker = PredictionStreamWorker(consumer, scorer=None, model_version="none", database=database,
+                                    log=logging.getLogger(__name__), stall_deadline_s=3,
+                                    on_group_joined=stop_fetching_then_requests_arrive)
+    given_up = time.monotonic() + 60
+    with pytest.raises(ConsumingStalled, match=rf"Records wait on the broker in {topic} \(.*\) and none "
+                                               rf"was fetched for 3 s") as stalled:
+        worker.run(stop_requested=lambda: time.monotonic() > given_up)
+    behind = re.findall(r"partition \d at offset (\d+) of (\d+)", str(stalled.value))
+    assert behind and all(int(position) < int(end) for position, end in behind), stalled.value

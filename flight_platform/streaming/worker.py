@@ -65,6 +65,13 @@ JOIN_DEADLINE_S = 45.0
 # run alive and serving nothing. A fresh consumer resumes from the committed offsets. A healthy
 # lookup takes a round trip; a partition leader's failover, up to the request timeout (30 s).
 POSITION_DEADLINE_S = 60.0
+# A run holding a partition whose records wait on the broker while its position has not moved for
+# this long fails too, for the same reason: in CI, a run whose broker was killed -9 under load and
+# came back served nothing for minutes while thousands of requests waited, with neither of the
+# checks above firing. A healthy fetch returns within a round trip once records are there; a
+# partition leader's failover delays it by up to the request timeout (30 s).
+STALL_DEADLINE_S = 60.0
+END_OFFSETS_TIMEOUT_MS = 2000  # asking the broker for its end offsets gives up after this
 LAG_REFRESH_S = 1.0  # how often the lag metric is brought up to date (reading it is local, no request)
 OVERSIZED_PAYLOAD_PREFIX = 1024  # bytes of an oversized message kept in its dead letter
 MAX_REASON_CHARS = 1000
@@ -151,6 +158,10 @@ class PositionsUnknown(RuntimeError):
     pass
 
 
+class ConsumingStalled(RuntimeError):
+    pass
+
+
 class StreamDenied(RuntimeError):
     """Kafka's ACLs refuse the stream what it needs: no retry helps until an admin grants it."""
 
@@ -162,7 +173,8 @@ class PredictionStreamWorker:
                  challengers: Sequence[tuple[str, PipelineScorer]] = (), explain: bool = True,
                  on_group_joined: Callable[[list[TopicPartition]], None] = lambda partitions: None,
                  join_deadline_s: float = JOIN_DEADLINE_S,
-                 position_deadline_s: float = POSITION_DEADLINE_S, metrics: StreamMetrics | None = None,
+                 position_deadline_s: float = POSITION_DEADLINE_S,
+                 stall_deadline_s: float = STALL_DEADLINE_S, metrics: StreamMetrics | None = None,
                  on_progress: Callable[[Progress], None] = lambda progress: None):
         self.consumer = consumer
         self.on_progress = on_progress
@@ -171,7 +183,10 @@ class PredictionStreamWorker:
         self._lag_refreshed = 0.0
         self.join_deadline_s = join_deadline_s
         self.position_deadline_s = position_deadline_s
-        self._positions_known_at = self._in_group_at = time.monotonic()
+        self.stall_deadline_s = stall_deadline_s
+        # Per partition whose records wait on the broker: its position, and since when it has not moved.
+        self._unmoved: dict[TopicPartition, tuple[int, float]] = {}
+        self._positions_known_at = self._in_group_at = self._stall_checked = time.monotonic()
         self.on_group_joined = on_group_joined
         self._generation: int | None = None
         self.max_message_bytes = max_message_bytes
@@ -219,6 +234,8 @@ class PredictionStreamWorker:
                         self.metrics.held(self.partition_lags(positions))
                         self._lag_refreshed = time.monotonic()
                         self.check_positions_known(positions)
+                    if time.monotonic() - self._stall_checked >= self.stall_deadline_s / 6:
+                        self.check_consuming()
                     if time.monotonic() - self._window_started >= self.progress_interval_s:
                         self.report_progress()
                 self.commit_stored(in_flight, keep_at_most=0)
@@ -438,6 +455,42 @@ class PredictionStreamWorker:
                 f"{self.consumer.config['group_id']} for {self.position_deadline_s:.0f} s (its "
                 f"committed offsets never came): failing the run, so that the supervisor starts a "
                 f"fresh one")
+
+    def check_consuming(self) -> None:
+        """Raise ConsumingStalled once a held partition has had records waiting on the broker while
+        its position stayed the same for `stall_deadline_s` (see STALL_DEADLINE_S). Its high
+        watermark comes from fetches, which is what stalls: the broker's end offsets are asked."""
+        if time.monotonic() - self._stall_checked > self.stall_deadline_s / 3:
+            self._unmoved = {}  # the loop was held (by a MongoDB outage, say), not the fetching
+        self._stall_checked = time.monotonic()
+        positions = {partition: position for partition, position in self.positions().items()
+                     if position is not None}
+        if not positions:
+            self._unmoved = {}
+            return
+        try:
+            ends = self.consumer.end_offsets(list(positions), timeout_ms=END_OFFSETS_TIMEOUT_MS)
+        except KafkaError:  # the broker is away: polling waits for it too
+            self._unmoved = {}  # the clock starts again once it answers, not at the outage's start
+            return
+        now = time.monotonic()
+        unmoved = {}
+        for partition, position in positions.items():
+            if ends.get(partition, position) > position:  # records wait
+                since = self._unmoved.get(partition, (None, now))
+                unmoved[partition] = (position, since[1] if since[0] == position else now)
+        self._unmoved = unmoved
+        stalled = sorted((partition.partition, position, ends[partition])
+                         for partition, (position, since) in unmoved.items()
+                         if now - since >= self.stall_deadline_s)
+        if stalled:
+            topics = ", ".join(sorted(self.consumer.subscription() or ()))
+            raise ConsumingStalled(
+                f"Records wait on the broker in {topics} ("
+                + ", ".join(f"partition {number} at offset {position} of {end}"
+                            for number, position, end in stalled)
+                + f") and none was fetched for {self.stall_deadline_s:.0f} s: failing the run, so "
+                f"that the supervisor starts a fresh one")
 
     def lag(self) -> int | None:
         """Records behind the broker's high watermarks, all partitions held, as of the last fetch."""
