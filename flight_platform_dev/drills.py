@@ -6,10 +6,12 @@ The fault tests (flight_platform_tests/test_recovery.py, ...) assert on what the
 benchmarks/faults.py prints it as a table.
 """
 
+import os
+import signal
 import time
 from dataclasses import dataclass
 
-from dagster import RunsFilter
+from dagster import DagsterEventType, DagsterInstance, DagsterRun, RunsFilter
 from kafka.errors import KafkaError
 
 from flight_platform.clients import kafka_access
@@ -18,7 +20,7 @@ from flight_platform.core.model_store import ModelStore
 from flight_platform.local import services
 from flight_platform.local.processes import wait_until
 from flight_platform.settings import Settings
-from flight_platform.streaming.job import flight_delay_prediction_stream
+from flight_platform.streaming.job import WORKER_TAG, flight_delay_prediction_stream
 from flight_platform_dev.derived_bts import write_derived_months
 from flight_platform_dev.load import SteadyLoad, answered, hostile_messages, request_factory, send_messages
 from flight_platform_dev.platform import (
@@ -35,6 +37,7 @@ from flight_platform_dev.platform import (
 NEW_MONTH_TIMEOUT_S = 600  # ingest, automation, a retrain and a roll-out on two busy cores
 STALLED_S = 20  # no new answer for this long: what is unanswered by then is lost
 STATE_LINES = 8  # of each stream run's log, in the error of a drill that waited in vain
+THREADS_CHARS = 8000  # of a serving worker's thread dump, in the same error
 
 
 @dataclass
@@ -56,9 +59,40 @@ class DrillResult:
         return self.sent - self.answered
 
 
+def _stderr(instance: DagsterInstance, run_id: str) -> bytes:
+    """What the run's process has written to its stderr so far (its captured compute log)."""
+    captured = instance.all_logs(run_id, of_type=DagsterEventType.LOGS_CAPTURED)
+    if not captured:
+        return b""
+    file_key = captured[0].dagster_event.event_specific_data.file_key
+    log_key = instance.compute_log_manager.build_log_key_for_run(run_id, file_key)
+    return instance.compute_log_manager.get_log_data(log_key).stderr or b""
+
+
+def _threads(instance: DagsterInstance, run: DagsterRun) -> str:
+    """The stacks of a serving run's threads, which its worker writes to its stderr on SIGUSR1."""
+    before = len(_stderr(instance, run.run_id))
+    os.kill(int(run.tags[WORKER_TAG].rsplit(":", 1)[1]), signal.SIGUSR1)
+    sizes = [before]
+
+    def written() -> bool:  # something new, and no more since the last look: the whole dump
+        sizes.append(len(_stderr(instance, run.run_id)))
+        return sizes[-1] == sizes[-2] > before
+
+    try:
+        wait_until(written, 10, "the thread dump", interval=0.5)
+    except TimeoutError as error:
+        return str(error)
+    dump = _stderr(instance, run.run_id)[before:].decode(errors="replace")
+    # The worker's own threads first: the error shows only so much.
+    threads = sorted(dump.strip().split("\n\n"), key=lambda thread: "/flight_platform/" not in thread)
+    return "\n\n".join(threads)[:THREADS_CHARS]
+
+
 def _state(platform: PrivatePlatform, load: SteadyLoad, since_wall: float) -> str:
     """What a drill that waited in vain needs to say: whether requests were still acknowledged,
-    and what the stream runs were doing (the last lines each logged)."""
+    what the stream runs were doing (the last lines each logged) and where a serving run's threads
+    are."""
     since = load.ids_sent_since(since_wall)
     lines = [f"{len(since)} requests acknowledged since (of {len(load.ids())}, {load.refused} refused), "
              f"{answered(platform.database, since)} of them answered"]
@@ -68,6 +102,8 @@ def _state(platform: PrivatePlatform, load: SteadyLoad, since_wall: float) -> st
             lines += [f"stream run {run.run_id} {run.status.value}:"] + [
                 f"  {time.strftime('%H:%M:%S', time.gmtime(entry.timestamp))} {entry.user_message[:300]}"
                 for entry in logged]
+        for run in serving_runs(instance):
+            lines += [f"threads of stream run {run.run_id}:", _threads(instance, run)]
     return "\n".join(lines)
 
 

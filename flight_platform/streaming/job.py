@@ -6,6 +6,7 @@ tags). A change of either is rolled out by `flight_platform.streaming.supervisor
 run and starts a new one, so every answer names the versions that really produced it.
 """
 
+import faulthandler
 import os
 import signal
 import socket
@@ -125,6 +126,9 @@ def serve_prediction_requests(context: OpExecutionContext, config: PredictionStr
                            else config.challenger_versions)
     challengers = load_challengers(store, challenger_versions, context.log)
     worker = f"{socket.gethostname()}:{os.getpid()}"
+    # `kill -USR1 <pid>` (the pid of the run's WORKER_TAG) writes every thread's stack to the run's
+    # stderr: what a worker that looks stuck is doing, without stopping it.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     # The tags tell the supervising sensor what this run serves, however it was launched.
     context.instance.add_run_tags(context.run_id, {
         MODEL_VERSION_TAG: version, CHALLENGERS_TAG: " ".join(challenger_versions),
