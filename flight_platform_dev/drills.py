@@ -17,21 +17,21 @@ from kafka.errors import KafkaError
 from flight_platform.clients import kafka_access
 from flight_platform.clients.mongo import RESPONSES, find_by_ids
 from flight_platform.core.model_store import ModelStore
-from flight_platform.local import services
+from flight_platform.local import processes, services
 from flight_platform.local.processes import wait_until
 from flight_platform.settings import Settings
-from flight_platform.streaming.job import WORKER_TAG, flight_delay_prediction_stream
+from flight_platform.streaming.job import flight_delay_prediction_stream
 from flight_platform_dev.derived_bts import write_derived_months
 from flight_platform_dev.load import SteadyLoad, answered, hostile_messages, request_factory, send_messages
 from flight_platform_dev.platform import (
     RECOVERY_TIMEOUT_S,
     PrivatePlatform,
     copy_of_champion,
-    kill_stream_worker,
     launch_promote_model,
     rolled_out,
     serving_run,
     serving_runs,
+    worker_pid,
 )
 
 NEW_MONTH_TIMEOUT_S = 600  # ingest, automation, a retrain and a roll-out on two busy cores
@@ -72,7 +72,7 @@ def _stderr(instance: DagsterInstance, run_id: str) -> bytes:
 def _threads(instance: DagsterInstance, run: DagsterRun) -> str:
     """The stacks of a serving run's threads, which its worker writes to its stderr on SIGUSR1."""
     before = len(_stderr(instance, run.run_id))
-    os.kill(int(run.tags[WORKER_TAG].rsplit(":", 1)[1]), signal.SIGUSR1)
+    os.kill(worker_pid(run), signal.SIGUSR1)
     sizes = [before]
 
     def written() -> bool:  # something new, and no more since the last look: the whole dump
@@ -183,10 +183,16 @@ def _kill_a_worker_that_served_a_while(platform: PrivatePlatform, instance) -> s
     """kill -9 the worker of a serving run once that run is older than the crash-loop threshold,
     as a production worker is: one that dies young counts as a crash loop, relaunched only after a
     backoff. Returns the run's id."""
-    wait_until(lambda: (run := serving_run(instance)) and time.time() - instance.get_run_record_by_id(
-        run.run_id).start_time > platform.settings.stream_crash_loop_run_s, RECOVERY_TIMEOUT_S,
-        "a run that served a while")
-    return kill_stream_worker(instance)
+    def served_a_while():
+        run = serving_run(instance)
+        if run is not None and (time.time() - instance.get_run_record_by_id(run.run_id).start_time
+                                > platform.settings.stream_crash_loop_run_s):
+            return run
+        return None
+
+    run = wait_until(served_a_while, RECOVERY_TIMEOUT_S, "a run that served a while")
+    processes.kill([worker_pid(run)])
+    return run.run_id
 
 
 def drill_worker_kill(platform: PrivatePlatform, rate: float) -> DrillResult:

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import bson
-from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
 from pymongo import MongoClient
 from pymongo.database import Database
 
@@ -159,13 +159,9 @@ def serving_run(instance: DagsterInstance):
     return next(iter(serving_runs(instance)), None)
 
 
-def kill_stream_worker(instance: DagsterInstance) -> str:
-    """kill -9 the process of the serving stream run; returns that run's id."""
-    run = serving_run(instance)
-    if run is None:
-        raise RuntimeError("no stream run is serving")
-    processes.kill([int(run.tags[WORKER_TAG].rsplit(":", 1)[1])])
-    return run.run_id
+def worker_pid(run: DagsterRun) -> int:
+    """The pid of a serving stream run's process (its WORKER_TAG is host:pid)."""
+    return int(run.tags[WORKER_TAG].rsplit(":", 1)[1])
 
 
 class PrivatePlatform:
