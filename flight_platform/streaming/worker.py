@@ -186,6 +186,7 @@ class PredictionStreamWorker:
         self.stall_deadline_s = stall_deadline_s
         # Per partition whose records wait on the broker: its position, and since when it has not moved.
         self._unmoved: dict[TopicPartition, tuple[int, float]] = {}
+        self._checked_positions: dict[TopicPartition, int] = {}  # as of the last check
         self._positions_known_at = self._in_group_at = self._stall_checked = time.monotonic()
         self.on_group_joined = on_group_joined
         self._generation: int | None = None
@@ -459,23 +460,28 @@ class PredictionStreamWorker:
     def check_consuming(self) -> None:
         """Raise ConsumingStalled once a held partition has had records waiting on the broker while
         its position stayed the same for `stall_deadline_s` (see STALL_DEADLINE_S). Its high
-        watermark comes from fetches, which is what stalls: the broker's end offsets are asked."""
+        watermark comes from fetches, which is what stalls: the broker's end offsets are asked, for
+        the partitions whose position has not moved since the last check only (none while records
+        flow)."""
         if time.monotonic() - self._stall_checked > self.stall_deadline_s / 3:
             self._unmoved = {}  # the loop was held (by a MongoDB outage, say), not the fetching
         self._stall_checked = time.monotonic()
         positions = {partition: position for partition, position in self.positions().items()
                      if position is not None}
-        if not positions:
+        still = {partition: position for partition, position in positions.items()
+                 if self._checked_positions.get(partition) == position}
+        self._checked_positions = positions
+        if not still:
             self._unmoved = {}
             return
         try:
-            ends = self.consumer.end_offsets(list(positions), timeout_ms=END_OFFSETS_TIMEOUT_MS)
+            ends = self.consumer.end_offsets(list(still), timeout_ms=END_OFFSETS_TIMEOUT_MS)
         except KafkaError:  # the broker is away: polling waits for it too
             self._unmoved = {}  # the clock starts again once it answers, not at the outage's start
             return
         now = time.monotonic()
         unmoved = {}
-        for partition, position in positions.items():
+        for partition, position in still.items():
             if ends.get(partition, position) > position:  # records wait
                 since = self._unmoved.get(partition, (None, now))
                 unmoved[partition] = (position, since[1] if since[0] == position else now)
