@@ -44,6 +44,7 @@ class SparkResource(LazyPySparkResource):
     only the CPU they leave (the server runs at the same niceness, set by the service manager)."""
 
     niceness: int = 19
+    call_retries: int = 6  # while the server is unreachable (see clients.spark.retry_policy)
 
     def setup_for_execution(self, context) -> None:
         if self.niceness:
@@ -52,7 +53,7 @@ class SparkResource(LazyPySparkResource):
     @property
     def spark_session(self) -> SparkSession:
         if self._spark_session is None:
-            super().spark_session.client.set_retry_policies([spark.retry_policy()])
+            super().spark_session.client.set_retry_policies([spark.retry_policy(self.call_retries)])
         return self._spark_session
 
     def teardown_after_execution(self, context) -> None:
@@ -288,7 +289,8 @@ class MetricsResource(ConfigurableResource):
 def build_resources(settings: Settings) -> dict[str, ConfigurableResource]:
     return {
         "spark": SparkResource(spark_config={"spark.remote": settings.spark_remote},
-                               niceness=settings.batch_niceness),
+                               niceness=settings.batch_niceness,
+                               call_retries=settings.spark_call_retries),
         "kafka": kafka_resource(settings),
         "mongo": mongo_resource(settings, Role.BATCH),
         # The stream logs in as a user of its own, allowed only to read and add answers.

@@ -48,6 +48,7 @@ class Settings:
     mongo_security: MongoSecurity  # a login per role
     spark_remote: str  # the Spark Connect server the batch runs work on
     spark_master: str  # where that server runs Spark: local mode, or a cluster's master
+    spark_call_retries: int  # a batch run's call retries on an unreachable server this many times
     # Services used at their endpoints and never started or stopped here, even on loopback.
     external_services: frozenset[str]
     retrain_cron: str
@@ -99,6 +100,9 @@ class Settings:
         if self.live_decisions not in live_decisions.MODES:
             raise ValueError(f"FLIGHT_PLATFORM_LIVE_DECISIONS is {self.live_decisions!r}: use one of "
                              f"{', '.join(live_decisions.MODES)}.")
+        if self.spark_call_retries < 0:
+            raise ValueError(f"FLIGHT_PLATFORM_SPARK_CALL_RETRIES is {self.spark_call_retries}: use how "
+                             f"many times a call retries an unreachable Spark server (0: never).")
         if self.training_recent_months < 0:
             raise ValueError(f"FLIGHT_PLATFORM_TRAINING_RECENT_MONTHS is {self.training_recent_months}: "
                              f"use the number of latest months a training learns, or 0 for every month.")
@@ -227,6 +231,8 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         # holds the Spark driver; each batch run is a thin client with a session of its own.
         spark_remote=_env("SPARK_REMOTE", "sc://127.0.0.1:15002"),
         spark_master=_env("SPARK_MASTER", "local[2]"),
+        # ~15 s of retries (see clients.spark.retry_policy): through a blip, not a dead server.
+        spark_call_retries=int(_env("SPARK_CALL_RETRIES", "6")),
         # A service on loopback is started here unless named: a server another stack runs, or a
         # tunnel to a remote one (an endpoint off loopback is external anyway).
         external_services=frozenset(name.strip().lower() for name in

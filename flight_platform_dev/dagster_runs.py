@@ -49,7 +49,8 @@ def materialize_in_process(selection: list[str], partition_key: str | None = Non
     name. This process keeps its CPU priority (a run process lowers its own)."""
     settings = load_settings()
     defs = build_definitions(settings)
-    keeping_priority = SparkResource(spark_config={"spark.remote": settings.spark_remote}, niceness=0)
+    keeping_priority = SparkResource(spark_config={"spark.remote": settings.spark_remote}, niceness=0,
+                                     call_retries=settings.spark_call_retries)
     return materialize(
         [*(defs.get_assets_def(AssetKey(a)) for a in ASSETS), *defs.asset_checks],
         selection=selection, partition_key=partition_key, run_config=run_config,

@@ -15,6 +15,7 @@ from flight_platform.local.stack import (
     register_months,
     unmaterialized,
 )
+from flight_platform.resources import build_resources
 from flight_platform.settings import free_port, load_settings, private_environment
 from flight_platform_dev.derived_bts import write_derived_months
 
@@ -67,6 +68,14 @@ def test_more_workers_than_partitions_is_refused_saying_what_to_change():
         load_settings({"FLIGHT_PLATFORM_STREAM_WORKERS": "4",
                        "FLIGHT_PLATFORM_REQUEST_TOPIC_PARTITIONS": "3"})
     assert load_settings({"FLIGHT_PLATFORM_STREAM_WORKERS": "3"}).stream_workers == 3
+
+
+def test_the_spark_call_retries_reach_the_batch_runs_and_a_negative_count_is_refused():
+    settings = load_settings({"FLIGHT_PLATFORM_SPARK_CALL_RETRIES": "2"})
+    assert build_resources(settings)["spark"].call_retries == 2
+    assert build_resources(load_settings({}))["spark"].call_retries == 6
+    with pytest.raises(ValueError, match="SPARK_CALL_RETRIES is -1"):
+        load_settings({"FLIGHT_PLATFORM_SPARK_CALL_RETRIES": "-1"})
 
 
 def test_free_ports_are_never_handed_out_twice():

@@ -7,12 +7,12 @@ from pyspark.sql import SparkSession
 from pyspark.sql.connect.client.retries import DefaultPolicy
 
 
-def retry_policy() -> DefaultPolicy:
-    """A call retries while the server is unreachable for ~15 s (50 ms, 0.2, 0.8, 3.2, 5, 5 s):
-    through a network blip, but a step on a dead server fails in seconds rather than after
-    pyspark's default ten minutes. (A restarted server holds none of the old sessions: going on
-    after a restart is the run's retry, not the call's.)"""
-    return DefaultPolicy(max_retries=6, initial_backoff=50, max_backoff=5000)
+def retry_policy(retries: int) -> DefaultPolicy:
+    """A call retries `retries` times while the server is unreachable, waiting 50 ms, 0.2, 0.8,
+    3.2, then 5 s each time (6: ~15 s): through a network blip, but a step on a dead server fails
+    in seconds rather than after pyspark's default ten minutes. (A restarted server holds none of
+    the old sessions: going on after a restart is the run's retry, not the call's.)"""
+    return DefaultPolicy(max_retries=retries, initial_backoff=50, max_backoff=5000)
 
 
 def server_reachable(remote: str) -> bool:
