@@ -1,6 +1,8 @@
 """The whole asset graph on a real Spark standalone cluster (a master and a worker on loopback): a
 Spark Connect server whose driver is the cluster's client, set by FLIGHT_PLATFORM_SPARK_MASTER alone,
-gives what the session's local-mode materialization gave."""
+gives what the session's local-mode materialization gave. Its model learns the latest month alone
+(FLIGHT_PLATFORM_TRAINING_RECENT_MONTHS): the test is about where the work runs, and a forest on
+the whole year would add only more of the same tasks."""
 
 import os
 
@@ -48,6 +50,7 @@ def test_materialize_everything_on_a_spark_standalone_cluster(materialized, sett
             "FLIGHT_PLATFORM_MONGO_DATABASE": f"{settings.mongo_database}_on_cluster",
             **share_services(settings, f"{settings.mongo_database}_on_cluster"),
             "FLIGHT_PLATFORM_SPARK_REMOTE": f"sc://127.0.0.1:{free_port()}",
+            "FLIGHT_PLATFORM_TRAINING_RECENT_MONTHS": "1",
             **cluster.driver_environment(),
         }
         on_cluster = load_settings({**os.environ, **overrides})
@@ -81,6 +84,7 @@ def test_materialize_everything_on_a_spark_standalone_cluster(materialized, sett
             version = store.current_version()
             assert version is not None, "the model trained on the cluster was not promoted"
             info = store.read_info(version)
+            assert info["months"] == ["2013-12"]
             assert info["accuracy"] > info["majority_baseline_accuracy"]
             assert info["scorer_parity"]["prediction_mismatches"] == 0
         finally:
