@@ -44,7 +44,7 @@ class SparkResource(LazyPySparkResource):
     only the CPU they leave (the server runs at the same niceness, set by the service manager)."""
 
     niceness: int = 19
-    call_retries: int = 6  # while the server is unreachable (see clients.spark.retry_policy)
+    call_retries: int  # while the server is unreachable (settings.spark_call_retries)
 
     def setup_for_execution(self, context) -> None:
         if self.niceness:
