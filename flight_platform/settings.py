@@ -67,6 +67,7 @@ class Settings:
     probation_days: float
     spark_driver_host: str
     spark_driver_memory: str
+    spark_jvm_options: tuple[str, ...]  # more flags for the local Spark Connect server's JVM
     batch_niceness: int
     dagster_storage: str  # "sqlite" or "postgres" (see flight_platform.local.postgres)
     postgres_port: int
@@ -269,6 +270,7 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         # The Spark Connect server's driver: on a cluster, an address the executors can reach.
         spark_driver_host=_env("SPARK_DRIVER_HOST", "127.0.0.1"),
         spark_driver_memory=_env("SPARK_DRIVER_MEMORY", "4g"),
+        spark_jvm_options=tuple(shlex.split(_env("SPARK_JVM_OPTIONS", ""))),
         # The CPU priority of batch work, the Spark Connect server and the batch runs (0-19, as
         # `nice`): it runs beside the stream and the web app, and only on the CPU they leave.
         # 0: an equal share.

@@ -71,6 +71,8 @@ def test_up_status_down(env, tmp_path):
     assert set(started) == {"kafka-1", "mongo", "spark"} and all(alive(pid) for pid in started.values())
     # FLIGHT_PLATFORM_KAFKA_JVM_OPTIONS (the suite's, see conftest) reaches the broker's JVM.
     assert "-XX:TieredStopAtLevel=1" in psutil.Process(started["kafka-1"]).cmdline()
+    # ...and FLIGHT_PLATFORM_SPARK_JVM_OPTIONS the Spark server's (spark-submit execs its JVM).
+    assert "-XX:+UseSerialGC" in psutil.Process(started["spark"]).cmdline()
 
     status = manager(env, "status")
     assert status.returncode == 0

@@ -2,6 +2,7 @@
 batch run works on through a session of its own."""
 
 import os
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,8 @@ class SparkConnectServer(Service):
             # of a live run spends without calling Spark.
             "spark.connect.session.manager.defaultSessionTimeout": "30m",
         }
+        if settings.spark_jvm_options:
+            config["spark.driver.extraJavaOptions"] = shlex.join(settings.spark_jvm_options)
         # spark-submit execs the JVM: the server's pid is the one started.
         return [self.executable, "--class", SPARK_CONNECT_SERVER, "--name", "flight_platform",
                 "--master", settings.spark_master, "--driver-memory", settings.spark_driver_memory,
