@@ -19,8 +19,6 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -283,38 +281,23 @@ def start_stream(materialized, tmp_path) -> Iterator[Callable[..., PlatformProce
 def on_session_spark(settings: Settings) -> dict[str, str]:
     """Settings for a private stack whose batch runs work on the session's Spark Connect server, as
     a stack pointed at a company's Spark does: it starts no Spark JVM of its own, and trains on a
-    server already warm. A worker runs one module at a time, so one stack at a time serves on it
-    (the module before's may still be stopping)."""
+    server already warm. A worker runs one module at a time, so one stack at a time works on it."""
     return {"FLIGHT_PLATFORM_SPARK_REMOTE": settings.spark_remote,
             "FLIGHT_PLATFORM_EXTERNAL_SERVICES": "spark"}
 
 
-@pytest.fixture(scope="session")
-def stop_later() -> Iterator[Callable[[Callable[[], None]], None]]:
-    """Runs a private stack's stop beside the worker's next modules, and waits on every stop at the
-    end of the session, failing there if one failed: a stack takes 10-15 s to stop, most of it
-    Dagster's daemon and code servers ending what they were doing, not CPU."""
-    with ThreadPoolExecutor(thread_name_prefix="stopping") as executor:
-        stops: list[Future] = []
-        yield lambda stop: stops.append(executor.submit(stop))
-        for stop in stops:
-            stop.result()
-
-
 @pytest.fixture(scope="module")
-def platform(materialized, settings, tmp_path_factory, request, stop_later) -> Iterator[PrivatePlatform]:
+def platform(materialized, settings, tmp_path_factory, request) -> Iterator[PrivatePlatform]:
     """A whole private stack for the module (Kafka, MongoDB, Dagster with its sensors, gunicorn,
     the stream) on the session's Spark server, seeded with the session's materialized data. A
     module defining `platform_environment()` gives the stack settings of its own (a Spark server of
-    its own, for one). Once the module is done, the stack stops while the next module runs."""
+    its own, for one)."""
     module = request.module.__name__.rsplit(".", 1)[-1]
     environment = {**on_session_spark(settings),
                    **getattr(request.module, "platform_environment", dict)()}
-    with ExitStack() as started:  # stopped at once if its start fails
-        platform = started.enter_context(PrivatePlatform(
-            tmp_path_factory.mktemp(module), seed_from=settings, environment=environment))
+    with PrivatePlatform(tmp_path_factory.mktemp(module), seed_from=settings,
+                         environment=environment) as platform:
         yield platform
-        stop_later(started.pop_all().close)
 
 
 @pytest.fixture(scope="session")
