@@ -78,6 +78,8 @@ class SparkCluster:
             return self.master_state()["status"] == "ALIVE"
         except OSError:  # not listening yet
             return False
+        except json.JSONDecodeError:  # listening, but its UI answered /json/ with an HTML page
+            return False
 
     def alive_workers(self) -> int:
         return sum(worker["state"] == "ALIVE" for worker in self.master_state()["workers"])
