@@ -12,7 +12,7 @@ import psutil
 import pyarrow as pa
 from dagster import ConfigurableResource, EnvVar
 from dagster_pyspark import LazyPySparkResource
-from kafka import KafkaConsumer
+from kafka import KafkaConsumer, TopicPartition
 from pydantic import PrivateAttr
 from pymongo import MongoClient
 from pymongo.database import Database
@@ -132,6 +132,9 @@ class KafkaResource(ConfigurableResource):
 
     def request_topic_partition_count(self) -> int:
         return kafka.partition_count(self.connection(), self.request_topic)
+
+    def end_offsets(self, partitions: list[TopicPartition], timeout_ms: int) -> dict[TopicPartition, int]:
+        return kafka.end_offsets(self.connection(), partitions, timeout_ms)
 
 
 def password_fields(password: Password, field: str = "password") -> dict[str, object]:

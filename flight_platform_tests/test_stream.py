@@ -14,9 +14,10 @@ from functools import partial
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 from kafka.coordinator.base import MemberState
+from kafka.errors import KafkaTimeoutError
 
 from flight_platform.batch.model import ModelTrainingConfig
-from flight_platform.clients.kafka import connection, create_consumer, create_producer
+from flight_platform.clients.kafka import connection, create_consumer, create_producer, end_offsets
 from flight_platform.clients.kafka_access import prepare_topic
 from flight_platform.clients.mongo import DEAD_LETTERS, RESPONSES, create_client, find_by_ids
 from flight_platform.clients.security import Role
@@ -387,24 +388,54 @@ def test_a_worker_fallen_out_of_its_group_too_long_fails_its_run(running_service
         worker.run(stop_requested=lambda: time.monotonic() > given_up)
 
 
-def test_a_worker_fetching_nothing_while_requests_wait_fails_its_run(running_services, settings, topic,
-                                                                     database):
-    """A member in its group with its positions known that fetches nothing while requests wait on
-    the broker (as a run did in CI once its broker, killed -9 under load, was back): its run fails
-    at the deadline, for the supervisor to start a fresh one."""
+def lookups_fail(partitions, timeout_ms):
+    raise KafkaTimeoutError(f"no end offsets in {timeout_ms} ms")
+
+
+def paused_worker(settings, topic, database, fresh_end_offsets, own_lookups_fail: bool,
+                  joined=lambda: None) -> PredictionStreamWorker:
+    """A member in its group with its positions known that fetches nothing (its partitions paused)
+    while 30 requests wait on the broker; its own end-offset lookups fail if `own_lookups_fail`."""
     consumer = create_consumer(connection(settings, Role.STREAM), f"group_{topic}", topic,
                                session_timeout_ms=6000)
+    if own_lookups_fail:
+        consumer.end_offsets = lookups_fail
 
     def stop_fetching_then_requests_arrive(partitions) -> None:
         consumer.pause(*partitions)
         produce(settings, topic, [b"{}"] * 30)
+        joined()
 
-    worker = PredictionStreamWorker(consumer, scorer=None, model_version="none", database=database,
-                                    log=logging.getLogger(__name__), stall_deadline_s=3,
-                                    on_group_joined=stop_fetching_then_requests_arrive)
+    return PredictionStreamWorker(consumer, scorer=None, model_version="none", database=database,
+                                  log=logging.getLogger(__name__), stall_deadline_s=3,
+                                  on_group_joined=stop_fetching_then_requests_arrive,
+                                  fresh_end_offsets=fresh_end_offsets)
+
+
+@pytest.mark.parametrize("own_lookups_fail", [False, True], ids=["own lookups answer", "own lookups fail"])
+def test_a_worker_fetching_nothing_while_requests_wait_fails_its_run(running_services, settings, topic,
+                                                                     database, own_lookups_fail):
+    """A member that fetches nothing while requests wait on the broker (as a run did in CI once its
+    broker, killed -9 under load, was back): its run fails at the deadline, for the supervisor to
+    start a fresh one. So it does when the consumer's own end-offset lookups fail too while the
+    cluster serves (as kafka-python's did, for ever, after a partition leader's kill -9)."""
+    fresh = partial(end_offsets, connection(settings, Role.STREAM))
+    worker = paused_worker(settings, topic, database, fresh, own_lookups_fail)
     given_up = time.monotonic() + 60
     with pytest.raises(ConsumingStalled, match=rf"Records wait on the broker in {topic} \(.*\) and none "
                                                rf"was fetched for 3 s") as stalled:
         worker.run(stop_requested=lambda: time.monotonic() > given_up)
     behind = re.findall(r"partition \d at offset (\d+) of (\d+)", str(stalled.value))
     assert behind and all(int(position) < int(end) for position, end in behind), stalled.value
+
+
+def test_a_worker_whose_cluster_does_not_answer_waits_for_it(running_services, settings, topic, database):
+    """When no client gets an answer (the cluster is away), fetching nothing is the outage's doing:
+    the run waits for the cluster past the deadline instead of failing (a fresh run could not join)."""
+    joined_at = []
+    worker = paused_worker(settings, topic, database, lookups_fail, own_lookups_fail=True,
+                           joined=lambda: joined_at.append(time.monotonic()))
+    given_up = time.monotonic() + 60
+    totals = worker.run(stop_requested=lambda: time.monotonic() > (
+        joined_at[0] + 2 * worker.stall_deadline_s if joined_at else given_up))
+    assert joined_at and totals.answered == 0

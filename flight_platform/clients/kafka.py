@@ -13,7 +13,7 @@ Every client is made from a connection: the bootstrap servers and the security s
 import threading
 from collections.abc import Mapping
 
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 from kafka.coordinator.base import MemberState
 
@@ -99,6 +99,17 @@ def partition_count(connection: Connection, topic: str) -> int:
     consumer = KafkaConsumer(**connection, bootstrap_timeout_ms=CLIENT_TIMEOUT_MS)
     try:
         return len(consumer.partitions_for_topic(topic) or ())
+    finally:
+        consumer.close()
+
+
+def end_offsets(connection: Connection, partitions: list[TopicPartition],
+                timeout_ms: int) -> dict[TopicPartition, int]:
+    """The broker's end offsets of `partitions`, asked by a client of its own: a second opinion for
+    a consumer whose own lookups fail (raises KafkaError when the cluster does not answer either)."""
+    consumer = KafkaConsumer(**connection, bootstrap_timeout_ms=timeout_ms, request_timeout_ms=timeout_ms)
+    try:
+        return consumer.end_offsets(partitions, timeout_ms=timeout_ms)
     finally:
         consumer.close()
 

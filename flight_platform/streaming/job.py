@@ -168,7 +168,8 @@ def serve_prediction_requests(context: OpExecutionContext, config: PredictionStr
                                     max_message_bytes=kafka.max_message_bytes,
                                     challengers=challengers, explain=model_store.explain_answers,
                                     on_group_joined=joined, metrics=worker_metrics,
-                                    on_progress=lambda progress: observe(context, progress, serving))
+                                    on_progress=lambda progress: observe(context, progress, serving),
+                                    fresh_end_offsets=kafka.end_offsets)
     shadowed = f" with challengers {', '.join(v for v, _ in challengers)}" if challengers else ""
     context.log.info(f"Serving model {version}{shadowed} from {kafka.request_topic} "
                      f"(group {kafka.consumer_group}) into {database.name}.{RESPONSES}")

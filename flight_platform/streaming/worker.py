@@ -154,6 +154,11 @@ class GroupNotJoined(RuntimeError):
     pass
 
 
+# The broker's end offsets of some partitions, as a client of its own asks them (raises KafkaError
+# when the cluster does not answer): KafkaResource.end_offsets in a run.
+EndOffsets = Callable[[list[TopicPartition], int], dict[TopicPartition, int]]
+
+
 class PositionsUnknown(RuntimeError):
     pass
 
@@ -175,8 +180,10 @@ class PredictionStreamWorker:
                  join_deadline_s: float = JOIN_DEADLINE_S,
                  position_deadline_s: float = POSITION_DEADLINE_S,
                  stall_deadline_s: float = STALL_DEADLINE_S, metrics: StreamMetrics | None = None,
-                 on_progress: Callable[[Progress], None] = lambda progress: None):
+                 on_progress: Callable[[Progress], None] = lambda progress: None,
+                 fresh_end_offsets: EndOffsets | None = None):
         self.consumer = consumer
+        self.fresh_end_offsets = fresh_end_offsets
         self.on_progress = on_progress
         self.metrics = metrics or StreamMetrics()
         self.metrics.serving(model_version, [version for version, _ in challengers], explain)
@@ -474,9 +481,8 @@ class PredictionStreamWorker:
         if not still:
             self._unmoved = {}
             return
-        try:
-            ends = self.consumer.end_offsets(list(still), timeout_ms=END_OFFSETS_TIMEOUT_MS)
-        except KafkaError:  # the broker is away: polling waits for it too
+        ends = self.end_offsets(list(still))
+        if ends is None:  # the cluster is away: polling waits for it too
             self._unmoved = {}  # the clock starts again once it answers, not at the outage's start
             return
         now = time.monotonic()
@@ -497,6 +503,26 @@ class PredictionStreamWorker:
                             for number, position, end in stalled)
                 + f") and none was fetched for {self.stall_deadline_s:.0f} s: failing the run, so "
                 f"that the supervisor starts a fresh one")
+
+    def end_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int] | None:
+        """The broker's end offsets of `partitions`, None when the cluster does not answer. When the
+        consumer's own lookup fails, a fresh client asks: a kafka-python 3.0.12 consumer was seen,
+        after a partition leader's kill -9, fetching nothing from a third of its partitions and
+        failing every lookup for minutes while the cluster served the web app; a fresh consumer
+        starts from fresh metadata and connections."""
+        try:
+            return self.consumer.end_offsets(partitions, timeout_ms=END_OFFSETS_TIMEOUT_MS)
+        except KafkaError as error:
+            if self.fresh_end_offsets is None:
+                return None
+            try:
+                ends = self.fresh_end_offsets(partitions, END_OFFSETS_TIMEOUT_MS)
+            except KafkaError:
+                return None
+            self.log.warning(f"The consumer could not learn the end offsets of partitions "
+                             f"{sorted(p.partition for p in partitions)} ({type(error).__name__}: "
+                             f"{error}), a fresh client could: the cluster serves.")
+            return ends
 
     def lag(self) -> int | None:
         """Records behind the broker's high watermarks, all partitions held, as of the last fetch."""
