@@ -418,7 +418,7 @@ def test_a_worker_fetching_nothing_while_requests_wait_fails_its_run(running_ser
     """A member that fetches nothing while requests wait on the broker (as a run did in CI once its
     broker, killed -9 under load, was back): its run fails at the deadline, for the supervisor to
     start a fresh one. So it does when the consumer's own end-offset lookups fail too while the
-    cluster serves (as kafka-python's did, for ever, after a partition leader's kill -9)."""
+    cluster serves (as a kafka-python consumer's did for minutes after a partition leader's kill -9)."""
     fresh = partial(end_offsets, connection(settings, Role.STREAM))
     worker = paused_worker(settings, topic, database, fresh, own_lookups_fail)
     given_up = time.monotonic() + 60
