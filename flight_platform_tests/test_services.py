@@ -108,6 +108,13 @@ def test_batch_work_runs_below_serving(services_up):
 
     assert priorities(started["spark"]) == {19}
     assert priorities(started["kafka-1"]) == priorities(started["mongo"]) == {0}
+    # Each service is a session: under autogroup scheduling, the session's nice ranks it against the others.
+    if Path("/proc/self/autogroup").exists():
+        def session_niceness(pid: int) -> int:
+            return int(Path(f"/proc/{pid}/autogroup").read_text().split("nice")[1])
+
+        assert session_niceness(started["spark"]) == 19
+        assert session_niceness(started["kafka-1"]) == session_niceness(started["mongo"]) == 0
     # The resource as a run sets it up.
     probe = ("import os, dagster, psutil\n"
              "from flight_platform.resources import build_resources\n"
