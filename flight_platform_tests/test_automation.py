@@ -1,7 +1,8 @@
 """The loop runs by itself: a private stack as `make run` runs it (Dagster's daemon with the inbox
 sensor, declarative automation and the stream supervisor), seeded with this session's tables and
 model, serving a steady trickle. A new month of BTS data is dropped into the inbox and nothing else
-is done. The retrain cron ticks every minute here (hourly by default), the retrain learns a sliding
+is done. The retrain cron ticks every minute here (hourly by default) and the batch sensors every
+5 s (15 s: each hop from the inbox to a new model waits for a tick), the retrain learns a sliding
 window of the latest two months (FLIGHT_PLATFORM_TRAINING_RECENT_MONTHS) and the promotion tolerance
 is opened wide, since this test is about the loop; test_batch_assets checks the guard itself."""
 
@@ -57,7 +58,7 @@ def trained_on_every_month(platform: PrivatePlatform, version: str) -> bool:
 
 def platform_environment() -> dict[str, str]:
     return {"FLIGHT_PLATFORM_RETRAIN_CRON": "* * * * *", "FLIGHT_PLATFORM_TRAINING_RECENT_MONTHS": "2",
-            "FLIGHT_PLATFORM_PROMOTION_TOLERANCE": "1"}
+            "FLIGHT_PLATFORM_PROMOTION_TOLERANCE": "1", "FLIGHT_PLATFORM_BATCH_SENSOR_INTERVAL_S": "5"}
 
 
 def test_a_dropped_month_is_ingested_learned_and_served_unattended(platform, capsys):
