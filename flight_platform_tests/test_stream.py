@@ -417,13 +417,16 @@ def test_a_worker_fetching_nothing_while_requests_wait_fails_its_run(running_ser
                                                                      database, own_lookups_fail):
     """A member that fetches nothing while requests wait on the broker (as a run did in CI once its
     broker, killed -9 under load, was back): its run fails at the deadline, for the supervisor to
-    start a fresh one. So it does when the consumer's own end-offset lookups fail too while the
-    cluster serves (as a kafka-python consumer's did for minutes after a partition leader's kill -9)."""
+    start a fresh one. When the consumer's own end-offset lookups fail too while a fresh client's
+    answer (as a kafka-python consumer's did for minutes after a partition leader's kill -9), it
+    fails at the second check that finds it so, before the deadline."""
     fresh = partial(end_offsets, connection(settings, Role.STREAM))
     worker = paused_worker(settings, topic, database, fresh, own_lookups_fail)
+    why = ("the consumer's own end-offset lookups failed at 2 checks in a row while a fresh client's "
+           "answered" if own_lookups_fail else "none was fetched for 3 s")
     given_up = time.monotonic() + 60
-    with pytest.raises(ConsumingStalled, match=rf"Records wait on the broker in {topic} \(.*\) and none "
-                                               rf"was fetched for 3 s") as stalled:
+    with pytest.raises(ConsumingStalled, match=rf"Records wait on the broker in {topic} \(.*\) and "
+                                               rf"{why}: failing the run") as stalled:
         worker.run(stop_requested=lambda: time.monotonic() > given_up)
     behind = re.findall(r"partition \d at offset (\d+) of (\d+)", str(stalled.value))
     assert behind and all(int(position) < int(end) for position, end in behind), stalled.value

@@ -71,6 +71,11 @@ POSITION_DEADLINE_S = 60.0
 # checks above firing. A healthy fetch returns within a round trip once records are there; a
 # partition leader's failover delays it by up to the request timeout (30 s).
 STALL_DEADLINE_S = 60.0
+# A run whose consumer's own end-offset lookups fail while a fresh client's answer, with records
+# waiting unfetched, at this many stall checks in a row (10 s apart) fails without waiting for the
+# deadline: the cluster serves and that consumer does not (kafka-python 3.0.12's, after a partition
+# leader's kill -9, fetched nothing from the dead leader's partitions for minutes).
+STUCK_CONSUMER_CHECKS = 2
 END_OFFSETS_TIMEOUT_MS = 2000  # asking the broker for its end offsets gives up after this
 LAG_REFRESH_S = 1.0  # how often the lag metric is brought up to date (reading it is local, no request)
 OVERSIZED_PAYLOAD_PREFIX = 1024  # bytes of an oversized message kept in its dead letter
@@ -194,6 +199,7 @@ class PredictionStreamWorker:
         # Per partition whose records wait on the broker: its position, and since when it has not moved.
         self._unmoved: dict[TopicPartition, tuple[int, float]] = {}
         self._checked_positions: dict[TopicPartition, int] = {}  # as of the last check
+        self._stuck_checks = 0  # checks in a row that found the consumer stuck (STUCK_CONSUMER_CHECKS)
         self._positions_known_at = self._in_group_at = self._stall_checked = time.monotonic()
         self.on_group_joined = on_group_joined
         self._generation: int | None = None
@@ -466,12 +472,13 @@ class PredictionStreamWorker:
 
     def check_consuming(self) -> None:
         """Raise ConsumingStalled once a held partition has had records waiting on the broker while
-        its position stayed the same for `stall_deadline_s` (see STALL_DEADLINE_S). Its high
-        watermark comes from fetches, which is what stalls: the broker's end offsets are asked, for
-        the partitions whose position has not moved since the last check only (none while records
-        flow)."""
+        its position stayed the same for `stall_deadline_s` (see STALL_DEADLINE_S), or sooner when
+        the consumer is stuck (see STUCK_CONSUMER_CHECKS). Its high watermark comes from fetches,
+        which is what stalls: the broker's end offsets are asked, for the partitions whose position
+        has not moved since the last check only (none while records flow)."""
         if time.monotonic() - self._stall_checked > self.stall_deadline_s / 3:
-            self._unmoved = {}  # the loop was held (by a MongoDB outage, say), not the fetching
+            # The loop was held (by a MongoDB outage, say), not the fetching.
+            self._unmoved, self._stuck_checks = {}, 0
         self._stall_checked = time.monotonic()
         positions = {partition: position for partition, position in self.positions().items()
                      if position is not None}
@@ -479,11 +486,12 @@ class PredictionStreamWorker:
                  if self._checked_positions.get(partition) == position}
         self._checked_positions = positions
         if not still:
-            self._unmoved = {}
+            self._unmoved, self._stuck_checks = {}, 0
             return
-        ends = self.end_offsets(list(still))
+        ends, own_lookup_failed = self.end_offsets(list(still))
         if ends is None:  # the cluster is away: polling waits for it too
-            self._unmoved = {}  # the clock starts again once it answers, not at the outage's start
+            # The clock starts again once it answers, not at the outage's start.
+            self._unmoved, self._stuck_checks = {}, 0
             return
         now = time.monotonic()
         unmoved = {}
@@ -492,37 +500,42 @@ class PredictionStreamWorker:
                 since = self._unmoved.get(partition, (None, now))
                 unmoved[partition] = (position, since[1] if since[0] == position else now)
         self._unmoved = unmoved
-        stalled = sorted((partition.partition, position, ends[partition])
-                         for partition, (position, since) in unmoved.items()
-                         if now - since >= self.stall_deadline_s)
+        self._stuck_checks = self._stuck_checks + 1 if unmoved and own_lookup_failed else 0
+        if self._stuck_checks >= STUCK_CONSUMER_CHECKS:
+            why = (f"the consumer's own end-offset lookups failed at {self._stuck_checks} checks in a "
+                   f"row while a fresh client's answered")
+            stalled = unmoved
+        else:
+            why = f"none was fetched for {self.stall_deadline_s:.0f} s"
+            stalled = {partition: (position, since) for partition, (position, since) in unmoved.items()
+                       if now - since >= self.stall_deadline_s}
         if stalled:
             topics = ", ".join(sorted(self.consumer.subscription() or ()))
             raise ConsumingStalled(
                 f"Records wait on the broker in {topics} ("
-                + ", ".join(f"partition {number} at offset {position} of {end}"
-                            for number, position, end in stalled)
-                + f") and none was fetched for {self.stall_deadline_s:.0f} s: failing the run, so "
-                f"that the supervisor starts a fresh one")
+                + ", ".join(f"partition {partition.partition} at offset {position} of {ends[partition]}"
+                            for partition, (position, _) in sorted(stalled.items()))
+                + f") and {why}: failing the run, so that the supervisor starts a fresh one")
 
-    def end_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int] | None:
-        """The broker's end offsets of `partitions`, None when the cluster does not answer. When the
-        consumer's own lookup fails, a fresh client asks: a kafka-python 3.0.12 consumer was seen,
-        after a partition leader's kill -9, fetching nothing from a third of its partitions and
-        failing every lookup for minutes while the cluster served the web app; a fresh consumer
-        starts from fresh metadata and connections."""
+    def end_offsets(self, partitions: list[TopicPartition]) -> tuple[dict[TopicPartition, int] | None, bool]:
+        """The broker's end offsets of `partitions` (None when the cluster does not answer), and
+        whether the consumer's own lookup failed. When it fails, a fresh client asks: a kafka-python
+        3.0.12 consumer was seen, after a partition leader's kill -9, fetching nothing from a third
+        of its partitions and failing every lookup for minutes while the cluster served the web
+        app; a fresh consumer starts from fresh metadata and connections."""
         try:
-            return self.consumer.end_offsets(partitions, timeout_ms=END_OFFSETS_TIMEOUT_MS)
+            return self.consumer.end_offsets(partitions, timeout_ms=END_OFFSETS_TIMEOUT_MS), False
         except KafkaError as error:
             if self.fresh_end_offsets is None:
-                return None
+                return None, True
             try:
                 ends = self.fresh_end_offsets(partitions, END_OFFSETS_TIMEOUT_MS)
             except KafkaError:
-                return None
+                return None, True
             self.log.warning(f"The consumer could not learn the end offsets of partitions "
                              f"{sorted(p.partition for p in partitions)} ({type(error).__name__}: "
                              f"{error}), a fresh client could: the cluster serves.")
-            return ends
+            return ends, True
 
     def lag(self) -> int | None:
         """Records behind the broker's high watermarks, all partitions held, as of the last fetch."""
