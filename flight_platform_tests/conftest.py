@@ -147,7 +147,7 @@ def pytest_xdist_make_scheduler(config, log):
     return None
 
 
-# The whole suite's time from a fresh clone on the two-core development box (825-1,043 s on two
+# The whole suite's time from a fresh clone on the two-core development box (701-1,043 s on two
 # workers on 2026-12-05 and 06; README, "Set-up", has the latest against the seed commit) with a
 # margin for CI's slower machines; a slower one raises it.
 SUITE_BUDGET_S = float(os.environ.get("FLIGHT_PLATFORM_TEST_BUDGET_S", "2400"))
