@@ -477,8 +477,7 @@ class PredictionStreamWorker:
         which is what stalls: the broker's end offsets are asked, for the partitions whose position
         has not moved since the last check only (none while records flow)."""
         if time.monotonic() - self._stall_checked > self.stall_deadline_s / 3:
-            # The loop was held (by a MongoDB outage, say), not the fetching.
-            self._unmoved, self._stuck_checks = {}, 0
+            self._restart_stall_clocks()  # the loop was held (by a MongoDB outage, say), not the fetching
         self._stall_checked = time.monotonic()
         positions = {partition: position for partition, position in self.positions().items()
                      if position is not None}
@@ -486,12 +485,11 @@ class PredictionStreamWorker:
                  if self._checked_positions.get(partition) == position}
         self._checked_positions = positions
         if not still:
-            self._unmoved, self._stuck_checks = {}, 0
+            self._restart_stall_clocks()
             return
         ends, own_lookup_failed = self.end_offsets(list(still))
         if ends is None:  # the cluster is away: polling waits for it too
-            # The clock starts again once it answers, not at the outage's start.
-            self._unmoved, self._stuck_checks = {}, 0
+            self._restart_stall_clocks()  # they start again once it answers, not at the outage's start
             return
         now = time.monotonic()
         unmoved = {}
@@ -516,6 +514,10 @@ class PredictionStreamWorker:
                 + ", ".join(f"partition {partition.partition} at offset {position} of {ends[partition]}"
                             for partition, (position, _) in sorted(stalled.items()))
                 + f") and {why}: failing the run, so that the supervisor starts a fresh one")
+
+    def _restart_stall_clocks(self) -> None:
+        """Forget how long partitions have waited unmoved and how many checks found the consumer stuck."""
+        self._unmoved, self._stuck_checks = {}, 0
 
     def end_offsets(self, partitions: list[TopicPartition]) -> tuple[dict[TopicPartition, int] | None, bool]:
         """The broker's end offsets of `partitions` (None when the cluster does not answer), and
