@@ -120,7 +120,7 @@ class KafkaResource(ConfigurableResource):
                              optional_path(self.ssl_keyfile), key_password, self.ssl_check_hostname)
 
     def connection(self) -> kafka.Connection:
-        return {"bootstrap_servers": self.bootstrap_servers, **self.security().client_config(Role.STREAM)}
+        return kafka.connection_to(self.bootstrap_servers, self.security(), Role.STREAM)
 
     def who(self) -> str:
         """The stream's login, for messages (never the password)."""

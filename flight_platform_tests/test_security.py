@@ -4,10 +4,14 @@ or the resource; passwords never shown; the read-only UI; and the open opt-out k
 The Kafka attacks run against the session's broker (secured by default, as `make run` starts it);
 the read-only UI and the search for passwords against a private stack of this module's."""
 
+import contextlib
 import logging
 import os
 import random
 import secrets
+import select
+import socket
+import struct
 import uuid
 
 import pytest
@@ -15,13 +19,14 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import ScramMechanism, UserScramCredentialUpsertion
 from kafka.errors import (
     GroupAuthorizationFailedError,
+    KafkaConnectionError,
     KafkaError,
     KafkaTimeoutError,
     TopicAuthorizationFailedError,
 )
 
 from flight_platform.clients import kafka_access
-from flight_platform.clients.kafka import connection, create_consumer, create_producer
+from flight_platform.clients.kafka import connection, create_consumer, create_producer, tls_context
 from flight_platform.clients.kafka_diagnosis import diagnose, diagnose_role
 from flight_platform.clients.mongo import RESPONSES, count_by_ids, create_client
 from flight_platform.clients.security import Role
@@ -60,6 +65,30 @@ def first_error(action, timeout: float = 20) -> Exception:
 
     wait_until(raised, timeout, "the refusal", interval=0.1)
     return errors[0]
+
+
+@contextlib.contextmanager
+def reset_connection():
+    """A client's socket whose peer accepted it and reset it at once, as a broker killed (or
+    starting) at that moment does."""
+    with socket.create_server(("127.0.0.1", 0)) as server, \
+            socket.create_connection(server.getsockname()) as client:
+        peer, _ = server.accept()
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        peer.close()  # no linger: a reset
+        select.select([client], [], [], 5)  # until it arrives
+        yield client
+
+
+def test_a_connection_reset_before_tls_starts_is_a_kafka_connection_error(running_services):
+    """kafka-python's metadata refresh loop survives Kafka's errors only (see KafkaTLSContext): with
+    the clients' context, a reset before TLS starts is one; with the standard library's alone, it
+    raises ConnectionResetError, which would end the loop."""
+    config = connection(running_services, Role.STREAM)
+    for context, raised in [(config["ssl_context"], KafkaConnectionError),
+                            (tls_context(config), ConnectionResetError)]:
+        with reset_connection() as sock, pytest.raises(raised, match="reset by peer"):
+            context.wrap_socket(sock, server_hostname="127.0.0.1", do_handshake_on_connect=False)
 
 
 def test_a_client_without_credentials_is_told_the_listener_wants_tls(running_services):

@@ -10,14 +10,16 @@ Every client is made from a connection: the bootstrap servers and the security s
 (`connection(settings, role)`; clients.security builds them), so each part logs in as its own user.
 """
 
+import ssl
 import threading
 from collections.abc import Mapping
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 from kafka.coordinator.base import MemberState
+from kafka.errors import KafkaConnectionError
 
-from flight_platform.clients.security import Role
+from flight_platform.clients.security import KafkaSecurity, Role
 from flight_platform.settings import Settings
 
 CLIENT_TIMEOUT_MS = 5000
@@ -33,8 +35,51 @@ Connection = Mapping[str, object]  # kafka-python's arguments to reach the clust
 
 def connection(settings: Settings, role: Role) -> Connection:
     """How a client of `role` reaches the cluster settings name and logs in."""
-    return {"bootstrap_servers": settings.kafka_bootstrap_servers,
-            **settings.kafka_security.client_config(role)}
+    return connection_to(settings.kafka_bootstrap_servers, settings.kafka_security, role)
+
+
+def connection_to(bootstrap_servers: str, security: KafkaSecurity, role: Role) -> Connection:
+    """How a client of `role` reaches `bootstrap_servers` and logs in as `security` says."""
+    config = {"bootstrap_servers": bootstrap_servers, **security.client_config(role)}
+    if security.uses_ssl:
+        # kafka-python takes the context over the ssl_* arguments (which name the settings in a
+        # diagnosis's messages).
+        config["ssl_context"] = KafkaTLSContext(tls_context(config))
+    return config
+
+
+def tls_context(config: Mapping[str, object]) -> ssl.SSLContext:
+    """The TLS context kafka-python builds from the ssl_* arguments in `config`."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.check_hostname = config.get("ssl_check_hostname", True)
+    if config.get("ssl_cafile"):
+        context.load_verify_locations(config["ssl_cafile"])
+    else:
+        context.load_default_certs()
+    if config.get("ssl_certfile"):
+        context.load_cert_chain(config["ssl_certfile"], config.get("ssl_keyfile"), config.get("ssl_password"))
+    return context
+
+
+class KafkaTLSContext:
+    """The TLS context of kafka-python's connections, failing to start TLS on a connection with
+    KafkaConnectionError.
+
+    kafka-python 3.0.12 wraps a new connection's socket outside the `try` that turns a failed TLS
+    handshake into KafkaConnectionError, and its metadata refresh loop survives Kafka's errors only.
+    A broker that resets a connection just made (killed, or starting, at that moment) raises
+    ConnectionResetError there: the loop ends without a word, and the client keeps the cluster's
+    metadata of that moment for good."""
+
+    def __init__(self, context: ssl.SSLContext):
+        self.context = context
+
+    def wrap_socket(self, sock, **arguments):
+        try:
+            return self.context.wrap_socket(sock, **arguments)
+        except OSError as error:  # ssl.SSLError is one too
+            raise KafkaConnectionError(f"TLS could not start ({type(error).__name__}: {error})") from error
 
 
 def create_producer(connection: Connection, timeout_ms: int = CLIENT_TIMEOUT_MS,

@@ -19,7 +19,7 @@ import kafka.errors as errors
 from kafka.net import KafkaConnectionManager, NetworkSelector
 from kafka.protocol.metadata import MetadataRequest
 
-from flight_platform.clients.kafka import Connection, connection
+from flight_platform.clients.kafka import Connection, connection, tls_context
 from flight_platform.clients.security import Role
 from flight_platform.settings import Settings
 
@@ -83,7 +83,7 @@ def _diagnose_server(server: str, config: Connection, timeout_s: float) -> str |
         sock.settimeout(timeout_s)
         if tls:
             try:
-                with _ssl_context(config).wrap_socket(sock, server_hostname=host.strip("[]")):
+                with tls_context(config).wrap_socket(sock, server_hostname=host.strip("[]")):
                     pass
             except ssl.SSLCertVerificationError as failed:
                 return (f"its TLS certificate is not trusted ({failed.verify_message}): check "
@@ -109,7 +109,8 @@ def _diagnose_server(server: str, config: Connection, timeout_s: float) -> str |
 
 # The arguments kafka.net takes (the clients' others, such as acks, are not its own).
 _NET_ARGUMENTS = ("security_protocol", "sasl_mechanism", "sasl_plain_username", "sasl_plain_password",
-                  "ssl_check_hostname", "ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password")
+                  "ssl_context", "ssl_check_hostname", "ssl_cafile", "ssl_certfile", "ssl_keyfile",
+                  "ssl_password")
 
 
 def _one_attempt(server: str, config: Connection, timeout_ms: int):
@@ -145,20 +146,6 @@ def _one_attempt(server: str, config: Connection, timeout_ms: int):
         manager.close()
         net.close()
     return stage, error, holder.get("connection")
-
-
-def _ssl_context(config: Connection) -> ssl.SSLContext:
-    """The context kafka-python builds from the same settings."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.check_hostname = config.get("ssl_check_hostname", True)
-    if config.get("ssl_cafile"):
-        context.load_verify_locations(config["ssl_cafile"])
-    else:
-        context.load_default_certs()
-    if config.get("ssl_certfile"):
-        context.load_cert_chain(config["ssl_certfile"], config.get("ssl_keyfile"), config.get("ssl_password"))
-    return context
 
 
 def describe_denial(error: errors.AuthorizationError, who: str, operation: str) -> str:

@@ -524,7 +524,8 @@ class PredictionStreamWorker:
         whether the consumer's own lookup failed. When it fails, a fresh client asks: a kafka-python
         3.0.12 consumer was seen, after a partition leader's kill -9, fetching nothing from a third
         of its partitions and failing every lookup for minutes while the cluster served the web
-        app; a fresh consumer starts from fresh metadata and connections."""
+        app (its metadata refresh loop had ended: clients.kafka.KafkaTLSContext keeps that cause
+        away, the check any other); a fresh consumer starts from fresh metadata and connections."""
         try:
             return self.consumer.end_offsets(partitions, timeout_ms=END_OFFSETS_TIMEOUT_MS), False
         except KafkaError as error:
