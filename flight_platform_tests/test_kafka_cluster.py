@@ -19,11 +19,8 @@ NODES = 3
 
 
 def platform_environment() -> dict[str, str]:
-    """Three nodes on the JVM's default compilers, as `make run` runs them (not the suite's C1
-    alone): the failover drills time leader elections and rebalances under load."""
     return {"FLIGHT_PLATFORM_KAFKA_BOOTSTRAP_SERVERS": ",".join(
                 f"127.0.0.1:{free_port()}" for _ in range(NODES)),
-            "FLIGHT_PLATFORM_KAFKA_JVM_OPTIONS": "",
             "FLIGHT_PLATFORM_REQUEST_TOPIC_REPLICATION_FACTOR": "3",
             "FLIGHT_PLATFORM_REQUEST_TOPIC_MIN_INSYNC_REPLICAS": "2"}
 
