@@ -44,7 +44,8 @@ def connection_to(bootstrap_servers: str, security: KafkaSecurity, role: Role) -
     if security.uses_ssl:
         # kafka-python takes the context over the ssl_* arguments (which name the settings in a
         # diagnosis's messages).
-        config["ssl_context"] = KafkaTLSContext(tls_context(config))
+        config["ssl_context"] = KafkaTLSContext({key: value for key, value in config.items()
+                                                 if key.startswith("ssl_")})
     return config
 
 
@@ -70,15 +71,18 @@ class KafkaTLSContext:
     handshake into KafkaConnectionError, and its metadata refresh loop survives Kafka's errors only.
     A broker that resets a connection just made (killed, or starting, at that moment) raises
     ConnectionResetError there: the loop ends without a word, and the client keeps the cluster's
-    metadata of that moment for good."""
+    metadata of that moment for good.
 
-    def __init__(self, context: ssl.SSLContext):
-        self.context = context
+    The context is made for each connection, as kafka-python makes it, so that a TLS file missing
+    or unreadable fails the connection, not the making of the client."""
+
+    def __init__(self, config: Mapping[str, object]):
+        self.config = config  # kafka-python's ssl_* arguments
 
     def wrap_socket(self, sock, **arguments):
         try:
-            return self.context.wrap_socket(sock, **arguments)
-        except OSError as error:  # ssl.SSLError is one too
+            return tls_context(self.config).wrap_socket(sock, **arguments)
+        except OSError as error:  # ssl.SSLError and a missing file are too
             raise KafkaConnectionError(f"TLS could not start ({type(error).__name__}: {error})") from error
 
 
