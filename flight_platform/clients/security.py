@@ -4,7 +4,9 @@ The one place that reads the FLIGHT_PLATFORM_KAFKA_* and FLIGHT_PLATFORM_MONGO_*
 and turns them into client settings: kafka-python's connection arguments and pymongo's credentials,
 per role. Settings hold where a password is (an environment variable or a file), not the password:
 it is read when a client is made, so settings, a Dagster resource's config or an error message
-can be printed without showing it. No Dagster, no Spark: the web app uses this module too.
+can be printed without showing it. No Dagster, no Spark: the web app uses this module too. Nor
+kafka-python: gunicorn's master imports this module (through settings) before its gevent workers
+patch the standard library, and kafka-python imported unpatched blocks a worker's Kafka calls.
 
 The local stack's passwords are random, made once by the service manager into the data dir's
 `secrets/` (readable by its owner only); a real cluster's are given as environment variables or
